@@ -1,0 +1,98 @@
+"""The judge interface: text in, preference probabilities out.
+
+A judge answers ``prefer(prompts, responses_a, responses_b) -> list[float]`` with
+P(a ≻ b | prompt) for each triple. Judges see text only, never policy token ids, so the
+policy and the judge may use different tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+class JudgeError(RuntimeError):
+    """A judge failed or returned something that is not a probability."""
+
+
+class Judge(ABC):
+    """Base class of all preference models.
+
+    Subclasses implement :meth:`_prefer`; :meth:`prefer` validates lengths and values so
+    every judge reports bad output the same way. ``order_sensitive`` judges (LLM judges)
+    are queried in both presentation orders by :func:`rspo.judges.symmetric_prefer`.
+    """
+
+    #: registry name, set by :func:`register_judge`
+    name: str = "judge"
+    #: whether P(a ≻ b) + P(b ≻ a) may differ from 1 (position bias)
+    order_sensitive: bool = False
+
+    @property
+    def judge_id(self) -> str:
+        """A string that identifies this judge and its settings (used as a cache key)."""
+        return self.name
+
+    @abstractmethod
+    def _prefer(
+        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> Sequence[float]:
+        """Return P(a ≻ b) for each triple (no validation needed)."""
+
+    def prefer(
+        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> list[float]:
+        """P(a ≻ b | prompt) for each (prompt, a, b), validated to lie in [0, 1]."""
+        n = len(prompts)
+        if len(responses_a) != n or len(responses_b) != n:
+            raise ValueError(
+                f"judge {self.name!r}: prompts, responses_a, responses_b must have equal "
+                f"lengths, got {n}, {len(responses_a)}, {len(responses_b)}"
+            )
+        if n == 0:
+            return []
+        out = [float(p) for p in self._prefer(prompts, responses_a, responses_b)]
+        if len(out) != n:
+            raise JudgeError(f"judge {self.name!r} returned {len(out)} results for {n} pairs")
+        for i, p in enumerate(out):
+            if math.isnan(p) or p < 0.0 or p > 1.0:
+                raise JudgeError(
+                    f"judge {self.name!r} returned {p!r} for pair {i} (prompt {prompts[i][:60]!r});"
+                    " a preference probability must lie in [0, 1]"
+                )
+        return out
+
+
+_REGISTRY: dict[str, Callable[..., Judge]] = {}
+
+
+def register_judge(name: str) -> Callable[[Callable[..., Judge]], Callable[..., Judge]]:
+    """Class decorator adding a judge factory to the registry under ``name``."""
+
+    def deco(factory: Callable[..., Judge]) -> Callable[..., Judge]:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"judge name {name!r} is already registered")
+        _REGISTRY[name] = factory
+        if isinstance(factory, type):
+            factory.name = name
+        return factory
+
+    return deco
+
+
+def available_judges() -> list[str]:
+    """Names of all registered judges."""
+    from rspo.judges import _load_builtin  # noqa: F401  (registers built-ins)
+
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_judge(name: str, **kwargs: Any) -> Judge:
+    """Instantiate the judge registered as ``name`` with keyword settings."""
+    names = available_judges()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown judge {name!r}; valid judges: {', '.join(names)}")
+    return _REGISTRY[name](**kwargs)
