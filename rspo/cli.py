@@ -1,0 +1,152 @@
+"""The ``rspo`` command line: game, train, eval, demo, config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_game(args: argparse.Namespace, extra: list[str]) -> int:
+    from rspo.game import run_game
+
+    run_game(
+        args.game,
+        args.n,
+        args.regularizer,
+        args.tau,
+        args.eta,
+        args.iters,
+        args.seed,
+        every=args.every,
+        as_json=args.json,
+        plot=args.plot,
+    )
+    return 0
+
+
+def _load_cfg(args: argparse.Namespace, extra: list[str]):
+    from rspo.config import load_config
+
+    overrides = list(extra)
+    if getattr(args, "output", None):
+        overrides += ["--run.output", args.output]
+    return load_config(args.config, overrides)
+
+
+def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from pathlib import Path
+
+    from rspo.selfplay.loop import run_selfplay
+
+    cfg = _load_cfg(args, extra)
+    out = Path(cfg.run.output)
+    if args.resume and not (out / "config.yaml").exists():
+        print(f"error: --resume given but {out} holds no run", file=sys.stderr)
+        return 2
+    if args.overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    try:
+        rows = run_selfplay(cfg)
+    except KeyboardInterrupt:
+        cmd = (
+            " ".join(["rspo", *sys.argv[1:]]) if sys.argv[0].endswith("rspo") else "rspo train ..."
+        )
+        print(
+            f"\ninterrupted; everything finished is saved in {out}. Resume with: {cmd}",
+            file=sys.stderr,
+        )
+        return 130
+    if rows:
+        print(f"done: {len(rows)} evaluated iterations in {out}/metrics.jsonl")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
+    print(_load_cfg(args, extra).to_yaml(), end="")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
+    from rspo.demo import run_demo
+
+    run_demo(output=args.output or "runs/demo", quick=args.quick, overrides=extra)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from rspo.selfplay.standalone import evaluate_model
+
+    cfg = _load_cfg(args, extra)
+    metrics = evaluate_model(cfg, args.model, args.out)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; config overrides (``--section.key VALUE``) pass through."""
+    p = argparse.ArgumentParser(
+        prog="rspo", description="Regularized self-play preference optimization"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("game", help="exact tabular self-play on a preference matrix")
+    g.add_argument("--game", choices=["rps", "random", "bt"], default="rps")
+    g.add_argument("--n", type=int, default=5)
+    g.add_argument("--regularizer", default="reverse_kl")
+    g.add_argument("--tau", type=float, default=0.1)
+    g.add_argument("--eta", type=float, default=1.0)
+    g.add_argument("--iters", type=int, default=2000)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--every", type=int, default=100)
+    g.add_argument("--json", action="store_true", help="one JSON object per line")
+    g.add_argument("--plot", default=None, help="save a convergence plot (PNG)")
+    g.set_defaults(fn=_cmd_game)
+
+    t = sub.add_parser("train", help="iterative self-play training (resumes an existing run dir)")
+    t.add_argument("--config", default=None, help="YAML config (defaults if omitted)")
+    t.add_argument("--output", default=None, help="run directory (overrides run.output)")
+    t.add_argument("--resume", action="store_true", help="require an existing run to resume")
+    t.add_argument("--overwrite", action="store_true", help="delete the run directory first")
+    t.set_defaults(fn=_cmd_train)
+
+    c = sub.add_parser("config", help="print the resolved config as YAML")
+    c.add_argument("--config", default=None)
+    c.set_defaults(fn=_cmd_config)
+
+    d = sub.add_parser("demo", help="SPPO vs RSPO on the embedded gym, with a report")
+    d.add_argument("--output", default=None)
+    d.add_argument("--quick", action="store_true", help="a ~2 minute smoke version")
+    d.set_defaults(fn=_cmd_demo)
+
+    e = sub.add_parser("eval", help="evaluate a model against the reference policy")
+    e.add_argument("--model", required=True, help="model directory to evaluate")
+    e.add_argument("--config", default=None)
+    e.add_argument("--out", default=None, help="directory for outputs (model_outputs.json)")
+    e.set_defaults(fn=_cmd_eval)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rspo`` console script."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "game":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from rspo.config import ConfigError
+
+    try:
+        return args.fn(args, extra)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,455 @@
+"""One typed configuration tree shared by Python, YAML files and CLI overrides.
+
+``Config`` holds one section per pipeline part. YAML files and ``--section.key value`` CLI
+overrides are checked against the dataclass fields: unknown keys and bad values are errors
+that name the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names it."""
+
+
+@dataclass
+class ModelConfig:
+    """The policy π_0 and the reference π_ref (``gym`` = the embedded base model)."""
+
+    #: local model directory, hub id (needs network) or ``gym``
+    path: str = "gym"
+    #: reference policy for the regularizer; ``None`` = same as ``path`` (π_ref = π_0)
+    ref_path: str | None = None
+    trust_remote_code: bool = False
+    #: float32 | bfloat16 | float16
+    dtype: str = "float32"
+    #: auto | cpu | cuda | cuda:N
+    device: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from and how they are formatted."""
+
+    #: JSONL file (``prompt`` or chat ``messages`` field), local HF dataset dir, or ``gym``
+    prompts: str = "gym"
+    #: eval prompts (same formats); ``gym`` = the gym's eval split
+    eval_prompts: str = "gym"
+    #: number of train prompts (gym: how many to generate; files: take the first N)
+    num_prompts: int | None = 128
+    num_eval_prompts: int = 64
+    #: prompts per iteration: None = all every iteration, else consecutive slices (SPPO style)
+    prompts_per_iteration: int | None = None
+    #: prompts longer than this (tokens) are an error naming the prompt
+    max_prompt_length: int = 256
+    #: auto (use the tokenizer's chat template if it has one) | always | never
+    chat_template: str = "auto"
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling K responses per prompt from π_t."""
+
+    #: hf | vllm
+    backend: str = "hf"
+    #: K, responses per prompt
+    num_samples: int = 4
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    #: sequences per generate call
+    batch_size: int = 64
+
+
+@dataclass
+class JudgeConfig:
+    """The preference model used for training (P(y ≻ y') on the K×K pairs)."""
+
+    name: str = "gym-proxy"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: query both presentation orders and average; None = only for order-sensitive judges
+    both_orders: bool | None = None
+    #: include the self-match (worth ½) in p̂_k = mean_j P(y_k ≻ y_j), as SPPO's code does
+    include_self_match: bool = True
+    #: on-disk cache of judgements under the run directory
+    cache: bool = True
+    batch_size: int = 256
+
+
+@dataclass
+class ObjectiveConfig:
+    """The RSPO loss: SPPO square loss + coef × regularizer (see docs/objectives.md)."""
+
+    #: a name from rspo.objectives.PRESETS fills the fields below not set explicitly
+    preset: str | None = None
+    #: sppo | sppo_hard | inpo
+    loss_type: str = "sppo"
+    #: mirror-descent step size η (target η(p̂ − ½))
+    eta: float = 10.0
+    #: regularizer spec, e.g. "reverse_kl", "0.5*forward_kl + 0.5*reverse_kl[k2]"; "" = none
+    regularizer: str = ""
+    #: λ in L_SPPO + λ·R̂ (λ = 2ητ matches the regularized mirror step)
+    coef: float = 0.0
+    #: INPO's τ (loss_type inpo only)
+    tau: float | None = None
+    #: all K samples (general SPPO loss) | best_worst (official SPPO code)
+    samples: str = "all"
+    #: MPO: refresh the regularization anchor to the current policy every N iterations
+    magnet_refresh: int | None = None
+    #: adaptive coefficient: none | kl | length (issue "regularizer study")
+    adaptive: str = "none"
+    adaptive_target: float | None = None
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation of π_{t+1} from π_t on one iteration's dataset."""
+
+    #: adamw | rmsprop
+    optimizer: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    epochs: int = 2
+    #: samples per optimizer step (global)
+    batch_size: int = 64
+    #: samples per forward/backward; batch_size must be a multiple
+    micro_batch_size: int = 32
+    max_grad_norm: float | None = 1.0
+    #: save resumable training state every N optimizer steps (0 = only at the end)
+    save_steps: int = 20
+
+
+@dataclass
+class EvaluationConfig:
+    """Per-iteration evaluation of π_{t+1} against π_ref on held-out prompts."""
+
+    #: judge for evaluation (the gold judge on the gym)
+    judge: str = "gym-gold"
+    judge_kwargs: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    #: temperature 0 = greedy
+    temperature: float = 0.0
+    max_new_tokens: int = 48
+    #: samples per eval prompt for diversity metrics (0 = skip)
+    diversity_samples: int = 4
+    diversity_temperature: float = 1.0
+    #: "module:function" (prompt, response) -> bool for task accuracy; "" = none
+    accuracy_fn: str = "rspo.gym.tasks:check_answer"
+    n_boot: int = 1000
+
+
+@dataclass
+class RunConfig:
+    """Run-level settings: output directory, iterations, seed."""
+
+    output: str = "runs/default"
+    iterations: int = 3
+    seed: int = 0
+    #: all | last: which iteration checkpoints to keep
+    keep_checkpoints: str = "all"
+
+
+@dataclass
+class Config:
+    """The whole configuration of a self-play run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (YAML/JSON-able)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> Config:
+        """Check values that types alone do not constrain; raise ConfigError naming the key."""
+        _validate(self)
+        return self
+
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.chat_template": ("auto", "always", "never"),
+    "generation.backend": ("hf", "vllm"),
+    "objective.loss_type": ("sppo", "sppo_hard", "inpo"),
+    "objective.samples": ("all", "best_worst"),
+    "objective.adaptive": ("none", "kl", "length"),
+    "training.optimizer": ("adamw", "rmsprop"),
+    "run.keep_checkpoints": ("all", "last"),
+}
+
+_POSITIVE = (
+    "generation.max_new_tokens",
+    "generation.batch_size",
+    "judge.batch_size",
+    "training.lr",
+    "training.epochs",
+    "training.batch_size",
+    "training.micro_batch_size",
+    "evaluation.max_new_tokens",
+    "data.max_prompt_length",
+    "data.num_eval_prompts",
+    "run.iterations",
+)
+_NON_NEGATIVE = (
+    "objective.coef",
+    "objective.eta",
+    "generation.temperature",
+    "generation.top_k",
+    "training.weight_decay",
+    "training.save_steps",
+    "evaluation.temperature",
+    "evaluation.diversity_samples",
+    "evaluation.n_boot",
+)
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _validate(cfg: Config) -> None:
+    for key, choices in _CHOICES.items():
+        v = _get(cfg, key)
+        if v not in choices:
+            raise ConfigError(
+                f"{key}: invalid value {v!r}; allowed: {', '.join(map(str, choices))}"
+            )
+    for key in _POSITIVE + _NON_NEGATIVE:
+        v = _get(cfg, key)
+        if isinstance(v, float) and math.isnan(v):
+            raise ConfigError(f"{key}: value is NaN")
+        if key in _POSITIVE and not v > 0:
+            raise ConfigError(f"{key}: must be > 0, got {v!r}")
+        if key in _NON_NEGATIVE and v < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {v!r}")
+    if cfg.generation.num_samples < 2:
+        raise ConfigError(
+            f"generation.num_samples: K must be >= 2 to estimate win rates, got "
+            f"{cfg.generation.num_samples}"
+        )
+    if not 0.0 < cfg.generation.top_p <= 1.0:
+        raise ConfigError(f"generation.top_p: must be in (0, 1], got {cfg.generation.top_p}")
+    t = cfg.training
+    if t.batch_size % t.micro_batch_size:
+        raise ConfigError(
+            f"training.batch_size ({t.batch_size}) must be a multiple of "
+            f"training.micro_batch_size ({t.micro_batch_size})"
+        )
+    for key in ("data.num_prompts", "data.prompts_per_iteration", "objective.magnet_refresh"):
+        v = _get(cfg, key)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{key}: must be > 0 or null, got {v!r}")
+    o = cfg.objective
+    if o.loss_type == "inpo" and (o.tau is None or o.tau < 0):
+        raise ConfigError("objective.tau: INPO needs tau >= 0")
+    if o.adaptive != "none" and o.adaptive_target is None:
+        raise ConfigError(
+            f"objective.adaptive_target: required when objective.adaptive={o.adaptive!r}"
+        )
+    if o.coef > 0 and not o.regularizer.strip():
+        raise ConfigError("objective.regularizer: coef > 0 needs a regularizer spec")
+
+
+# ---------------------------------------------------------------- building from dicts
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` to annotation ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if tp is Any:
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        where = f"section {prefix!r}" if prefix else "top level"
+        raise ConfigError(
+            f"unknown config key {prefix + '.' if prefix else ''}{unknown[0]} ({where}); "
+            f"valid keys: {', '.join(types_)}"
+        )
+    kwargs = {}
+    for name, tp in types_.items():
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name] or {}, key)
+        else:
+            kwargs[name] = _coerce(data[name], tp, key)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("kwargs",):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn ``["--objective.tau", "0.1", "--run.seed=3"]`` into a nested dict (YAML values)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or "." not in a:
+            raise ConfigError(
+                f"unrecognised argument {a!r}; overrides look like --section.key VALUE"
+            )
+        if "=" in a:
+            key, raw = a[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override {a} needs a value")
+            key, raw = a[2:], args[i + 1]
+            i += 2
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def _apply_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill objective fields from ``objective.preset`` unless set explicitly."""
+    obj = data.get("objective") or {}
+    name = obj.get("preset")
+    if not name:
+        return data
+    from rspo.objectives import PRESETS
+
+    if name not in PRESETS:
+        raise ConfigError(f"objective.preset: unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    defaults = {
+        "loss_type": p.loss_type,
+        "regularizer": p.regularizer or "",
+        "coef": p.coef,
+        "samples": p.samples,
+        "magnet_refresh": p.magnet_refresh,
+    }
+    if getattr(p, "tau", None) is not None:
+        defaults["tau"] = p.tau
+    data = dict(data)
+    data["objective"] = {**defaults, **obj}
+    return data
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    """Build and validate a Config from a nested dict (unknown keys are errors)."""
+    data = _apply_preset(data or {})
+    return _build(Config, data, "").validate()
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict | None = None
+) -> Config:
+    """Load a YAML config (or defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: malformed YAML ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+    if overrides:
+        ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        data = _deep_merge(data, ov)
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        if path is not None:
+            raise ConfigError(f"{path}: {e}") from e
+        raise
+
+
+def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        key = f"{prefix}.{k}" if prefix else k
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and k not in ("kwargs", "judge_kwargs"):
+            out += diff_configs(va, vb, key)
+        elif va != vb:
+            out.append(key)
+    return out

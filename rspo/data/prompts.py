@@ -1,0 +1,130 @@
+"""Load prompts from JSONL, a local HF dataset or the gym, and format them for a tokenizer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class PromptSet:
+    """Prompts as the judge sees them (``texts``) and as the policy sees them (``ids``)."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    source: str
+
+
+def _read_jsonl_prompts(path: Path) -> list[Any]:
+    out: list[Any] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from e
+            out.append(_prompt_field(rec, f"{path}:{lineno}"))
+    return out
+
+
+def _prompt_field(rec: Any, where: str) -> Any:
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected a JSON object with a 'prompt' or 'messages' field")
+    if "messages" in rec:
+        msgs = rec["messages"]
+        if (
+            not isinstance(msgs, list)
+            or not msgs
+            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)
+        ):
+            raise ValueError(
+                f"{where}: field 'messages' must be a non-empty list of {{role, content}}"
+            )
+        return msgs
+    if "prompt" in rec:
+        p = rec["prompt"]
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+        return p
+    raise ValueError(f"{where}: no 'prompt' or 'messages' field (keys: {', '.join(rec)})")
+
+
+def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[Any]:
+    if source == "gym":
+        from rspo.gym.tasks import make_prompts
+
+        return [p.text for p in make_prompts(split, n or 128, seed=seed)]
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"prompt source {path} does not exist (use a .jsonl file, a dataset dir or 'gym')"
+        )
+    if path.is_dir():
+        try:
+            import datasets
+        except ImportError as e:
+            raise ImportError(
+                f"{path} is a directory: loading a local HF dataset needs `pip install datasets`"
+            ) from e
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split] if split in ds else ds[next(iter(ds))]
+        raw = [_prompt_field(dict(r), f"{path}[{i}]") for i, r in enumerate(ds)]
+    else:
+        raw = _read_jsonl_prompts(path)
+    if not raw:
+        raise ValueError(f"prompt file {path} contains no prompts")
+    return raw[:n] if n else raw
+
+
+def format_prompt(tok: PreTrainedTokenizerBase, prompt: Any, mode: str) -> tuple[str, list[int]]:
+    """Return (judge-facing text, policy token ids); the chat template is applied per ``mode``."""
+    has_template = getattr(tok, "chat_template", None) is not None
+    use_template = mode == "always" or (mode == "auto" and has_template)
+    if isinstance(prompt, list):  # chat messages
+        if not has_template:
+            if mode == "always":
+                raise ValueError("data.chat_template=always but the tokenizer has no chat template")
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+            return text, tok(text, add_special_tokens=True)["input_ids"]
+        judge_text = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        return judge_text, list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    if use_template:
+        if not has_template:
+            raise ValueError("data.chat_template=always but the tokenizer has no chat template")
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        return prompt, list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return prompt, tok(prompt, add_special_tokens=True)["input_ids"]
+
+
+def load_prompts(
+    source: str,
+    tok: PreTrainedTokenizerBase,
+    split: str = "train",
+    n: int | None = None,
+    seed: int = 0,
+    chat_template: str = "auto",
+    max_prompt_length: int = 256,
+) -> PromptSet:
+    """Load, format and tokenize prompts; too-long prompts are errors naming the prompt."""
+    raw = _read_raw(source, split, n, seed)
+    texts, ids = [], []
+    for i, p in enumerate(raw):
+        text, pid = format_prompt(tok, p, chat_template)
+        if len(pid) > max_prompt_length:
+            raise ValueError(
+                f"{source}: prompt {i} has {len(pid)} tokens > data.max_prompt_length="
+                f"{max_prompt_length} ({text[:60]!r}...)"
+            )
+        texts.append(text)
+        ids.append(list(pid))
+    return PromptSet(texts=texts, ids=ids, source=source)

@@ -1,0 +1,5 @@
+"""Generation backends behind one interface: K seeded samples per prompt."""
+
+from rspo.generation.base import Completion, GenerationBackend, SamplingParams, build_backend
+
+__all__ = ["Completion", "GenerationBackend", "SamplingParams", "build_backend"]

@@ -1,0 +1,70 @@
+"""The generation interface: token ids in, completions out, one seed per sequence.
+
+Each sequence carries its own seed (derived from run seed, iteration, prompt index and
+sample index), so samples do not depend on batch composition and a resumed run draws the
+same responses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings; ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class Completion:
+    """One generated response: token ids (EOS included when produced), text, EOS flag."""
+
+    ids: list[int]
+    text: str
+    finished: bool
+
+    @property
+    def truncated(self) -> bool:
+        """True when the response hit max_new_tokens without EOS."""
+        return not self.finished
+
+
+class GenerationBackend(ABC):
+    """Generates completions for tokenized prompts with per-sequence seeds."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], params: SamplingParams
+    ) -> list[Completion]:
+        """One completion per (prompt, seed) pair, in order."""
+
+    def update_weights(self, model: Any) -> None:
+        """Point the backend at new policy weights (backends sharing the model object ignore it)."""
+        return None
+
+
+def build_backend(name: str, model: Any, tokenizer: Any, batch_size: int = 64) -> GenerationBackend:
+    """Instantiate a backend by name (``hf`` or ``vllm``)."""
+    if name == "hf":
+        from rspo.generation.hf import HFBackend
+
+        return HFBackend(model, tokenizer, batch_size=batch_size)
+    if name == "vllm":
+        try:
+            from rspo.generation.vllm_backend import VLLMBackend
+        except ImportError as e:
+            raise ImportError(
+                "generation.backend=vllm needs the optional extra: pip install 'rspo[vllm]' (GPU)"
+            ) from e
+        return VLLMBackend(model, tokenizer, batch_size=batch_size)
+    raise ValueError(f"generation.backend: unknown backend {name!r}; allowed: hf, vllm")

@@ -1,0 +1,111 @@
+"""Per-iteration evaluation: generate on held-out prompts, judge against π_ref, summarise."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rspo.generation import SamplingParams
+from rspo.utils.io import append_jsonl, read_jsonl
+from rspo.utils.seeds import derive_seed
+
+if TYPE_CHECKING:
+    from rspo.selfplay.loop import SelfPlayRun
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """Import ``module:function``; errors name the spec."""
+    if ":" not in spec:
+        raise ValueError(f"expected 'module:function', got {spec!r}")
+    mod, fn = spec.split(":", 1)
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load {spec!r}: {e}") from e
+
+
+def _eval_judge(run: SelfPlayRun):
+    if not hasattr(run, "_eval_judge"):
+        from rspo.judges import build_judge
+        from rspo.judges.cache import CachedJudge
+
+        e = run.cfg.evaluation
+        run._eval_judge = CachedJudge(
+            build_judge(e.judge, **e.judge_kwargs), run.rd.root / "eval_judge_cache.sqlite"
+        )
+    return run._eval_judge
+
+
+def _responses(
+    run: SelfPlayRun, path: str, file, tag: str, temperature: float, k: int = 1
+) -> list[dict]:
+    """Generate (or read back) ``k`` responses per eval prompt from the model at ``path``."""
+    have = read_jsonl(file, tolerate_torn_tail=True)
+    n = len(run.eval_prompts.ids)
+    if len(have) >= n:
+        return have[:n]
+    e = run.cfg.evaluation
+    params = SamplingParams(e.max_new_tokens, temperature, 1.0, 0)
+    idx = list(range(len(have), n))
+    ids = [run.eval_prompts.ids[i] for i in idx for _ in range(k)]
+    seeds = [derive_seed(run.cfg.run.seed, tag, i, j) for i in idx for j in range(k)]
+    comps = run._generate(path, ids, seeds, params)
+    recs = [
+        {
+            "prompt_index": i,
+            "responses": [
+                {"ids": c.ids, "text": c.text, "finished": c.finished}
+                for c in comps[j * k : (j + 1) * k]
+            ],
+        }
+        for j, i in enumerate(idx)
+    ]
+    append_jsonl(file, recs)
+    return have + recs
+
+
+def evaluate_iteration(run: SelfPlayRun, t: int, path: str) -> dict[str, Any]:
+    """Metrics of the policy at ``path`` vs the reference policy on the eval prompts."""
+    from rspo.evaluation.alpaca import write_alpaca_outputs
+    from rspo.evaluation.summary import evaluate_responses
+
+    from rspo.judges.symmetric import symmetric_prefer
+
+    e = run.cfg.evaluation
+    d = run.rd.iter_dir(t)
+    base = _responses(
+        run, run._ref_path(1), run.rd.root / "eval_baseline.jsonl", "eval", e.temperature
+    )
+    pol = _responses(run, path, d / "eval_outputs.jsonl", "eval", e.temperature)
+    texts = run.eval_prompts.texts
+    a = [r["responses"][0] for r in pol]
+    b = [r["responses"][0] for r in base]
+    probs = symmetric_prefer(
+        _eval_judge(run), texts, [x["text"] for x in a], [x["text"] for x in b]
+    )
+    samples = None
+    if e.diversity_samples >= 2:
+        div = _responses(
+            run, path, d / "eval_samples.jsonl", "div", e.diversity_temperature, e.diversity_samples
+        )
+        samples = [[x["text"] for x in r["responses"]] for r in div]
+    correct = None
+    if e.accuracy_fn:
+        fn = load_callable(e.accuracy_fn)
+        correct = [bool(fn(p, x["text"])) for p, x in zip(texts, a)]
+    metrics = evaluate_responses(
+        texts,
+        [x["text"] for x in a],
+        [x["text"] for x in b],
+        probs,
+        [len(x["ids"]) for x in a],
+        [len(x["ids"]) for x in b],
+        truncated=[not x["finished"] for x in a],
+        correct=correct,
+        samples_per_prompt=samples,
+        n_boot=e.n_boot,
+        seed=run.cfg.run.seed,
+    )
+    write_alpaca_outputs(d / "model_outputs.json", texts, [x["text"] for x in a], f"iter_{t:03d}")
+    return {"iteration": t, **metrics}

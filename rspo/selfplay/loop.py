@@ -1,0 +1,393 @@
+"""The self-play iteration loop: generate → judge → score → train → evaluate, resumable.
+
+Each stage appends records or writes files atomically and leaves a ``<stage>.done``
+marker, so re-running the same command skips finished stages and continues an unfinished
+one from its last written record (generation, judging) or saved step (training).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rspo.config import Config
+from rspo.data import PromptSet, load_prompts
+from rspo.generation import SamplingParams, build_backend
+from rspo.modeling import batched_sequence_logprobs, load_model, load_tokenizer, resolve_device
+from rspo.objectives import RSPOLoss
+from rspo.selfplay.estimate import best_worst, win_rates
+from rspo.selfplay.rundir import RunDir
+from rspo.training.trainer import RefExample, TrainExample, train_policy
+from rspo.utils.io import append_jsonl, atomic_write_json, read_json, read_jsonl
+from rspo.utils.seeds import derive_seed, seed_everything
+
+Log = Callable[[str], None]
+
+
+def _fault_point(stage: str, count: int) -> None:
+    """Test hook: ``RSPO_FAULT=stage:N`` kills the process after N records of ``stage``."""
+    spec = os.environ.get("RSPO_FAULT")
+    if spec and spec.split(":")[0] == stage and count >= int(spec.split(":")[1]):
+        os.kill(os.getpid(), 9)
+
+
+@dataclass
+class SelfPlayRun:
+    """Runs the iterations of one config in one run directory."""
+
+    cfg: Config
+    log: Log = print
+    fresh: bool = False
+    rd: RunDir = field(init=False)
+    _models: dict[str, Any] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.rd = RunDir(self.cfg.run.output)
+        self.device = resolve_device(self.cfg.model.device)
+
+    # ------------------------------------------------------------------ helpers
+    def _policy_path(self, t: int) -> str:
+        """π_t: the initial model for t = 1, else the checkpoint of iteration t − 1."""
+        return self.cfg.model.path if t == 1 else str(self.rd.checkpoint(t - 1))
+
+    def _ref_path(self, t: int) -> str:
+        """π_ref, or the MPO magnet (policy at the last refresh) when magnet_refresh is set."""
+        m = self.cfg.objective.magnet_refresh
+        if m:
+            anchor = ((t - 1) // m) * m  # iteration whose output is the magnet
+            return self.cfg.model.path if anchor == 0 else str(self.rd.checkpoint(anchor))
+        return self.cfg.model.ref_path or self.cfg.model.path
+
+    def _model(self, path: str):
+        """Load a model once (read-only use); training loads its own copy."""
+        if path not in self._models:
+            self._models.clear()
+            c = self.cfg.model
+            self._models[path] = load_model(path, c.dtype, self.device, c.trust_remote_code)
+        return self._models[path]
+
+    def _prompt_indices(self, t: int) -> list[int]:
+        n = len(self.train_prompts.ids)
+        per = self.cfg.data.prompts_per_iteration
+        if not per or per >= n:
+            return list(range(n))
+        start = ((t - 1) * per) % n
+        return [(start + j) % n for j in range(per)]
+
+    def _sampling(self) -> SamplingParams:
+        g = self.cfg.generation
+        return SamplingParams(g.max_new_tokens, g.temperature, g.top_p, g.top_k)
+
+    def _generate(
+        self, path: str, prompt_ids: list[list[int]], seeds: list[int], params: SamplingParams
+    ):
+        backend = build_backend(
+            self.cfg.generation.backend, self._model(path), self.tok, self.cfg.generation.batch_size
+        )
+        return backend.generate(prompt_ids, seeds, params)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> bool:
+        """Create or check the run dir, load tokenizer and prompts; True when resuming."""
+        resuming = self.rd.init(self.cfg, fresh=self.fresh)
+        c = self.cfg
+        seed_everything(c.run.seed)
+        self.tok = load_tokenizer(c.model.path, c.model.trust_remote_code)
+        d = c.data
+        self.train_prompts: PromptSet = load_prompts(
+            d.prompts,
+            self.tok,
+            "train",
+            d.num_prompts,
+            c.run.seed,
+            d.chat_template,
+            d.max_prompt_length,
+        )
+        self.eval_prompts: PromptSet = load_prompts(
+            d.eval_prompts,
+            self.tok,
+            "eval",
+            d.num_eval_prompts,
+            c.run.seed,
+            d.chat_template,
+            d.max_prompt_length,
+        )
+        self.loss_fn = RSPOLoss(
+            eta=c.objective.eta,
+            regularizer=c.objective.regularizer or None,
+            coef=c.objective.coef,
+            loss_type=c.objective.loss_type,
+            tau=c.objective.tau,
+        )
+        from rspo.judges import build_judge
+
+        self.judge = build_judge(c.judge.name, **c.judge.kwargs)
+        if c.judge.cache:
+            from rspo.judges.cache import CachedJudge
+
+            self.judge = CachedJudge(self.judge, self.rd.root / "judge_cache.sqlite")
+        return resuming
+
+    # ------------------------------------------------------------------ stages
+    def stage_generate(self, t: int) -> None:
+        """K seeded samples per prompt from π_t, appended per chunk to generations.jsonl."""
+        out = self.rd.iter_dir(t) / "generations.jsonl"
+        done = {r["prompt_index"] for r in read_jsonl(out, tolerate_torn_tail=True)}
+        todo = [i for i in self._prompt_indices(t) if i not in done]
+        K = self.cfg.generation.num_samples
+        chunk = max(1, self.cfg.generation.batch_size // K)
+        path = self._policy_path(t)
+        for s in range(0, len(todo), chunk):
+            idx = todo[s : s + chunk]
+            ids = [self.train_prompts.ids[i] for i in idx for _ in range(K)]
+            seeds = [derive_seed(self.cfg.run.seed, "gen", t, i, k) for i in idx for k in range(K)]
+            comps = self._generate(path, ids, seeds, self._sampling())
+            recs = [
+                {
+                    "prompt_index": i,
+                    "responses": [
+                        {"ids": c.ids, "text": c.text, "finished": c.finished}
+                        for c in comps[j * K : (j + 1) * K]
+                    ],
+                }
+                for j, i in enumerate(idx)
+            ]
+            append_jsonl(out, recs)
+            _fault_point("generate", len(done) + s + len(idx))
+        self.rd.mark_done(t, "generate")
+
+    def stage_judge(self, t: int) -> None:
+        """P(y_i ≻ y_j) for all K(K−1)/2 pairs per prompt (both orders if configured)."""
+        from rspo.judges.symmetric import symmetric_prefer
+
+        gens = read_jsonl(self.rd.iter_dir(t) / "generations.jsonl")
+        out = self.rd.iter_dir(t) / "judgments.jsonl"
+        done = {r["prompt_index"] for r in read_jsonl(out, tolerate_torn_tail=True)}
+        todo = [g for g in gens if g["prompt_index"] not in done]
+        K = self.cfg.generation.num_samples
+        pairs = [(a, b) for a in range(K) for b in range(a + 1, K)]
+        chunk = max(1, self.cfg.judge.batch_size // len(pairs))
+        for s in range(0, len(todo), chunk):
+            part = todo[s : s + chunk]
+            prompts, ra, rb = [], [], []
+            for g in part:
+                text = self.train_prompts.texts[g["prompt_index"]]
+                for a, b in pairs:
+                    prompts.append(text)
+                    ra.append(g["responses"][a]["text"])
+                    rb.append(g["responses"][b]["text"])
+            probs = symmetric_prefer(
+                self.judge, prompts, ra, rb, both_orders=self.cfg.judge.both_orders
+            )
+            recs = []
+            for j, g in enumerate(part):
+                P = [[0.5] * K for _ in range(K)]
+                for q, (a, b) in enumerate(pairs):
+                    p = float(probs[j * len(pairs) + q])
+                    P[a][b], P[b][a] = p, 1.0 - p
+                recs.append({"prompt_index": g["prompt_index"], "P": P})
+            append_jsonl(out, recs)
+            _fault_point("judge", len(done) + s + len(part))
+        self.rd.mark_done(t, "judge")
+
+    def _ref_samples(self, t: int, indices: list[int]) -> dict[int, list[list[int]]]:
+        """Samples from π_ref per prompt (forward-KL NLL); iteration 1's serve when π_1 = π_ref."""
+        path = self.rd.root / "ref_samples.jsonl"
+        have = {r["prompt_index"]: r["ids"] for r in read_jsonl(path, tolerate_torn_tail=True)}
+        missing = [i for i in indices if i not in have]
+        if (
+            missing
+            and self._ref_path(1) == self.cfg.model.path
+            and not self.cfg.objective.magnet_refresh
+        ):
+            first = {
+                g["prompt_index"]: g for g in read_jsonl(self.rd.iter_dir(1) / "generations.jsonl")
+            }
+            recs = [
+                {"prompt_index": i, "ids": [r["ids"] for r in first[i]["responses"]]}
+                for i in missing
+                if i in first
+            ]
+            append_jsonl(path, recs)
+            have.update({r["prompt_index"]: r["ids"] for r in recs})
+            missing = [i for i in missing if i not in have]
+        if missing:
+            K = self.cfg.generation.num_samples
+            ids = [self.train_prompts.ids[i] for i in missing for _ in range(K)]
+            seeds = [derive_seed(self.cfg.run.seed, "ref", i, k) for i in missing for k in range(K)]
+            comps = self._generate(self._ref_path(t), ids, seeds, self._sampling())
+            recs = [
+                {"prompt_index": i, "ids": [c.ids for c in comps[j * K : (j + 1) * K]]}
+                for j, i in enumerate(missing)
+            ]
+            append_jsonl(path, recs)
+            have.update({r["prompt_index"]: r["ids"] for r in recs})
+        return {i: have[i] for i in indices}
+
+    def stage_score(self, t: int) -> None:
+        """Win rates, pair selection and log π_t, log π_ref of the training samples."""
+        c = self.cfg
+        gens = {g["prompt_index"]: g for g in read_jsonl(self.rd.iter_dir(t) / "generations.jsonl")}
+        judg = read_jsonl(self.rd.iter_dir(t) / "judgments.jsonl")
+        pair_losses = c.objective.loss_type in ("sppo_hard", "inpo")
+        rows = []
+        for j in judg:
+            i = j["prompt_index"]
+            p_hat = win_rates(j["P"], c.judge.include_self_match)
+            resp = gens[i]["responses"]
+            if c.objective.samples == "best_worst" or pair_losses:
+                b, w = best_worst(p_hat)
+                chosen = [(b, 1), (w, -1)]
+            else:
+                chosen = [(k, 0) for k in range(len(resp))]
+            for k, label in chosen:
+                rows.append(
+                    {
+                        "prompt_index": i,
+                        "k": k,
+                        "win_rate": p_hat[k],
+                        "label": label,
+                        "response_ids": resp[k]["ids"],
+                    }
+                )
+        prompts = [self.train_prompts.ids[r["prompt_index"]] for r in rows]
+        resps = [r["response_ids"] for r in rows]
+        pad = self.tok.pad_token_id
+        bs = c.training.micro_batch_size
+        lp_t = batched_sequence_logprobs(self._model(self._policy_path(t)), prompts, resps, pad, bs)
+        ref_path = self._ref_path(t)
+        same = ref_path == self._policy_path(t)
+        lp_ref = (
+            lp_t
+            if same
+            else batched_sequence_logprobs(self._model(ref_path), prompts, resps, pad, bs)
+        )
+        for r, a, b in zip(rows, lp_t, lp_ref):
+            r["logp_t"], r["logp_ref"] = a, b
+        ref_rows = []
+        if self.loss_fn.needs_ref_samples:
+            idx = sorted({r["prompt_index"] for r in rows})
+            samples = self._ref_samples(t, idx)
+            rp = [self.train_prompts.ids[i] for i in idx for _ in samples[i]]
+            rr = [s for i in idx for s in samples[i]]
+            lr = batched_sequence_logprobs(self._model(ref_path), rp, rr, pad, bs)
+            groups = [i for i in idx for _ in samples[i]]
+            ref_rows = [
+                {"prompt_index": g, "response_ids": s, "logp_ref": v}
+                for g, s, v in zip(groups, rr, lr)
+            ]
+        atomic_write_json(
+            self.rd.iter_dir(t) / "dataset.json", {"examples": rows, "ref_examples": ref_rows}
+        )
+        self.rd.mark_done(t, "score", {"examples": len(rows), "ref_examples": len(ref_rows)})
+
+    def stage_train(self, t: int) -> dict[str, float]:
+        """Train π_{t+1} from π_t; save a safetensors checkpoint with the tokenizer."""
+        c = self.cfg
+        data = read_json(self.rd.iter_dir(t) / "dataset.json")
+        P = self.train_prompts.ids
+        ex = [
+            TrainExample(
+                P[r["prompt_index"]],
+                r["response_ids"],
+                r["win_rate"],
+                r["logp_t"],
+                r["logp_ref"],
+                r["prompt_index"],
+                r["label"],
+            )
+            for r in data["examples"]
+        ]
+        refs = [
+            RefExample(P[r["prompt_index"]], r["response_ids"], r["logp_ref"], r["prompt_index"])
+            for r in data["ref_examples"]
+        ]
+        self._models.clear()
+        model = load_model(
+            self._policy_path(t), c.model.dtype, self.device, c.model.trust_remote_code
+        )
+        logf = self.rd.iter_dir(t) / "train_log.jsonl"
+        def on_step(step: int) -> None:
+            _fault_point("train", step)
+
+        torch.manual_seed(derive_seed(c.run.seed, "train", t))
+        last = train_policy(
+            model,
+            ex,
+            self.loss_fn,
+            c.training,
+            derive_seed(c.run.seed, "train", t),
+            self.tok.pad_token_id,
+            state_dir=self.rd.iter_dir(t) / "train_state",
+            ref_examples=refs,
+            log=lambda m: append_jsonl(logf, [m]),
+            on_step=on_step,
+        )
+        ck = self.rd.checkpoint(t)
+        tmp = ck.with_name("checkpoint.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        self.tok.save_pretrained(tmp)
+        shutil.rmtree(ck, ignore_errors=True)
+        tmp.rename(ck)
+        shutil.rmtree(self.rd.iter_dir(t) / "train_state", ignore_errors=True)
+        self.rd.mark_done(t, "train", last)
+        if c.run.keep_checkpoints == "last" and t > 1 and not c.objective.magnet_refresh:
+            shutil.rmtree(self.rd.checkpoint(t - 1), ignore_errors=True)
+        return last
+
+    def stage_evaluate(self, t: int) -> dict[str, Any]:
+        """Win rate etc. of π_{t+1} (t = 0: the initial policy) against π_ref on eval prompts."""
+        from rspo.selfplay.evaluate import evaluate_iteration
+
+        path = self.cfg.model.path if t == 0 else str(self.rd.checkpoint(t))
+        metrics = evaluate_iteration(self, t, path)
+        atomic_write_json(self.rd.iter_dir(t) / "metrics.json", metrics)
+        self.rd.mark_done(t, "evaluate")
+        self.rd.rebuild_metrics()
+        return metrics
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> list[dict[str, Any]]:
+        """All iterations; finished stages are skipped. Returns the metrics rows."""
+        resuming = self.setup()
+        if resuming:
+            self.log(f"resuming run in {self.rd.root}")
+        c = self.cfg
+        if c.evaluation.enabled and not self.rd.done(0, "evaluate"):
+            self.stage_evaluate(0)
+        stages = [
+            ("generate", self.stage_generate),
+            ("judge", self.stage_judge),
+            ("score", self.stage_score),
+            ("train", self.stage_train),
+        ]
+        if c.evaluation.enabled:
+            stages.append(("evaluate", self.stage_evaluate))
+        for t in range(1, c.run.iterations + 1):
+            for name, fn in stages:
+                if self.rd.done(t, name):
+                    continue
+                t0 = time.perf_counter()
+                fn(t)
+                self.log(f"iter {t} {name}: {time.perf_counter() - t0:.1f}s")
+            if c.evaluation.enabled:
+                m = read_json(self.rd.iter_dir(t) / "metrics.json")
+                self.log(
+                    f"iter {t}: win_rate {m['win_rate']:.3f} [{m['win_rate_ci'][0]:.3f}, "
+                    f"{m['win_rate_ci'][1]:.3f}] lc {m['lc_win_rate']:.3f} "
+                    f"len {m['avg_length']:.1f}"
+                )
+        self._models.clear()
+        return self.rd.rebuild_metrics()
+
+
+def run_selfplay(cfg: Config, log: Log = print, fresh: bool = False) -> list[dict[str, Any]]:
+    """Run (or resume) iterative regularized self-play for ``cfg``."""
+    return SelfPlayRun(cfg, log=log, fresh=fresh).run()

@@ -1,0 +1,86 @@
+"""The on-disk run directory: layout, stage markers, config compatibility on resume.
+
+runs/NAME/config.yaml          resolved config (resume refuses a changed one)
+runs/NAME/run.json             versions and creation time
+runs/NAME/metrics.jsonl        one row per evaluated iteration (rebuilt from iter dirs)
+runs/NAME/iter_001/            generations.jsonl, judgments.jsonl, dataset.jsonl,
+                               train_log.jsonl, checkpoint/, eval_outputs.jsonl,
+                               model_outputs.json, metrics.json, *.done markers
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rspo.config import Config, ConfigError, diff_configs
+from rspo.utils.io import atomic_write_json, atomic_write_text, read_json
+
+#: keys that may change between a run and its resumption
+RESUMABLE_KEYS = ("run.iterations", "run.output", "run.keep_checkpoints")
+
+
+class RunDir:
+    """Paths and completion markers of one self-play run."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def iter_dir(self, t: int) -> Path:
+        return self.root / f"iter_{t:03d}"
+
+    def done(self, t: int, stage: str) -> bool:
+        return (self.iter_dir(t) / f"{stage}.done").exists()
+
+    def mark_done(self, t: int, stage: str, info: dict[str, Any] | None = None) -> None:
+        atomic_write_json(self.iter_dir(t) / f"{stage}.done", {"time": time.time(), **(info or {})})
+
+    def checkpoint(self, t: int) -> Path:
+        return self.iter_dir(t) / "checkpoint"
+
+    def init(self, cfg: Config, fresh: bool = False) -> bool:
+        """Create the run dir or check it matches ``cfg``; returns True when resuming."""
+        cfg_path = self.root / "config.yaml"
+        if cfg_path.exists() and not fresh:
+            old = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+            diff = [k for k in diff_configs(old, cfg.to_dict()) if k not in RESUMABLE_KEYS]
+            if diff:
+                raise ConfigError(
+                    f"run directory {self.root} was made with a different config; differing keys: "
+                    f"{', '.join(diff)}. Use another --output, or --overwrite to start over."
+                )
+            atomic_write_text(cfg_path, cfg.to_yaml())
+            return True
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg_path, cfg.to_yaml())
+        import torch
+        import transformers
+
+        import rspo
+
+        atomic_write_json(
+            self.root / "run.json",
+            {
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "rspo": rspo.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+        )
+        return False
+
+    def rebuild_metrics(self) -> list[dict[str, Any]]:
+        """Rewrite metrics.jsonl from every iter_*/metrics.json (idempotent across resumes)."""
+        rows = []
+        for d in sorted(self.root.glob("iter_*")):
+            m = d / "metrics.json"
+            if m.exists():
+                rows.append(read_json(m))
+        atomic_write_text(self.root / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        return rows

@@ -1,0 +1,175 @@
+"""Train π_{t+1} from π_t on one iteration's dataset with the RSPO loss.
+
+Log-probs under π_t and π_ref are precomputed, so only the trained model is in memory.
+Per-sample loss terms are summed and divided by the global batch counts, so the loss and
+its gradient do not depend on how a batch is split into micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model as st_load_model
+
+from rspo.config import TrainingConfig
+from rspo.modeling import sequence_logprobs
+from rspo.objectives import RSPOLoss, SampleBatch
+from rspo.training.checkpoint import load_train_state, recover_state_dir, save_train_state
+from rspo.utils.seeds import derive_seed
+
+
+@dataclass
+class TrainExample:
+    """One response y ~ π_t with its win rate and precomputed log-probs."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    win_rate: float
+    logp_t: float
+    logp_ref: float
+    group: int  # prompt index
+    label: int = 0  # +1 chosen / -1 rejected for pair losses
+
+
+@dataclass
+class RefExample:
+    """A response y' ~ π_ref (forward-KL NLL estimator) with its reference log-prob."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logp_ref: float
+    group: int
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW or RMSprop over trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _batches(n_units: int, unit: int, cfg: TrainingConfig, seed: int) -> list[list[int]]:
+    """Unit indices per optimizer step over all epochs (seeded shuffle per epoch)."""
+    per_step = max(1, cfg.batch_size // unit)
+    out = []
+    for epoch in range(cfg.epochs):
+        g = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+        order = torch.randperm(n_units, generator=g).tolist()
+        out += [order[s : s + per_step] for s in range(0, n_units, per_step)]
+    return out
+
+
+def train_policy(
+    model: torch.nn.Module,
+    examples: Sequence[TrainExample],
+    loss_fn: RSPOLoss,
+    cfg: TrainingConfig,
+    seed: int,
+    pad_id: int,
+    state_dir: Path | None = None,
+    ref_examples: Sequence[RefExample] = (),
+    log: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Run the optimizer over ``examples``; resumes from ``state_dir`` if it holds a state.
+
+    Pair losses (``sppo_hard``, ``inpo``) expect ``examples`` ordered as (chosen, rejected)
+    pairs; the pairs are never split across micro-batches.
+    """
+    pairwise = loss_fn.loss_type in ("sppo_hard", "inpo")
+    unit = 2 if pairwise else 1
+    if pairwise and (len(examples) % 2 or cfg.micro_batch_size % 2):
+        raise ValueError("pair losses need an even number of examples and an even micro_batch_size")
+    if loss_fn.needs_ref_samples and not ref_examples:
+        raise ValueError("the regularizer's estimator needs samples from π_ref, none were given")
+    ref_by_group: dict[int, list[RefExample]] = {}
+    for r in ref_examples:
+        ref_by_group.setdefault(r.group, []).append(r)
+
+    device = next(model.parameters()).device
+    optimizer = build_optimizer(model, cfg)
+    start = 0
+    if state_dir is not None and (found := recover_state_dir(state_dir)) is not None:
+        st_load_model(model, str(found / "model.safetensors"))
+        start = load_train_state(found, optimizer)["step"]
+    steps = _batches(len(examples) // unit, unit, cfg, seed)
+    model.train()
+    last: dict[str, float] = {}
+    for step in range(start, len(steps)):
+        idx = [u * unit + j for u in steps[step] for j in range(unit)]
+        micro = [
+            idx[s : s + cfg.micro_batch_size] for s in range(0, len(idx), cfg.micro_batch_size)
+        ]
+        seen: set[int] = set()
+        ref_micro: list[list[RefExample]] = []
+        for m in micro:
+            refs = []
+            for i in m:
+                g = examples[i].group
+                if g not in seen:
+                    seen.add(g)
+                    refs += ref_by_group.get(g, [])
+            ref_micro.append(refs)
+        n_ref = sum(len(r) for r in ref_micro)
+        totals: dict[str, float] = {}
+        for m, refs in zip(micro, ref_micro):
+            ex = [examples[i] for i in m]
+            lp = sequence_logprobs(
+                model, [e.prompt_ids for e in ex], [e.response_ids for e in ex], pad_id
+            )
+            t = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)  # noqa: E731
+            batch = SampleBatch(
+                logp_theta=lp,
+                logp_t=t([e.logp_t for e in ex]),
+                logp_ref=t([e.logp_ref for e in ex]),
+                win_rate=t([e.win_rate for e in ex]),
+                label=t([e.label for e in ex]) if pairwise else None,
+            )
+            if loss_fn.needs_ref_samples and refs:
+                batch.ref_logp_theta = sequence_logprobs(
+                    model, [r.prompt_ids for r in refs], [r.response_ids for r in refs], pad_id
+                )
+                batch.ref_logp_ref = t([r.logp_ref for r in refs])
+            loss, metrics = loss_fn(
+                batch,
+                num_samples=len(idx),
+                num_ref_samples=n_ref if loss_fn.needs_ref_samples else None,
+            )
+            loss.backward()
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * (
+                    1.0 if k == "loss" else len(m) / len(idx)
+                )
+        gnorm = (
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if cfg.max_grad_norm
+            else torch.sqrt(
+                sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None)
+            )
+        )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        last = {"step": step + 1, **totals, "grad_norm": float(gnorm)}
+        if not math.isfinite(last.get("loss", 0.0)):
+            raise FloatingPointError(
+                f"training loss is {last['loss']} at step {step + 1}; lower lr or eta"
+            )
+        if log is not None:
+            log(last)
+        if (
+            state_dir is not None
+            and cfg.save_steps
+            and (step + 1) % cfg.save_steps == 0
+            and step + 1 < len(steps)
+        ):
+            save_train_state(state_dir, model, optimizer, step + 1, {})
+        if on_step is not None:
+            on_step(step + 1)
+    model.eval()
+    return last
