@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rspo.generation import SamplingParams
+from rspo.utils.faults import fault_point
 from rspo.utils.io import append_jsonl, read_jsonl
 from rspo.utils.seeds import derive_seed
 
@@ -62,18 +63,21 @@ def _responses(
         for j, i in enumerate(idx)
     ]
     append_jsonl(file, recs)
+    fault_point(f"evaluate_{tag}", len(have) + len(recs))
     return have + recs
 
 
-def evaluate_iteration(run: SelfPlayRun, t: int, path: str) -> dict[str, Any]:
-    """Metrics of the policy at ``path`` vs the reference policy on the eval prompts."""
+def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str, Any]:
+    """Metrics of the policy at ``path`` vs the reference policy on the eval prompts.
+
+    Outputs go to ``d`` (default: the iteration's directory)."""
     from rspo.evaluation.alpaca import write_alpaca_outputs
     from rspo.evaluation.summary import evaluate_responses
 
     from rspo.judges.symmetric import symmetric_prefer
 
     e = run.cfg.evaluation
-    d = run.rd.iter_dir(t)
+    d = run.rd.iter_dir(t) if d is None else d
     base = _responses(
         run, run._ref_path(1), run.rd.root / "eval_baseline.jsonl", "eval", e.temperature
     )

@@ -7,7 +7,6 @@ one from its last written record (generation, judging) or saved step (training).
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -24,17 +23,11 @@ from rspo.objectives import RSPOLoss
 from rspo.selfplay.estimate import best_worst, win_rates
 from rspo.selfplay.rundir import RunDir
 from rspo.training.trainer import RefExample, TrainExample, train_policy
+from rspo.utils.faults import fault_point
 from rspo.utils.io import append_jsonl, atomic_write_json, read_json, read_jsonl
 from rspo.utils.seeds import derive_seed, seed_everything
 
 Log = Callable[[str], None]
-
-
-def _fault_point(stage: str, count: int) -> None:
-    """Test hook: ``RSPO_FAULT=stage:N`` kills the process after N records of ``stage``."""
-    spec = os.environ.get("RSPO_FAULT")
-    if spec and spec.split(":")[0] == stage and count >= int(spec.split(":")[1]):
-        os.kill(os.getpid(), 9)
 
 
 @dataclass
@@ -159,7 +152,7 @@ class SelfPlayRun:
                 for j, i in enumerate(idx)
             ]
             append_jsonl(out, recs)
-            _fault_point("generate", len(done) + s + len(idx))
+            fault_point("generate", len(done) + s + len(idx))
         self.rd.mark_done(t, "generate")
 
     def stage_judge(self, t: int) -> None:
@@ -193,7 +186,7 @@ class SelfPlayRun:
                     P[a][b], P[b][a] = p, 1.0 - p
                 recs.append({"prompt_index": g["prompt_index"], "P": P})
             append_jsonl(out, recs)
-            _fault_point("judge", len(done) + s + len(part))
+            fault_point("judge", len(done) + s + len(part))
         self.rd.mark_done(t, "judge")
 
     def _ref_samples(self, t: int, indices: list[int]) -> dict[int, list[list[int]]]:
@@ -313,8 +306,9 @@ class SelfPlayRun:
             self._policy_path(t), c.model.dtype, self.device, c.model.trust_remote_code
         )
         logf = self.rd.iter_dir(t) / "train_log.jsonl"
+
         def on_step(step: int) -> None:
-            _fault_point("train", step)
+            fault_point("train", step)
 
         torch.manual_seed(derive_seed(c.run.seed, "train", t))
         last = train_policy(

@@ -1,0 +1,72 @@
+"""The config tree: YAML + CLI overrides, strict keys, value checks, presets, diffs."""
+
+import pytest
+
+from rspo.config import Config, ConfigError, diff_configs, load_config, parse_overrides
+
+
+def test_defaults_validate_and_roundtrip_yaml(tmp_path):
+    cfg = Config().validate()
+    p = tmp_path / "c.yaml"
+    p.write_text(cfg.to_yaml())
+    assert load_config(p).to_dict() == cfg.to_dict()
+
+
+def test_overrides_are_typed_by_yaml():
+    ov = parse_overrides(
+        ["--objective.coef", "0.25", "--run.seed=3", "--objective.regularizer", "reverse_kl"]
+    )
+    assert ov == {"objective": {"coef": 0.25, "regularizer": "reverse_kl"}, "run": {"seed": 3}}
+    cfg = load_config(None, ["--objective.coef", "0.25", "--objective.regularizer", "reverse_kl"])
+    assert cfg.objective.coef == 0.25 and cfg.objective.regularizer == "reverse_kl"
+
+
+def test_yaml_then_cli_override_precedence(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("run:\n  seed: 5\n  iterations: 2\n")
+    cfg = load_config(p, ["--run.seed", "7"])
+    assert (cfg.run.seed, cfg.run.iterations) == (7, 2)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        (["--objective.cof", "1"], "unknown config key objective.cof"),
+        (["--nosection.x", "1"], "unknown config key nosection"),
+        (["--generation.num_samples", "1"], "generation.num_samples"),
+        (["--objective.coef", "-1"], "objective.coef: must be >= 0"),
+        (["--objective.coef", ".nan"], "objective.coef: value is NaN"),
+        (["--training.optimizer", "sgd"], "allowed: adamw, rmsprop"),
+        (["--run.seed", "abc"], "run.seed: expected an integer"),
+        (["--training.micro_batch_size", "7"], "multiple of training.micro_batch_size"),
+        (["--objective.coef", "0.1"], "coef > 0 needs a regularizer"),
+        (["--objective.preset", "nope"], "unknown preset 'nope'"),
+    ],
+)
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=None) as e:
+        load_config(None, override)
+    assert needle in str(e.value)
+
+
+def test_bad_yaml_file_is_named(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("run: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_preset_fills_objective_but_explicit_wins():
+    cfg = load_config(None, ["--objective.preset", "sppo"])
+    assert cfg.objective.coef == 0 and cfg.objective.regularizer == ""
+    cfg = load_config(None, ["--objective.preset", "rspo_reverse", "--objective.coef", "0.7"])
+    assert cfg.objective.coef == 0.7 and "reverse_kl" in cfg.objective.regularizer
+
+
+def test_diff_configs_lists_dotted_keys():
+    a, b = Config().to_dict(), Config().to_dict()
+    b["objective"]["coef"] = 1.0
+    b["run"]["seed"] = 9
+    assert diff_configs(a, b) == ["objective.coef", "run.seed"]
