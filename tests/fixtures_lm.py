@@ -27,11 +27,16 @@ def write_prompts(path: Path, n: int, prefix: str = "Say something") -> Path:
     return path
 
 
-def count_a_judge(prompt: str, a: str, b: str) -> float:
-    """Fixed-answer judge: more letters 'a' wins, P = σ(#a(a) − #a(b))."""
-    return 1.0 / (1.0 + math.exp(-(a.count("a") - b.count("a"))))
+def n_lower(text: str) -> int:
+    """Number of ASCII lowercase letters in ``text``."""
+    return sum(1 for c in text if "a" <= c <= "z")
 
 
-def count_a_correct(prompt: str, response: str) -> bool:
-    """'Accuracy' for the count-a task: the response contains at least two 'a's."""
-    return response.count("a") >= 2
+def lowercase_judge(prompt: str, a: str, b: str) -> float:
+    """Fixed-answer judge: more ASCII lowercase letters wins, P = σ(n(a) − n(b))."""
+    return 1.0 / (1.0 + math.exp(-(n_lower(a) - n_lower(b))))
+
+
+def lowercase_correct(prompt: str, response: str) -> bool:
+    """'Accuracy' for the lowercase task: at least three lowercase letters."""
+    return n_lower(response) >= 3

@@ -1,8 +1,34 @@
-"""Preference models behind one interface: ``prefer(prompts, a, b) -> P(a ≻ b)``."""
+"""Preference models behind one interface: ``prefer(prompts, a, b) -> P(a ≻ b)``.
 
-from rspo.judges.base import Judge, JudgeError, available_judges, build_judge, register_judge
+Built-in judges (``python``, ``reward_model``, ``pairwise_lm``, ``openai``, ``pairrm``)
+register themselves when first needed; build them with :func:`build_judge`.
+"""
 
-__all__ = ["Judge", "JudgeError", "available_judges", "build_judge", "register_judge"]
+from rspo.judges.base import (
+    Judge,
+    JudgeError,
+    available_judges,
+    build_judge,
+    chunk_slices,
+    register_judge,
+)
+from rspo.judges.cache import CachedJudge, JudgementCache, judgement_key
+from rspo.judges.symmetric import SymmetricJudge, batched_prefer, symmetric_prefer
+
+__all__ = [
+    "CachedJudge",
+    "Judge",
+    "JudgeError",
+    "JudgementCache",
+    "SymmetricJudge",
+    "available_judges",
+    "batched_prefer",
+    "build_judge",
+    "chunk_slices",
+    "judgement_key",
+    "register_judge",
+    "symmetric_prefer",
+]
 
 
 def _load_builtin() -> None:

@@ -7,9 +7,10 @@ policy and the judge may use different tokenizers.
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 
@@ -34,6 +35,9 @@ class Judge(ABC):
     def judge_id(self) -> str:
         """A string that identifies this judge and its settings (used as a cache key)."""
         return self.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.judge_id!r})"
 
     @abstractmethod
     def _prefer(
@@ -82,6 +86,16 @@ def register_judge(name: str) -> Callable[[Callable[..., Judge]], Callable[..., 
     return deco
 
 
+def chunk_slices(n: int, batch_size: int | None) -> Iterator[slice]:
+    """Consecutive slices covering ``range(n)`` with at most ``batch_size`` items each."""
+    if batch_size is None:
+        batch_size = max(n, 1)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
 def available_judges() -> list[str]:
     """Names of all registered judges."""
     from rspo.judges import _load_builtin  # noqa: F401  (registers built-ins)
@@ -95,4 +109,17 @@ def build_judge(name: str, **kwargs: Any) -> Judge:
     names = available_judges()
     if name not in _REGISTRY:
         raise ValueError(f"unknown judge {name!r}; valid judges: {', '.join(names)}")
-    return _REGISTRY[name](**kwargs)
+    factory = _REGISTRY[name]
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins / C callables: let the call report errors
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(**kwargs)
+        except TypeError as e:
+            valid = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
+            raise ValueError(
+                f"judge {name!r}: {e}; valid settings: {', '.join(valid) or '(none)'}"
+            ) from None
+    return factory(**kwargs)

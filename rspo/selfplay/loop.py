@@ -275,6 +275,7 @@ class SelfPlayRun:
                 {"prompt_index": g, "response_ids": s, "logp_ref": v}
                 for g, s, v in zip(groups, rr, lr)
             ]
+        fault_point("score", 1)  # a kill here must redo the whole (atomic) stage
         atomic_write_json(
             self.rd.iter_dir(t) / "dataset.json", {"examples": rows, "ref_examples": ref_rows}
         )

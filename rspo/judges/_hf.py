@@ -1,0 +1,101 @@
+"""Loading helpers shared by the local Hugging Face judges (reward model, pairwise LM)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → the first CUDA device if there is one, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """``"auto"`` (the checkpoint's dtype), a torch dtype, or a name like ``"bfloat16"``."""
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}") from None
+
+
+def fingerprint(model: str | Path) -> str:
+    """Short hash of a local model dir (config, tokenizer files, weight sizes and edges).
+
+    Cheap even for large checkpoints: weights contribute their size and first/last MiB,
+    which differ after any retraining. A hub id that is not a local dir hashes as text.
+    """
+    path = Path(model)
+    h = hashlib.sha256()
+    if not path.is_dir():
+        h.update(str(model).encode())
+        return h.hexdigest()[:12]
+    for f in sorted(p for p in path.iterdir() if p.is_file()):
+        h.update(f.name.encode())
+        size = f.stat().st_size
+        h.update(str(size).encode())
+        if f.suffix in (".json", ".jinja", ".txt", ".model") and size < (64 << 20):
+            h.update(f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin", ".pt"):
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                fh.seek(max(0, size - (1 << 20)))
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def load_tokenizer(
+    model: str | Path,
+    tokenizer: str | Path | None,
+    trust_remote_code: bool,
+    local_files_only: bool,
+) -> Any:
+    """The model's own tokenizer (or ``tokenizer``), right-padded, with a pad token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        str(tokenizer or model),
+        trust_remote_code=trust_remote_code,
+        local_files_only=local_files_only,
+    )
+    tok.padding_side = "right"  # keeps position ids of real tokens unchanged
+    tok.truncation_side = "left"  # keep the end: the response and the answer slot
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if tok.pad_token is None:
+        raise ValueError(f"tokenizer of {str(model)!r} has no pad, eos or unk token to pad with")
+    return tok
+
+
+def wants_chat_template(tokenizer: Any, use_chat_template: bool | None) -> bool:
+    """Resolve ``use_chat_template``: None means use one if the tokenizer has one."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if use_chat_template and not has:
+        raise ValueError("use_chat_template=True but the tokenizer has no chat template")
+    return has if use_chat_template is None else bool(use_chat_template)
+
+
+def effective_max_length(tokenizer: Any, max_length: int | None) -> int | None:
+    """``max_length`` or the tokenizer's ``model_max_length`` when that is a real limit."""
+    if max_length is not None:
+        return max_length
+    mml = getattr(tokenizer, "model_max_length", None)
+    return mml if isinstance(mml, int) and mml < 1_000_000 else None

@@ -1,0 +1,136 @@
+"""Judge ``python``: any Python function ``f(prompt, a, b) -> P(a ≻ b)``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rspo.judges.base import Judge, JudgeError, register_judge
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """Resolve ``"package.module:attr.path"`` (or ``"path/to/file.py:attr"``) to a callable."""
+    module_name, sep, attr_path = spec.rpartition(":")
+    if not sep or not module_name or not attr_path:
+        raise ValueError(
+            f"python judge: fn must look like 'package.module:function' (or "
+            f"'path/to/file.py:function'), got {spec!r}"
+        )
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise FileNotFoundError(f"no such file: {str(path)!r}")
+            digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+            mod_id = f"rspo_user_judge_{digest}"
+            loader_spec = importlib.util.spec_from_file_location(mod_id, path)
+            assert loader_spec is not None and loader_spec.loader is not None
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[mod_id] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, SyntaxError, errors raised at import time
+        raise JudgeError(
+            f"python judge: could not import {module_name!r} for fn={spec!r}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    obj: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise JudgeError(
+                f"python judge: {module_name!r} has no attribute {attr_path!r} (fn={spec!r})"
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise JudgeError(f"python judge: {spec!r} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _code_fingerprint(fn: Callable[..., Any]) -> str:
+    """Short hash of the function's bytecode and constants, so edits invalidate caches."""
+    code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
+    if code is None:
+        return "nocode"
+    h = hashlib.sha256(code.co_code)
+    h.update(repr(code.co_consts).encode("utf-8", "replace"))
+    return h.hexdigest()[:12]
+
+
+@register_judge("python")
+class PythonJudge(Judge):
+    """Calls a user function per pair, or once per batch with ``batched=True``.
+
+    ``fn(prompt, a, b, **kwargs) -> float`` (or, batched, ``fn(prompts, as, bs, **kwargs)
+    -> list[float]``); given as a callable or ``"module:function"``. ``version`` is a
+    free string added to ``judge_id`` to invalidate caches when behaviour changes.
+    """
+
+    def __init__(
+        self,
+        fn: str | Callable[..., Any],
+        batched: bool = False,
+        order_sensitive: bool = False,
+        kwargs: Mapping[str, Any] | None = None,
+        version: str | None = None,
+    ) -> None:
+        if isinstance(fn, str):
+            self.spec = fn
+            self.fn = load_callable(fn)
+        elif callable(fn):
+            qual = getattr(fn, "__qualname__", type(fn).__qualname__)
+            self.spec = f"{getattr(fn, '__module__', '?')}:{qual}"
+            self.fn = fn
+        else:
+            raise TypeError(f"python judge: fn must be a callable or 'module:function', got {fn!r}")
+        self.batched = batched
+        self.order_sensitive = order_sensitive
+        self.kwargs = dict(kwargs or {})
+        self.version = version
+
+    @property
+    def judge_id(self) -> str:
+        parts = [f"fn={self.spec}", f"code={_code_fingerprint(self.fn)}"]
+        if self.batched:
+            parts.append("batched")
+        if self.kwargs:
+            parts.append("kwargs=" + json.dumps(self.kwargs, sort_keys=True, default=repr))
+        if self.version is not None:
+            parts.append(f"version={self.version}")
+        return f"python[{','.join(parts)}]"
+
+    def _prefer(
+        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> list[float]:
+        if self.batched:
+            try:
+                out = self.fn(list(prompts), list(responses_a), list(responses_b), **self.kwargs)
+            except Exception as e:
+                raise JudgeError(
+                    f"python judge {self.spec!r} raised {type(e).__name__}: {e}"
+                ) from e
+            return [self._as_float(p, i) for i, p in enumerate(out)]
+        out = []
+        for i, triple in enumerate(zip(prompts, responses_a, responses_b)):
+            try:
+                p = self.fn(*triple, **self.kwargs)
+            except Exception as e:
+                raise JudgeError(
+                    f"python judge {self.spec!r} raised {type(e).__name__} on pair {i}: {e}"
+                ) from e
+            out.append(self._as_float(p, i))
+        return out
+
+    def _as_float(self, p: Any, i: int) -> float:
+        try:
+            return float(p)
+        except (TypeError, ValueError) as e:
+            raise JudgeError(
+                f"python judge {self.spec!r} returned {p!r} for pair {i}; expected a number"
+            ) from e

@@ -1,0 +1,201 @@
+"""Local Hugging Face judges on tiny models built and saved inside the tests (offline)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
+from rspo.gym.tokenizer import build_byte_tokenizer
+from rspo.judges import build_judge, symmetric_prefer
+
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+PROMPTS = ["2+2?", "2+2?", "Name a colour.", "Say hi", "Say hi", "x", "long " * 8, "q", "q"]
+A = ["4", "five", "blue", "hi", "hello there!", "", "short", "same", "a{response_b}"]
+B = ["five", "4", "the sky is blue", "hello there!", "hi", "y", "tiny", "same", "b"]
+
+
+def _config(tok: PreTrainedTokenizerFast, **kw) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=264,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        initializer_range=0.3,  # spread the scores so comparisons are informative
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matmuls run faster on one thread than with cross-core synchronisation."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """Tiny reward models and causal LMs, with and without a chat template."""
+    root = tmp_path_factory.mktemp("judge_models")
+    dirs = {}
+    torch.manual_seed(0)
+    for name, cls, kw in [
+        ("rm", LlamaForSequenceClassification, {"num_labels": 1}),
+        ("rm2", LlamaForSequenceClassification, {"num_labels": 2}),
+        ("lm", LlamaForCausalLM, {}),
+    ]:
+        model = cls(_config(build_byte_tokenizer(), **kw))
+        for chat in (False, True):
+            tok = build_byte_tokenizer(model_max_length=1024)
+            if chat:
+                tok.chat_template = CHAT
+            d = root / f"{name}{'_chat' if chat else ''}"
+            model.save_pretrained(d)
+            tok.save_pretrained(d)
+            dirs[d.name] = d
+    return dirs
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@torch.no_grad()
+def _reward(model, tok, text: str) -> float:
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    return model(input_ids=ids).logits[0, 0].item()
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_reward_model_matches_own_forward_pass(model_dirs, chat):
+    d = model_dirs["rm_chat" if chat else "rm"]
+    judge = build_judge("reward_model", model=str(d), temperature=0.5, batch_size=4, device="cpu")
+    assert judge.use_chat_template is chat and not judge.order_sensitive
+    ps = judge.prefer(PROMPTS, A, B)
+    ref = LlamaForSequenceClassification.from_pretrained(d).eval()  # independent load
+    tok = PreTrainedTokenizerFast.from_pretrained(d)
+
+    def text(p: str, r: str) -> str:
+        return f"<|user|>{p}\n<|assistant|>{r}\n" if chat else p + r
+
+    expected = [
+        _sigmoid((_reward(ref, tok, text(p, a)) - _reward(ref, tok, text(p, b))) / 0.5)
+        for p, a, b in zip(PROMPTS, A, B)
+    ]
+    assert ps == pytest.approx(expected, abs=1e-5)
+    assert ps[7] == 0.5 and max(abs(p - 0.5) for p in ps) > 0.01  # scores really differ
+
+
+def test_reward_model_symmetry_batching_and_unique_scoring(model_dirs):
+    judge = build_judge("reward_model", model=str(model_dirs["rm"]), batch_size=1)
+    one = judge.prefer(PROMPTS, A, B)
+    judge.batch_size = 7
+    seven = judge.prefer(PROMPTS, A, B)
+    assert seven == pytest.approx(one, abs=1e-6)  # padding does not change scores
+    rev = judge.prefer(PROMPTS, B, A)
+    assert [x + y for x, y in zip(seven, rev)] == pytest.approx([1.0] * len(A), abs=1e-12)
+
+    rows = []
+    handle = judge.model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        judge.prefer(["p", "p", "p"], ["a", "b", "a"], ["b", "a", "c"])
+    finally:
+        handle.remove()
+    assert sum(rows) == 3  # (p,a), (p,b), (p,c): each scored once
+
+
+def test_reward_model_settings_errors(model_dirs):
+    with pytest.raises(ValueError, match="2 output labels; set label_index"):
+        build_judge("reward_model", model=str(model_dirs["rm2"]))
+    j = build_judge("reward_model", model=str(model_dirs["rm2"]), label_index=1)
+    assert len(j.prefer(["q"], ["a"], ["b"])) == 1
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        build_judge("reward_model", model=str(model_dirs["rm"]), temperature=0)
+    with pytest.raises(ValueError, match="no chat template"):
+        build_judge("reward_model", model=str(model_dirs["rm"]), use_chat_template=True)
+
+
+def test_reward_model_truncation_keeps_the_end(model_dirs, caplog):
+    judge = build_judge("reward_model", model=str(model_dirs["rm"]), max_length=6)
+    ref = build_judge("reward_model", model=str(model_dirs["rm"]))
+    with caplog.at_level("WARNING"):
+        r = judge.score(["a long prompt "], ["tail!!"])
+    assert "truncated" in caplog.text
+    assert r == pytest.approx(ref.score([""], ["tail!!"]), abs=1e-6)
+
+
+def test_reward_model_id_tracks_weights(model_dirs, tmp_path):
+    j1 = build_judge("reward_model", model=str(model_dirs["rm"]))
+    assert j1.judge_id == build_judge("reward_model", model=str(model_dirs["rm"])).judge_id
+    other = tmp_path / "retrained"
+    torch.manual_seed(1)
+    LlamaForSequenceClassification(_config(build_byte_tokenizer(), num_labels=1)).save_pretrained(
+        other
+    )
+    build_byte_tokenizer(model_max_length=1024).save_pretrained(other)
+    j2 = build_judge("reward_model", model=str(other))
+    assert j1.judge_id.split("fp=")[1][:12] != j2.judge_id.split("fp=")[1][:12]
+
+
+@torch.no_grad()
+def _ab_prob(model, tok, text: str, add_special_tokens: bool) -> float:
+    ids = torch.tensor([tok(text, add_special_tokens=add_special_tokens)["input_ids"]])
+    last = model(input_ids=ids).logits[0, -1]
+    return torch.softmax(last[[ord("A"), ord("B")]], -1)[0].item()
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_pairwise_lm_matches_answer_token_softmax(model_dirs, chat):
+    d = model_dirs["lm_chat" if chat else "lm"]
+    judge = build_judge("pairwise_lm", model=str(d), batch_size=4, system_prompt="Judge.")
+    assert judge.order_sensitive and judge.choice_ids == (ord("A"), ord("B"))
+    ps = judge.prefer(PROMPTS, A, B)
+    ref = LlamaForCausalLM.from_pretrained(d).eval()
+    tok = PreTrainedTokenizerFast.from_pretrained(d)
+    texts = [judge.render(*t) for t in zip(PROMPTS, A, B)]
+    if chat:
+        assert texts[0].startswith("<|system|>Judge.\n<|user|>") and texts[0].endswith(
+            "Better response:\n<|assistant|>"
+        )
+    assert "[RESPONSE A]\na{response_b}\n" in texts[-1]  # braces in responses stay literal
+    expected = [_ab_prob(ref, tok, t, add_special_tokens=not chat) for t in texts]
+    assert ps == pytest.approx(expected, abs=1e-5)
+
+
+def test_pairwise_lm_order_swap_and_batching(model_dirs):
+    judge = build_judge("pairwise_lm", model=str(model_dirs["lm"]), batch_size=1)
+    one = judge.prefer(PROMPTS, A, B)
+    judge.batch_size = 7
+    assert judge.prefer(PROMPTS, A, B) == pytest.approx(one, abs=1e-6)
+    sym = symmetric_prefer(judge, PROMPTS, A, B)
+    rev = symmetric_prefer(judge, PROMPTS, B, A)
+    assert [x + y for x, y in zip(sym, rev)] == pytest.approx([1.0] * len(A), abs=1e-6)
+    raw_rev = judge.prefer(PROMPTS, B, A)
+    assert sym == pytest.approx([0.5 * (p + 1 - q) for p, q in zip(one, raw_rev)], abs=1e-6)
+
+
+def test_pairwise_lm_rejects_bad_settings(model_dirs):
+    with pytest.raises(ValueError, match="not a single token"):
+        build_judge("pairwise_lm", model=str(model_dirs["lm"]), choices=("AB", "B"))
+    with pytest.raises(ValueError, match=r"missing: \{response_b\}"):
+        build_judge("pairwise_lm", model=str(model_dirs["lm"]), template="{prompt} {response_a}")
