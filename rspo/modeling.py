@@ -100,11 +100,12 @@ def sequence_logprobs(
     """log π(response | prompt) summed over response tokens, float32, one value per pair.
 
     Gradients flow when called outside ``torch.no_grad``. Logits are upcast to float32 so
-    bf16 models give stable log-probs.
+    bf16 models give stable log-probs (float64 models stay float64).
     """
     device = next(model.parameters()).device
     ids, attn, tgt = _pack(prompt_ids, response_ids, pad_id, device)
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     targets = ids[:, 1:]
     mask = tgt[:, 1:]
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)

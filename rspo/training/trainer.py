@@ -92,7 +92,6 @@ def train_policy(
     for r in ref_examples:
         ref_by_group.setdefault(r.group, []).append(r)
 
-    device = next(model.parameters()).device
     optimizer = build_optimizer(model, cfg)
     start = 0
     if state_dir is not None and (found := recover_state_dir(state_dir)) is not None:
@@ -103,49 +102,9 @@ def train_policy(
     last: dict[str, float] = {}
     for step in range(start, len(steps)):
         idx = [u * unit + j for u in steps[step] for j in range(unit)]
-        micro = [
-            idx[s : s + cfg.micro_batch_size] for s in range(0, len(idx), cfg.micro_batch_size)
-        ]
-        seen: set[int] = set()
-        ref_micro: list[list[RefExample]] = []
-        for m in micro:
-            refs = []
-            for i in m:
-                g = examples[i].group
-                if g not in seen:
-                    seen.add(g)
-                    refs += ref_by_group.get(g, [])
-            ref_micro.append(refs)
-        n_ref = sum(len(r) for r in ref_micro)
-        totals: dict[str, float] = {}
-        for m, refs in zip(micro, ref_micro):
-            ex = [examples[i] for i in m]
-            lp = sequence_logprobs(
-                model, [e.prompt_ids for e in ex], [e.response_ids for e in ex], pad_id
-            )
-            t = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)  # noqa: E731
-            batch = SampleBatch(
-                logp_theta=lp,
-                logp_t=t([e.logp_t for e in ex]),
-                logp_ref=t([e.logp_ref for e in ex]),
-                win_rate=t([e.win_rate for e in ex]),
-                label=t([e.label for e in ex]) if pairwise else None,
-            )
-            if loss_fn.needs_ref_samples and refs:
-                batch.ref_logp_theta = sequence_logprobs(
-                    model, [r.prompt_ids for r in refs], [r.response_ids for r in refs], pad_id
-                )
-                batch.ref_logp_ref = t([r.logp_ref for r in refs])
-            loss, metrics = loss_fn(
-                batch,
-                num_samples=len(idx),
-                num_ref_samples=n_ref if loss_fn.needs_ref_samples else None,
-            )
-            loss.backward()
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * (
-                    1.0 if k == "loss" else len(m) / len(idx)
-                )
+        totals = accumulate_gradients(
+            model, examples, idx, loss_fn, cfg.micro_batch_size, pad_id, ref_by_group, pairwise
+        )
         gnorm = (
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             if cfg.max_grad_norm
@@ -173,3 +132,67 @@ def train_policy(
             on_step(step + 1)
     model.eval()
     return last
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    examples: Sequence[TrainExample],
+    idx: Sequence[int],
+    loss_fn: RSPOLoss,
+    micro_batch_size: int,
+    pad_id: int,
+    ref_by_group: dict[int, list[RefExample]] | None = None,
+    pairwise: bool = False,
+) -> dict[str, float]:
+    """Backward the loss of the global batch ``idx`` in micro-batches; returns its metrics.
+
+    Each micro-batch's per-sample terms are divided by the global counts, so the
+    accumulated gradient equals the full-batch gradient whatever ``micro_batch_size`` is.
+    A prompt's π_ref samples go with the micro-batch holding its first policy sample.
+    """
+    device = next(model.parameters()).device
+    ref_by_group = ref_by_group or {}
+    micro = [idx[s : s + micro_batch_size] for s in range(0, len(idx), micro_batch_size)]
+    seen: set[int] = set()
+    ref_micro: list[list[RefExample]] = []
+    for m in micro:
+        refs = []
+        for i in m:
+            g = examples[i].group
+            if g not in seen:
+                seen.add(g)
+                refs += ref_by_group.get(g, [])
+        ref_micro.append(refs)
+    n_ref = sum(len(r) for r in ref_micro)
+    totals: dict[str, float] = {}
+    for m, refs in zip(micro, ref_micro):
+        ex = [examples[i] for i in m]
+        lp = sequence_logprobs(
+            model, [e.prompt_ids for e in ex], [e.response_ids for e in ex], pad_id
+        )
+        dtype = lp.dtype
+
+        def t(vals: list[float], dtype=dtype) -> torch.Tensor:
+            return torch.tensor(vals, dtype=dtype, device=device)
+
+        batch = SampleBatch(
+            logp_theta=lp,
+            logp_t=t([e.logp_t for e in ex]),
+            logp_ref=t([e.logp_ref for e in ex]),
+            win_rate=t([e.win_rate for e in ex]),
+            label=t([e.label for e in ex]) if pairwise else None,
+        )
+        if loss_fn.needs_ref_samples and refs:
+            batch.ref_logp_theta = sequence_logprobs(
+                model, [r.prompt_ids for r in refs], [r.response_ids for r in refs], pad_id
+            )
+            batch.ref_logp_ref = t([r.logp_ref for r in refs])
+        loss, metrics = loss_fn(
+            batch,
+            num_samples=len(idx),
+            num_ref_samples=n_ref if loss_fn.needs_ref_samples else None,
+        )
+        loss.backward()
+        for k, v in metrics.items():  # "loss" adds up across micro-batches; others are averaged
+            totals[k] = totals.get(k, 0.0) + float(v) * (1.0 if k == "loss" else len(m) / len(idx))
+    return totals
