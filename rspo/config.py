@@ -402,8 +402,8 @@ def _apply_preset(data: dict[str, Any]) -> dict[str, Any]:
         "samples": p.samples,
         "magnet_refresh": p.magnet_refresh,
     }
-    if getattr(p, "tau", None) is not None:
-        defaults["tau"] = p.tau
+    if p.tau_eta is not None:  # INPO: the preset fixes ητ, so τ follows the configured η
+        defaults["tau"] = p.tau_eta / float(obj.get("eta", ObjectiveConfig.eta))
     data = dict(data)
     data["objective"] = {**defaults, **obj}
     return data

@@ -70,3 +70,11 @@ def test_diff_configs_lists_dotted_keys():
     b["objective"]["coef"] = 1.0
     b["run"]["seed"] = 9
     assert diff_configs(a, b) == ["objective.coef", "run.seed"]
+
+
+def test_inpo_preset_derives_tau_from_eta():
+    from rspo.objectives import PRESETS
+
+    cfg = load_config(None, ["--objective.preset", "inpo", "--objective.eta", "4"])
+    assert cfg.objective.loss_type == "inpo"
+    assert cfg.objective.tau == pytest.approx(PRESETS["inpo"].tau_eta / 4)
