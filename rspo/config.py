@@ -30,6 +30,7 @@ class ModelConfig:
     path: str = "gym"
     #: reference policy for the regularizer; ``None`` = same as ``path`` (π_ref = π_0)
     ref_path: str | None = None
+    #: run model code from the hub repo (off: only transformers' own classes)
     trust_remote_code: bool = False
     #: float32 | bfloat16 | float16
     dtype: str = "float32"
@@ -47,6 +48,7 @@ class DataConfig:
     eval_prompts: str = "gym"
     #: number of train prompts (gym: how many to generate; files: take the first N)
     num_prompts: int | None = 128
+    #: number of held-out eval prompts
     num_eval_prompts: int = 64
     #: prompts per iteration: None = all every iteration, else consecutive slices (SPPO style)
     prompts_per_iteration: int | None = None
@@ -64,9 +66,13 @@ class GenerationConfig:
     backend: str = "hf"
     #: K, responses per prompt
     num_samples: int = 4
+    #: response length cap (tokens); hitting it counts as truncation
     max_new_tokens: int = 48
+    #: sampling temperature (0 = greedy)
     temperature: float = 1.0
+    #: nucleus sampling mass (1 = off)
     top_p: float = 1.0
+    #: top-k sampling (0 = off)
     top_k: int = 0
     #: sequences per generate call
     batch_size: int = 64
@@ -76,7 +82,9 @@ class GenerationConfig:
 class JudgeConfig:
     """The preference model used for training (P(y ≻ y') on the K×K pairs)."""
 
+    #: registered judge name (see docs/judges.md)
     name: str = "gym-proxy"
+    #: judge constructor settings, e.g. {model: /path/to/reward-model}
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: query both presentation orders and average; None = only for order-sensitive judges
     both_orders: bool | None = None
@@ -84,6 +92,7 @@ class JudgeConfig:
     include_self_match: bool = True
     #: on-disk cache of judgements under the run directory
     cache: bool = True
+    #: judged pairs per judge call
     batch_size: int = 256
 
 
@@ -109,6 +118,7 @@ class ObjectiveConfig:
     magnet_refresh: int | None = None
     #: adaptive coefficient: none | kl | length (issue "regularizer study")
     adaptive: str = "none"
+    #: target of the adaptive coefficient (KL in nats, or mean length in tokens)
     adaptive_target: float | None = None
 
 
@@ -118,13 +128,17 @@ class TrainingConfig:
 
     #: adamw | rmsprop
     optimizer: str = "adamw"
+    #: learning rate (constant)
     lr: float = 5e-4
+    #: decoupled weight decay
     weight_decay: float = 0.0
+    #: passes over each iteration's dataset
     epochs: int = 2
     #: samples per optimizer step (global)
     batch_size: int = 64
     #: samples per forward/backward; batch_size must be a multiple
     micro_batch_size: int = 32
+    #: gradient clipping (null = off)
     max_grad_norm: float | None = 1.0
     #: save resumable training state every N optimizer steps (0 = only at the end)
     save_steps: int = 20
@@ -136,16 +150,21 @@ class EvaluationConfig:
 
     #: judge for evaluation (the gold judge on the gym)
     judge: str = "gym-gold"
+    #: settings of the evaluation judge
     judge_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: evaluate after every iteration (and the initial policy)
     enabled: bool = True
     #: temperature 0 = greedy
     temperature: float = 0.0
+    #: response length cap for evaluation
     max_new_tokens: int = 48
     #: samples per eval prompt for diversity metrics (0 = skip)
     diversity_samples: int = 4
+    #: temperature of the diversity samples
     diversity_temperature: float = 1.0
     #: "module:function" (prompt, response) -> bool for task accuracy; "" = none
     accuracy_fn: str = "rspo.gym.tasks:check_answer"
+    #: bootstrap resamples for the win-rate interval
     n_boot: int = 1000
 
 
@@ -153,8 +172,11 @@ class EvaluationConfig:
 class RunConfig:
     """Run-level settings: output directory, iterations, seed."""
 
+    #: run directory
     output: str = "runs/default"
+    #: self-play iterations (may be raised when resuming)
     iterations: int = 3
+    #: seeds generation, data order and bootstrap
     seed: int = 0
     #: all | last: which iteration checkpoints to keep
     keep_checkpoints: str = "all"
