@@ -1,4 +1,4 @@
-"""The ``rspo`` command line: game, train, eval, demo, config."""
+"""The ``rspo`` command line: game, train, eval, demo, sweep, config."""
 
 from __future__ import annotations
 
@@ -88,6 +88,20 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
+    from rspo.sweep import run_sweep
+
+    path = args.config
+    if path is None:
+        from importlib.resources import files
+
+        path = str(
+            files("rspo") / "configs" / ("sweep_quick.yaml" if args.quick else "sweep_gym.yaml")
+        )
+    run_sweep(path, output=args.output, parallel=args.parallel)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; config overrides (``--section.key VALUE``) pass through."""
     p = argparse.ArgumentParser(
@@ -123,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", default=None)
     d.add_argument("--quick", action="store_true", help="a ~2 minute smoke version")
     d.set_defaults(fn=_cmd_demo)
+
+    w = sub.add_parser("sweep", help="grid over objectives x coefficients x seeds, with a report")
+    w.add_argument("--config", default=None, help="sweep YAML (default: the packaged gym sweep)")
+    w.add_argument("--output", default=None)
+    w.add_argument("--parallel", type=int, default=None, help="runs in parallel processes")
+    w.add_argument("--quick", action="store_true", help="the packaged quick sweep (CI smoke)")
+    w.set_defaults(fn=_cmd_sweep)
 
     e = sub.add_parser("eval", help="evaluate a model against the reference policy")
     e.add_argument("--model", required=True, help="model directory to evaluate")

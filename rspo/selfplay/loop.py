@@ -20,6 +20,7 @@ from rspo.data import PromptSet, load_prompts
 from rspo.generation import SamplingParams, build_backend
 from rspo.modeling import batched_sequence_logprobs, load_model, load_tokenizer, resolve_device
 from rspo.objectives import RSPOLoss
+from rspo.selfplay.adaptive import measure, update_coef
 from rspo.selfplay.estimate import best_worst, win_rates
 from rspo.selfplay.rundir import RunDir
 from rspo.training.trainer import RefExample, TrainExample, train_policy
@@ -111,13 +112,7 @@ class SelfPlayRun:
             d.chat_template,
             d.max_prompt_length,
         )
-        self.loss_fn = RSPOLoss(
-            eta=c.objective.eta,
-            regularizer=c.objective.regularizer or None,
-            coef=c.objective.coef,
-            loss_type=c.objective.loss_type,
-            tau=c.objective.tau,
-        )
+        self.loss_fn = self._make_loss(c.objective.coef)
         from rspo.judges import build_judge
 
         self.judge = build_judge(c.judge.name, **c.judge.kwargs)
@@ -126,6 +121,16 @@ class SelfPlayRun:
 
             self.judge = CachedJudge(self.judge, self.rd.root / "judge_cache.sqlite")
         return resuming
+
+    def _make_loss(self, coef: float) -> RSPOLoss:
+        o = self.cfg.objective
+        return RSPOLoss(
+            eta=o.eta,
+            regularizer=o.regularizer or None,
+            coef=coef,
+            loss_type=o.loss_type,
+            tau=o.tau,
+        )
 
     # ------------------------------------------------------------------ stages
     def stage_generate(self, t: int) -> None:
@@ -275,11 +280,27 @@ class SelfPlayRun:
                 {"prompt_index": g, "response_ids": s, "logp_ref": v}
                 for g, s, v in zip(groups, rr, lr)
             ]
+        coef, measured = self._coef_for(t, rows)
         fault_point("score", 1)  # a kill here must redo the whole (atomic) stage
         atomic_write_json(
-            self.rd.iter_dir(t) / "dataset.json", {"examples": rows, "ref_examples": ref_rows}
+            self.rd.iter_dir(t) / "dataset.json",
+            {"coef": coef, "measured": measured, "examples": rows, "ref_examples": ref_rows},
         )
         self.rd.mark_done(t, "score", {"examples": len(rows), "ref_examples": len(ref_rows)})
+
+    def _coef_for(self, t: int, rows: list[dict[str, Any]]) -> tuple[float, float | None]:
+        """λ for iteration t: fixed, or adapted from λ_{t−1} toward objective.adaptive_target."""
+        o = self.cfg.objective
+        if o.adaptive == "none":
+            return o.coef, None
+        prev = o.coef if t == 1 else read_json(self.rd.iter_dir(t - 1) / "dataset.json")["coef"]
+        m = measure(
+            o.adaptive,
+            [r["logp_t"] for r in rows],
+            [r["logp_ref"] for r in rows],
+            [len(r["response_ids"]) for r in rows],
+        )
+        return update_coef(prev, m, o.adaptive_target), m
 
     def stage_train(self, t: int) -> dict[str, float]:
         """Train π_{t+1} from π_t; save a safetensors checkpoint with the tokenizer."""
@@ -312,10 +333,13 @@ class SelfPlayRun:
             fault_point("train", step)
 
         torch.manual_seed(derive_seed(c.run.seed, "train", t))
+        loss_fn = self.loss_fn
+        if data.get("coef", self.cfg.objective.coef) != self.cfg.objective.coef:
+            loss_fn = self._make_loss(data["coef"])
         last = train_policy(
             model,
             ex,
-            self.loss_fn,
+            loss_fn,
             c.training,
             derive_seed(c.run.seed, "train", t),
             self.tok.pad_token_id,
@@ -332,7 +356,7 @@ class SelfPlayRun:
         shutil.rmtree(ck, ignore_errors=True)
         tmp.rename(ck)
         shutil.rmtree(self.rd.iter_dir(t) / "train_state", ignore_errors=True)
-        self.rd.mark_done(t, "train", last)
+        self.rd.mark_done(t, "train", {**last, "coef": data.get("coef", c.objective.coef)})
         if c.run.keep_checkpoints == "last" and t > 1 and not c.objective.magnet_refresh:
             shutil.rmtree(self.rd.checkpoint(t - 1), ignore_errors=True)
         return last
@@ -343,6 +367,8 @@ class SelfPlayRun:
 
         path = self.cfg.model.path if t == 0 else str(self.rd.checkpoint(t))
         metrics = evaluate_iteration(self, t, path)
+        if t > 0:  # the coefficient this iteration trained with (varies when adaptive)
+            metrics["coef"] = read_json(self.rd.iter_dir(t) / "dataset.json").get("coef")
         atomic_write_json(self.rd.iter_dir(t) / "metrics.json", metrics)
         self.rd.mark_done(t, "evaluate")
         self.rd.rebuild_metrics()

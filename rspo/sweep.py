@@ -1,0 +1,274 @@
+"""``rspo sweep``: a grid of objectives × coefficients × seeds, each a normal run directory.
+
+Runs go in parallel worker processes (``parallel``), each resumable like any run, so an
+interrupted sweep continues where it stopped. Writes ``table.md``/``table.csv`` (mean ±
+95% t-interval over seeds per setting, best LC marked), plots and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from rspo.config import ConfigError, config_from_dict
+from rspo.utils.io import atomic_write_json, atomic_write_text, read_jsonl
+
+METRICS = ("win_rate", "lc_win_rate", "avg_length", "accuracy", "self_bleu")
+
+
+@dataclass
+class SweepRun:
+    """One (setting, coefficient, seed) cell of the grid."""
+
+    setting: str
+    coef: float | None
+    seed: int
+    config: dict[str, Any]
+    output: Path
+
+    @property
+    def label(self) -> str:
+        return self.setting if self.coef is None else f"{self.setting}@{self.coef:g}"
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_sweep(path: str | Path) -> dict[str, Any]:
+    """Read a sweep YAML: ``base`` (config dict), ``settings`` (name -> {objective..., coefs}),
+    ``seeds``, ``parallel``, ``output``. Errors name the file and key."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"sweep config {p} does not exist")
+    spec = yaml.safe_load(p.read_text()) or {}
+    allowed = {"base", "settings", "seeds", "parallel", "output"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{p}: unknown sweep key {unknown[0]!r}; valid: {', '.join(sorted(allowed))}"
+        )
+    if not spec.get("settings"):
+        raise ConfigError(f"{p}: 'settings' must list at least one setting")
+    return spec
+
+
+def expand(spec: dict[str, Any], output: str | Path | None = None) -> list[SweepRun]:
+    """All runs of the grid, each with a validated config."""
+    out = Path(output or spec.get("output", "runs/sweep"))
+    base = spec.get("base") or {}
+    runs = []
+    for name, setting in spec["settings"].items():
+        setting = dict(setting or {})
+        coefs = setting.pop("coefs", None) or [None]
+        for coef in coefs:
+            for seed in spec.get("seeds", [0]):
+                cfg = _merge(base, setting)
+                if coef is not None:
+                    cfg = _merge(cfg, {"objective": {"coef": coef}})
+                label = name if coef is None else f"{name}@{coef:g}"
+                cfg = _merge(
+                    cfg, {"run": {"seed": seed, "output": str(out / label / f"seed{seed}")}}
+                )
+                try:
+                    config_from_dict(cfg)
+                except ConfigError as e:
+                    raise ConfigError(f"sweep setting {label!r}: {e}") from e
+                runs.append(SweepRun(name, coef, seed, cfg, out / label / f"seed{seed}"))
+    return runs
+
+
+def _run_one(run: SweepRun, log) -> float:
+    """Run (or resume) one cell in a subprocess; returns its wall time in seconds."""
+    run.output.mkdir(parents=True, exist_ok=True)
+    cfg_path = run.output.parent / f"seed{run.seed}.yaml"
+    atomic_write_text(cfg_path, yaml.safe_dump(run.config, sort_keys=False))
+    if (run.output / "sweep.done").exists():
+        return float((run.output / "sweep.done").read_text() or 0)
+    t0 = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rspo.cli", "train", "--config", str(cfg_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"sweep run {run.label} seed {run.seed} failed:\n{proc.stderr[-3000:]}")
+    dt = time.perf_counter() - t0
+    atomic_write_text(run.output / "sweep.done", f"{dt:.2f}")
+    log(f"{run.label} seed {run.seed}: {dt:.0f}s")
+    return dt
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval (0 for a single value)."""
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=float)
+    if len(arr) < 2:
+        return float(arr.mean()), 0.0
+    half = stats.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr))
+    return float(arr.mean()), float(half)
+
+
+def aggregate(runs: list[SweepRun]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per-run final rows and per-setting rows (mean ± 95% CI over seeds)."""
+    per_run = []
+    for r in runs:
+        rows = read_jsonl(r.output / "metrics.jsonl")
+        if not rows:
+            continue
+        final = rows[-1]
+        secs = (
+            (r.output / "sweep.done").read_text() if (r.output / "sweep.done").exists() else "nan"
+        )
+        per_run.append(
+            {
+                "setting": r.label,
+                "regularizer": r.setting,
+                "coef": r.coef,
+                "seed": r.seed,
+                "method": r.setting,
+                "iteration": final["iteration"],
+                "seconds": float(secs),
+                "seconds_per_iteration": float(secs) / max(1, final["iteration"]),
+                **{m: final.get(m) for m in METRICS},
+                "coef_final": final.get("coef"),
+            }
+        )
+    table = []
+    for label in dict.fromkeys(r["setting"] for r in per_run):
+        rs = [r for r in per_run if r["setting"] == label]
+        row: dict[str, Any] = {
+            "setting": label,
+            "regularizer": rs[0]["regularizer"],
+            "coef": rs[0]["coef"],
+            "seeds": len(rs),
+        }
+        for m in (*METRICS, "seconds_per_iteration"):
+            vals = [r[m] for r in rs if r[m] is not None]
+            if vals:
+                row[m], row[f"{m}_ci"] = _interval(vals)
+        table.append(row)
+    if table:
+        best = max(table, key=lambda r: r.get("lc_win_rate", -1))
+        base = next((r for r in table if r["regularizer"] == "sppo"), None)
+        for r in table:
+            r["best"] = r is best
+            if base and base.get("seconds_per_iteration"):
+                r["cost_vs_sppo"] = r["seconds_per_iteration"] / base["seconds_per_iteration"]
+    return per_run, table
+
+
+def _fmt(row: dict[str, Any], m: str) -> str:
+    if m not in row:
+        return "-"
+    return f"{row[m]:.3f} ± {row[m + '_ci']:.3f}"
+
+
+def write_sweep_reports(
+    out: Path, per_run: list[dict[str, Any]], table: list[dict[str, Any]]
+) -> None:
+    """table.md / table.csv / runs.csv, plots and report.html."""
+    from rspo.evaluation.plots import plot_length_vs_winrate
+    from rspo.evaluation.report import write_csv, write_html_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "| setting | seeds | " + " | ".join(METRICS) + " | s/iter (×SPPO) |",
+        "|---" * (len(METRICS) + 3) + "|",
+    ]
+    for r in table:
+        name = f"**{r['setting']}** (best LC)" if r.get("best") else r["setting"]
+        nan = float("nan")
+        spi, rel = r.get("seconds_per_iteration", nan), r.get("cost_vs_sppo", nan)
+        cost = f"{spi:.1f} ({rel:.2f}×)"
+        lines.append(
+            f"| {name} | {r['seeds']} | " + " | ".join(_fmt(r, m) for m in METRICS) + f" | {cost} |"
+        )
+    atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
+    write_csv(table, out / "table.csv")
+    write_csv(per_run, out / "runs.csv")
+    atomic_write_json(out / "summary.json", {"settings": table, "runs": per_run})
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    imgs = [
+        plot_lc_vs_coef(table, plots / "lc_vs_coef.png"),
+        plot_length_vs_winrate(per_run, plots / "length_vs_winrate.png"),
+    ]
+    write_html_report(
+        out / "report.html",
+        "rspo sweep: regularizers × coefficients",
+        table,
+        [str(i) for i in imgs],
+        notes="\n".join(lines),
+    )
+
+
+def plot_lc_vs_coef(table: list[dict[str, Any]], out_png: Path) -> str:
+    """LC win rate (mean ± CI over seeds) against the coefficient, one line per regularizer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for reg in dict.fromkeys(r["regularizer"] for r in table):
+        rs = sorted(
+            (r for r in table if r["regularizer"] == reg and "lc_win_rate" in r),
+            key=lambda r: r["coef"] or 0.0,
+        )
+        if not rs:
+            continue
+        if rs[0]["coef"] is None:  # no grid (SPPO, adaptive): a horizontal reference line
+            ax.axhline(rs[0]["lc_win_rate"], ls="--", lw=1, label=reg, color=None)
+            continue
+        xs = [r["coef"] for r in rs]
+        ax.errorbar(
+            xs,
+            [r["lc_win_rate"] for r in rs],
+            yerr=[r["lc_win_rate_ci"] for r in rs],
+            marker="o",
+            capsize=3,
+            label=reg,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("coefficient λ")
+    ax.set_ylabel("LC win rate vs π_ref (gold)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return str(out_png)
+
+
+def run_sweep(
+    path: str | Path, output: str | None = None, parallel: int | None = None, log=print
+) -> list[dict[str, Any]]:
+    """Run every cell (skipping finished ones), then aggregate and write reports."""
+    spec = load_sweep(path)
+    out = Path(output or spec.get("output", "runs/sweep"))
+    runs = expand(spec, out)
+    workers = parallel or int(spec.get("parallel", 1))
+    log(f"sweep: {len(runs)} runs, {workers} in parallel -> {out}")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f in [pool.submit(_run_one, r, log) for r in runs]:
+            f.result()
+    per_run, table = aggregate(runs)
+    write_sweep_reports(out, per_run, table)
+    log((out / "table.md").read_text())
+    return table
