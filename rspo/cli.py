@@ -161,10 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command == "game":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from rspo.config import ConfigError
+    from rspo.judges.base import JudgeError
 
     try:
         return args.fn(args, extra)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, ValueError, OSError, JudgeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -20,23 +20,74 @@ from transformers import (
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+#: weight files rspo refuses to read (pickle-based formats)
+_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+#: files one of which a local tokenizer needs
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def _looks_local(path: str) -> bool:
+    """Whether ``path`` can only mean a local directory (hub ids are ``name`` or ``org/name``)."""
+    return (
+        Path(path).is_absolute()
+        or path.startswith((".", "~"))
+        or "\\" in path
+        or path.count("/") > 1
+    )
+
+
 def resolve_model_path(path: str) -> str:
-    """``gym`` -> the shipped base model directory; local dirs are checked for weights."""
+    """``gym`` -> the shipped base model directory; local dirs are checked for weights.
+
+    A local directory needs ``config.json`` and ``*.safetensors`` weights: pickle-based
+    weights (``pytorch_model.bin``, ``*.pt``...) are refused, never read. A path that can
+    only be local and does not exist is a FileNotFoundError naming it.
+    """
     if path == "gym":
         from rspo.gym.base import base_model_path
 
         return str(base_model_path())
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.exists():
         if not p.is_dir():
             raise FileNotFoundError(f"model path {p} is a file; expected a model directory")
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"model directory {p} has no config.json")
         if not list(p.glob("*.safetensors")):
+            pickled = sorted(f.name for pat in _PICKLE_WEIGHTS for f in p.glob(pat))
+            if pickled:
+                raise FileNotFoundError(
+                    f"model directory {p} has no *.safetensors weights, only "
+                    f"{', '.join(pickled)}: rspo loads safetensors only and never unpickles "
+                    "weights. Convert once with a trusted loader, e.g. "
+                    "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, "
+                    "safe_serialization=True)"
+                )
             raise FileNotFoundError(
                 f"model directory {p} has no *.safetensors weights (rspo loads safetensors only)"
             )
+        return str(p)
+    if _looks_local(path):
+        raise FileNotFoundError(f"model path {path} does not exist")
     return path
+
+
+def _check_tokenizer_files(path: str) -> None:
+    p = Path(path)
+    if p.is_dir() and not any((p / f).exists() for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"model directory {p} has no tokenizer files (expected one of "
+            f"{', '.join(_TOKENIZER_FILES)}); save the tokenizer next to the weights with "
+            "tokenizer.save_pretrained(dir)"
+        )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -46,12 +97,36 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _from_pretrained(loader, path: str, what: str, trust_remote_code: bool, **kwargs):
+    """``loader.from_pretrained`` with errors that name the path and the rspo setting."""
+    try:
+        return loader.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not trust_remote_code and "trust_remote_code" in str(e):
+            raise ValueError(
+                f"{path} needs custom {what} code (auto_map), which rspo does not run unless "
+                "asked: review the code, then set model.trust_remote_code: true "
+                "(trust_remote_code=True)"
+            ) from e
+        if not Path(path).exists():
+            raise FileNotFoundError(
+                f"model path {path!r} is not a local directory and its {what} could not be "
+                f"loaded from the Hugging Face hub: {first}"
+            ) from e
+        raise ValueError(f"could not load the {what} from {path}: {first}") from e
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer; it must have an EOS token (PAD falls back to EOS)."""
     path = resolve_model_path(path)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    _check_tokenizer_files(path)
+    tok = _from_pretrained(AutoTokenizer, path, "tokenizer", trust_remote_code)
     if tok.eos_token_id is None:
-        raise ValueError(f"tokenizer at {path} has no eos_token; set one before self-play")
+        raise ValueError(
+            f"tokenizer at {path} has no eos_token, so generation could not stop; set one "
+            "(tokenizer.eos_token = ...; tokenizer.save_pretrained(dir)) before self-play"
+        )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -68,8 +143,13 @@ def load_model(
     path = resolve_model_path(path)
     if dtype not in _DTYPES:
         raise ValueError(f"model.dtype: unknown dtype {dtype!r}; allowed: {', '.join(_DTYPES)}")
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=_DTYPES[dtype], use_safetensors=True, trust_remote_code=trust_remote_code
+    model = _from_pretrained(
+        AutoModelForCausalLM,
+        path,
+        "model",
+        trust_remote_code,
+        dtype=_DTYPES[dtype],
+        use_safetensors=True,
     )
     return model.to(resolve_device(device) if isinstance(device, str) else device)
 

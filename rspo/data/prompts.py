@@ -19,47 +19,69 @@ class PromptSet:
     source: str
 
 
-def _read_jsonl_prompts(path: Path) -> list[Any]:
-    out: list[Any] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+def _read_jsonl_prompts(path: Path) -> list[tuple[str, Any]]:
+    """(``file:line``, prompt) for every non-blank line; errors name the file and line."""
+    out: list[tuple[str, Any]] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from e
-            out.append(_prompt_field(rec, f"{path}:{lineno}"))
+                raise ValueError(f"{where}: malformed JSON line ({e.msg})") from e
+            out.append((where, _prompt_field(rec, where)))
     return out
 
 
 def _prompt_field(rec: Any, where: str) -> Any:
     if not isinstance(rec, dict):
-        raise ValueError(f"{where}: expected a JSON object with a 'prompt' or 'messages' field")
+        raise ValueError(
+            f"{where}: expected a JSON object with a 'prompt' or 'messages' field, "
+            f"got {type(rec).__name__}"
+        )
     if "messages" in rec:
         msgs = rec["messages"]
         if (
             not isinstance(msgs, list)
             or not msgs
-            or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)
+            or not all(
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+                for m in msgs
+            )
         ):
             raise ValueError(
-                f"{where}: field 'messages' must be a non-empty list of {{role, content}}"
+                f"{where}: field 'messages' must be a non-empty list of {{role: str, content: str}}"
             )
         return msgs
     if "prompt" in rec:
         p = rec["prompt"]
         if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+            raise ValueError(
+                f"{where}: field 'prompt' must be a non-empty string, got {repr(p)[:80]}"
+            )
         return p
-    raise ValueError(f"{where}: no 'prompt' or 'messages' field (keys: {', '.join(rec)})")
+    raise ValueError(f"{where}: no 'prompt' or 'messages' field (keys: {', '.join(rec) or 'none'})")
 
 
-def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[Any]:
+def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[tuple[str, Any]]:
+    """(where, prompt) pairs; ``where`` names the file and line (or dataset row)."""
     if source == "gym":
         from rspo.gym.tasks import make_prompts
 
-        return [p.text for p in make_prompts(split, n or 128, seed=seed)]
+        return [
+            (f"gym {split} prompt {i}", p.text)
+            for i, p in enumerate(make_prompts(split, n or 128, seed=seed))
+        ]
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(
@@ -75,7 +97,7 @@ def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[Any]:
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split] if split in ds else ds[next(iter(ds))]
-        raw = [_prompt_field(dict(r), f"{path}[{i}]") for i, r in enumerate(ds)]
+        raw = [(f"{path}[{i}]", _prompt_field(dict(r), f"{path}[{i}]")) for i, r in enumerate(ds)]
     else:
         raw = _read_jsonl_prompts(path)
     if not raw:
@@ -118,12 +140,13 @@ def load_prompts(
     """Load, format and tokenize prompts; too-long prompts are errors naming the prompt."""
     raw = _read_raw(source, split, n, seed)
     texts, ids = [], []
-    for i, p in enumerate(raw):
+    for i, (where, p) in enumerate(raw):
         text, pid = format_prompt(tok, p, chat_template)
         if len(pid) > max_prompt_length:
             raise ValueError(
-                f"{source}: prompt {i} has {len(pid)} tokens > data.max_prompt_length="
-                f"{max_prompt_length} ({text[:60]!r}...)"
+                f"{where}: prompt {i} has {len(pid)} tokens > data.max_prompt_length="
+                f"{max_prompt_length} ({text[:60]!r}...); shorten it, drop it or raise "
+                "data.max_prompt_length"
             )
         texts.append(text)
         ids.append(list(pid))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 
@@ -39,6 +40,11 @@ class Judge(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.judge_id!r})"
 
+    def _label(self) -> str:
+        """``'name'``, plus the judge id when it says more (e.g. which python function)."""
+        jid = self.judge_id
+        return repr(self.name) if jid == self.name else f"{self.name!r} ({jid})"
+
     @abstractmethod
     def _prefer(
         self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
@@ -57,13 +63,18 @@ class Judge(ABC):
             )
         if n == 0:
             return []
-        out = [float(p) for p in self._prefer(prompts, responses_a, responses_b)]
+        raw = self._prefer(prompts, responses_a, responses_b)
+        try:
+            out = [float(p) for p in raw]
+        except (TypeError, ValueError) as e:
+            raise JudgeError(f"judge {self._label()} returned a non-number: {e}") from e
         if len(out) != n:
-            raise JudgeError(f"judge {self.name!r} returned {len(out)} results for {n} pairs")
+            raise JudgeError(f"judge {self._label()} returned {len(out)} results for {n} pairs")
         for i, p in enumerate(out):
             if math.isnan(p) or p < 0.0 or p > 1.0:
                 raise JudgeError(
-                    f"judge {self.name!r} returned {p!r} for pair {i} (prompt {prompts[i][:60]!r});"
+                    f"judge {self._label()} returned {p!r} for pair {i} "
+                    f"(prompt {prompts[i][:60]!r});"
                     " a preference probability must lie in [0, 1]"
                 )
         return out
@@ -104,11 +115,36 @@ def available_judges() -> list[str]:
     return sorted(_REGISTRY)
 
 
+#: setting names that hold credentials: refused, so a key never lands in a saved config
+_SECRET_SETTING = re.compile(
+    r"(api[_-]?key|.*secret.*|.*password.*|passwd|(access|auth|bearer|hf|api)[_-]?token|"
+    r"token|authorization|credentials?)",
+    re.IGNORECASE,
+)
+
+
+def _check_no_secrets(name: str, kwargs: Mapping[str, Any], where: str = "") -> None:
+    for k, v in kwargs.items():
+        if _SECRET_SETTING.fullmatch(str(k)):
+            raise ValueError(
+                f"judge {name!r}: setting {where}{k!r} looks like a credential; settings are "
+                "saved with the run's config, so secrets do not belong there. Export the key "
+                "in an environment variable and name it instead (openai: api_key_env: VAR)"
+            )
+        if isinstance(v, Mapping):
+            _check_no_secrets(name, v, f"{where}{k}.")
+
+
 def build_judge(name: str, **kwargs: Any) -> Judge:
-    """Instantiate the judge registered as ``name`` with keyword settings."""
+    """Instantiate the judge registered as ``name`` with keyword settings.
+
+    Settings named like credentials (``api_key``, ``token``, ``Authorization``...) are
+    refused at any depth: configs are saved in run directories, keys belong in env vars.
+    """
     names = available_judges()
     if name not in _REGISTRY:
         raise ValueError(f"unknown judge {name!r}; valid judges: {', '.join(names)}")
+    _check_no_secrets(name, kwargs)
     factory = _REGISTRY[name]
     try:
         sig = inspect.signature(factory)

@@ -7,6 +7,7 @@ one from its last written record (generation, judging) or saved step (training).
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -18,14 +19,27 @@ import torch
 from rspo.config import Config
 from rspo.data import PromptSet, load_prompts
 from rspo.generation import SamplingParams, build_backend
-from rspo.modeling import batched_sequence_logprobs, load_model, load_tokenizer, resolve_device
+from rspo.modeling import (
+    batched_sequence_logprobs,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_model_path,
+)
 from rspo.objectives import RSPOLoss
 from rspo.selfplay.adaptive import measure, update_coef
 from rspo.selfplay.estimate import best_worst, win_rates
 from rspo.selfplay.rundir import RunDir
+from rspo.training.checkpoint import recover_state_dir
 from rspo.training.trainer import RefExample, TrainExample, train_policy
 from rspo.utils.faults import fault_point
-from rspo.utils.io import append_jsonl, atomic_write_json, read_json, read_jsonl
+from rspo.utils.io import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+)
 from rspo.utils.seeds import derive_seed, seed_everything
 
 Log = Callable[[str], None]
@@ -88,11 +102,16 @@ class SelfPlayRun:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> bool:
-        """Create or check the run dir, load tokenizer and prompts; True when resuming."""
-        resuming = self.rd.init(self.cfg, fresh=self.fresh)
+        """Load and check everything the run needs, then create or check the run dir.
+
+        Bad input (model, tokenizer, prompts, objective, judges, evaluation settings) fails
+        here, before the run directory is created or touched. True when resuming.
+        """
         c = self.cfg
         seed_everything(c.run.seed)
         self.tok = load_tokenizer(c.model.path, c.model.trust_remote_code)
+        if c.model.ref_path:
+            resolve_model_path(c.model.ref_path)
         d = c.data
         self.train_prompts: PromptSet = load_prompts(
             d.prompts,
@@ -114,12 +133,22 @@ class SelfPlayRun:
         )
         self.loss_fn = self._make_loss(c.objective.coef)
         from rspo.judges import build_judge
+        from rspo.judges.cache import CachedJudge
 
-        self.judge = build_judge(c.judge.name, **c.judge.kwargs)
-        if c.judge.cache:
-            from rspo.judges.cache import CachedJudge
+        judge = build_judge(c.judge.name, **c.judge.kwargs)
+        eval_judge = None
+        if c.evaluation.enabled:
+            from rspo.selfplay.evaluate import load_callable
 
-            self.judge = CachedJudge(self.judge, self.rd.root / "judge_cache.sqlite")
+            eval_judge = build_judge(c.evaluation.judge, **c.evaluation.judge_kwargs)
+            if c.evaluation.accuracy_fn:
+                load_callable(c.evaluation.accuracy_fn)
+        resuming = self.rd.init(c, fresh=self.fresh)  # only now: the input is usable
+        self.judge = (
+            CachedJudge(judge, self.rd.root / "judge_cache.sqlite") if c.judge.cache else judge
+        )
+        if eval_judge is not None:  # picked up by evaluate._eval_judge
+            self._eval_judge = CachedJudge(eval_judge, self.rd.root / "eval_judge_cache.sqlite")
         return resuming
 
     def _make_loss(self, coef: float) -> RSPOLoss:
@@ -328,6 +357,12 @@ class SelfPlayRun:
             self._policy_path(t), c.model.dtype, self.device, c.model.trust_remote_code
         )
         logf = self.rd.iter_dir(t) / "train_log.jsonl"
+        saved = recover_state_dir(self.rd.iter_dir(t) / "train_state")
+        resumed = read_json(saved / "trainer_state.json")["step"] if saved else 0
+        logged = read_jsonl(logf, tolerate_torn_tail=True)
+        if any(r["step"] > resumed for r in logged):  # steps after the last save are redone
+            kept = [r for r in logged if r["step"] <= resumed]
+            atomic_write_text(logf, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 
         def on_step(step: int) -> None:
             fault_point("train", step)

@@ -1,7 +1,13 @@
-"""Crash-safe file I/O: atomic whole-file writes and append-only JSONL with fsync."""
+"""Crash-safe file I/O: atomic whole-file writes and append-only JSONL with fsync.
+
+A failed write (disk full, quota, I/O error, Ctrl-C) never leaves half a record behind:
+whole-file writes go through a temp file that is removed on failure, and a failed append
+truncates the file back to where it was. OS errors name the file.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,20 +16,44 @@ from pathlib import Path
 from typing import Any
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte of ``data`` is written (short writes are continued)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # no progress: do not spin
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[n:]
+
+
+def _named(e: BaseException, path: Path) -> BaseException:
+    """``e`` with the file name filled in when it is an OSError that lacks one."""
+    if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+        return OSError(e.errno, e.strerror or str(e), str(path))
+    return e
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file + rename, so readers never see half a file."""
+    """Write ``text`` to ``path`` via a temp file + rename, so readers never see half a file.
+
+    On any failure the temp file is removed and an existing ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            _write_all(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        named = _named(e, path)
+        if named is e:
+            raise
+        raise named from e
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -40,14 +70,32 @@ def read_json(path: str | Path) -> Any:
 
 
 def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    """Append records as JSON lines and fsync, so a finished record survives a crash."""
+    """Append records as JSON lines and fsync, so a finished record survives a crash.
+
+    All records are serialised before a byte is written, and a failed write or fsync
+    (e.g. a full disk) truncates the file back to its previous end before the error is
+    raised: the file only ever holds whole records, all of the call's or none.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except BaseException as e:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:  # pragma: no cover - nothing better to do; readers drop torn tails
+                pass
+            named = _named(e, path)
+            if named is e:
+                raise
+            raise named from e
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict[str, Any]]:
