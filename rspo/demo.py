@@ -27,15 +27,16 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
 
 #: demo settings (full); ``--quick`` shrinks them
 DEMO_CONFIG: dict[str, Any] = {
-    "data": {"num_prompts": 128, "num_eval_prompts": 96},
-    "generation": {"num_samples": 4, "max_new_tokens": 48},
+    "data": {"num_prompts": 256, "num_eval_prompts": 96},
+    "generation": {"num_samples": 4, "max_new_tokens": 40},
+    "training": {"lr": 3e-4, "epochs": 2, "batch_size": 64, "micro_batch_size": 32},
     "run": {"iterations": 3},
 }
 QUICK_CONFIG: dict[str, Any] = {
-    "data": {"num_prompts": 48, "num_eval_prompts": 48},
-    "generation": {"num_samples": 4, "max_new_tokens": 40},
-    "training": {"epochs": 2},
-    "evaluation": {"n_boot": 300, "diversity_samples": 3},
+    "data": {"num_prompts": 96, "num_eval_prompts": 48},
+    "generation": {"num_samples": 4, "max_new_tokens": 32},
+    "training": {"lr": 3e-4, "epochs": 2, "batch_size": 32, "micro_batch_size": 32},
+    "evaluation": {"n_boot": 300, "diversity_samples": 3, "max_new_tokens": 32},
     "run": {"iterations": 2},
 }
 

@@ -1,0 +1,113 @@
+"""`rspo sweep`: grid expansion, real runs in subprocesses, aggregation, reports, resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from fixtures_lm import make_tiny_model_dir, write_prompts
+
+from rspo.config import ConfigError
+from rspo.sweep import aggregate, expand, load_sweep, run_sweep
+
+TESTS = Path(__file__).parent
+
+
+def _spec(tmp: Path) -> dict:
+    return {
+        "output": str(tmp / "sweep"),
+        "parallel": 2,
+        "seeds": [0, 1],
+        "base": {
+            "model": {"path": str(tmp / "model")},
+            "data": {
+                "prompts": str(tmp / "p.jsonl"),
+                "eval_prompts": str(tmp / "e.jsonl"),
+                "num_prompts": 6,
+                "num_eval_prompts": 6,
+            },
+            "generation": {"num_samples": 2, "max_new_tokens": 6, "batch_size": 12},
+            "judge": {"name": "python", "kwargs": {"fn": "fixtures_lm:lowercase_judge"}},
+            "training": {"batch_size": 12, "micro_batch_size": 12, "epochs": 1},
+            "evaluation": {
+                "judge": "python",
+                "judge_kwargs": {"fn": "fixtures_lm:lowercase_judge"},
+                "accuracy_fn": "fixtures_lm:lowercase_correct",
+                "max_new_tokens": 6,
+                "diversity_samples": 2,
+                "n_boot": 50,
+                "temperature": 1.0,
+            },
+            "run": {"iterations": 1},
+        },
+        "settings": {
+            "sppo": {"objective": {"preset": "sppo"}},
+            "reverse_kl": {"objective": {"regularizer": "reverse_kl"}, "coefs": [0.1, 1.0]},
+        },
+    }
+
+
+def test_expand_validates_every_cell(tmp_path):
+    spec = _spec(tmp_path)
+    runs = expand(spec)
+    assert [(r.label, r.seed) for r in runs] == [
+        ("sppo", 0),
+        ("sppo", 1),
+        ("reverse_kl@0.1", 0),
+        ("reverse_kl@0.1", 1),
+        ("reverse_kl@1", 0),
+        ("reverse_kl@1", 1),
+    ]
+    assert runs[2].config["objective"]["coef"] == 0.1 and runs[3].config["run"]["seed"] == 1
+    spec["settings"]["bad"] = {"objective": {"regularizer": "reverse_kl", "cof": 1}}
+    with pytest.raises(ConfigError, match="sweep setting 'bad'.*objective.cof"):
+        expand(spec)
+
+
+def test_unknown_sweep_key_is_named(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"settings": {"a": {}}, "seed": [0]}))
+    with pytest.raises(ConfigError, match="unknown sweep key 'seed'"):
+        load_sweep(p)
+
+
+@pytest.mark.slow
+def test_sweep_runs_aggregates_and_resumes(tmp_path, monkeypatch):
+    make_tiny_model_dir(tmp_path / "model")
+    write_prompts(tmp_path / "p.jsonl", 6)
+    write_prompts(tmp_path / "e.jsonl", 6, prefix="Eval")
+    spec = _spec(tmp_path)
+    spec["settings"]["reverse_kl"]["coefs"] = [1.0]
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), *sys.path]))
+    table = run_sweep(p, log=lambda m: None)
+    out = tmp_path / "sweep"
+    for f in (
+        "table.md",
+        "table.csv",
+        "runs.csv",
+        "summary.json",
+        "report.html",
+        "plots/lc_vs_coef.png",
+        "plots/length_vs_winrate.png",
+    ):
+        assert (out / f).exists() and (out / f).stat().st_size > 0, f
+    per_run, again = aggregate(expand(spec))
+    key = lambda r: r["setting"]  # noqa: E731
+    assert sorted(again, key=key) == sorted(table, key=key) and len(per_run) == 4
+    for row in table:  # mean and 95% t-interval over the two seeds, by hand
+        vals = [r["win_rate"] for r in per_run if r["setting"] == row["setting"]]
+        mean = sum(vals) / 2
+        half = 12.706 * abs(vals[0] - vals[1]) / math.sqrt(2) / math.sqrt(2)
+        assert row["win_rate"] == pytest.approx(mean)
+        assert row["win_rate_ci"] == pytest.approx(half, rel=1e-3)
+    assert sum(r["best"] for r in table) == 1
+    assert "(best LC)" in (out / "table.md").read_text()
+    stamp = (out / "sppo" / "seed0" / "sweep.done").stat().st_mtime_ns
+    run_sweep(p, log=lambda m: None)  # resume: finished cells are not rerun
+    assert (out / "sppo" / "seed0" / "sweep.done").stat().st_mtime_ns == stamp
