@@ -180,6 +180,9 @@ class RunConfig:
     seed: int = 0
     #: all | last: which iteration checkpoints to keep
     keep_checkpoints: str = "all"
+    #: torch CPU threads (0 = torch's default); 1 is fastest for tiny models and avoids
+    #: oversubscription when other processes share the cores
+    num_threads: int = 0
 
 
 @dataclass

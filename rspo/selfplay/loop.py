@@ -108,6 +108,8 @@ class SelfPlayRun:
         here, before the run directory is created or touched. True when resuming.
         """
         c = self.cfg
+        if c.run.num_threads:
+            torch.set_num_threads(c.run.num_threads)
         seed_everything(c.run.seed)
         self.tok = load_tokenizer(c.model.path, c.model.trust_remote_code)
         if c.model.ref_path:

@@ -22,7 +22,7 @@ from rspo.config import Config, ConfigError, diff_configs
 from rspo.utils.io import atomic_write_json, atomic_write_text, read_json
 
 #: keys that may change between a run and its resumption
-RESUMABLE_KEYS = ("run.iterations", "run.output", "run.keep_checkpoints")
+RESUMABLE_KEYS = ("run.iterations", "run.output", "run.keep_checkpoints", "run.num_threads")
 
 
 class RunDir:
