@@ -27,16 +27,16 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
 
 #: demo settings (full); ``--quick`` shrinks them
 DEMO_CONFIG: dict[str, Any] = {
-    "data": {"num_prompts": 256, "num_eval_prompts": 96},
-    "generation": {"num_samples": 4, "max_new_tokens": 40},
+    "data": {"num_prompts": 512, "num_eval_prompts": 128},
+    "generation": {"num_samples": 4, "max_new_tokens": 48},
     "training": {"lr": 3e-4, "epochs": 2, "batch_size": 64, "micro_batch_size": 32},
     "run": {"iterations": 3, "num_threads": 1},
 }
 QUICK_CONFIG: dict[str, Any] = {
-    "data": {"num_prompts": 96, "num_eval_prompts": 48},
-    "generation": {"num_samples": 4, "max_new_tokens": 32},
+    "data": {"num_prompts": 128, "num_eval_prompts": 64},
+    "generation": {"num_samples": 4, "max_new_tokens": 40},
     "training": {"lr": 3e-4, "epochs": 2, "batch_size": 32, "micro_batch_size": 32},
-    "evaluation": {"n_boot": 300, "diversity_samples": 3, "max_new_tokens": 32},
+    "evaluation": {"n_boot": 300, "diversity_samples": 3, "max_new_tokens": 40},
     "run": {"iterations": 2, "num_threads": 1},
 }
 

@@ -43,6 +43,8 @@ class FakeServer:
                 try:
                     status, payload, delay, extra = server.respond(n, body, headers)
                     time.sleep(delay)
+                    with server._lock:  # done "processing": count before the client can see
+                        server.in_flight -= 1  # the reply and send its next request
                     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                     self.send_response(status)
                     for k, v in extra.items():
@@ -53,9 +55,6 @@ class FakeServer:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
 
             def log_message(self, *args: object) -> None:
                 pass
