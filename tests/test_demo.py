@@ -1,0 +1,39 @@
+"""`rspo demo --quick`: the embedded default end to end (the CI smoke test of the demo)."""
+
+import json
+import math
+
+import pytest
+
+from rspo.cli import main
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_summary_plots_and_report(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"sppo", "rspo"}
+    for m in summary["methods"].values():
+        for key in (
+            "win_rate",
+            "win_rate_ci",
+            "lc_win_rate",
+            "avg_length",
+            "accuracy",
+            "self_bleu",
+        ):
+            assert key in m
+        lo, hi = m["win_rate_ci"]
+        assert 0.0 <= lo <= m["win_rate"] <= hi <= 1.0
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["avg_length"] > 0 and math.isfinite(m["self_bleu"])
+    assert summary["methods"]["rspo"]["regularizer"] and summary["methods"]["sppo"]["coef"] == 0.0
+    for f in (
+        "report.html",
+        "table.md",
+        "plots/metrics_per_iteration.png",
+        "plots/length_vs_winrate.png",
+    ):
+        assert (out / f).stat().st_size > 0
+    rows = (out / "sppo" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["iteration"] for r in rows] == [0, 1, 2]
