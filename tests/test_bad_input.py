@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fixtures_lm import lowercase_judge, make_tiny_model_dir, write_prompts
-from test_judges_openai import FakeServer, completion
 from test_selfplay_run import _cfg
 
 import rspo.utils.io
@@ -33,6 +31,9 @@ from rspo.config import load_config
 from rspo.judges import JudgeError
 from rspo.selfplay.loop import run_selfplay
 from rspo.utils.io import append_jsonl, atomic_write_text, read_jsonl
+
+from fixtures_lm import lowercase_judge, make_tiny_model_dir, write_prompts
+from test_judges_openai import FakeServer, completion
 
 LEAD_PATCH = "needs lead patch: SelfPlayRun.setup checks everything before RunDir.init"
 CLI_PATCH = "needs lead patch: rspo.cli.main reports JudgeError/OSError as 'error: ...'"

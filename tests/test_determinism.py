@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures_lm import make_tiny_model_dir, write_prompts
 from test_selfplay_run import _cfg
 
 import rspo
@@ -23,6 +22,8 @@ import rspo.selfplay.evaluate
 import rspo.selfplay.loop
 from rspo.config import load_config
 from rspo.selfplay.loop import run_selfplay
+
+from fixtures_lm import make_tiny_model_dir, write_prompts
 
 TESTS = Path(__file__).parent
 

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_lm import make_tiny_model_dir, write_prompts
-from test_judges_openai import FakeServer, completion
 from test_selfplay_run import _cfg
 
 import rspo
@@ -23,6 +21,9 @@ from rspo.config import Config, load_config
 from rspo.judges import build_judge
 from rspo.modeling import load_model, load_tokenizer
 from rspo.selfplay.loop import run_selfplay
+
+from fixtures_lm import make_tiny_model_dir, write_prompts
+from test_judges_openai import FakeServer, completion
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 SECRET = "sk-secret-123"

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures_lm import make_tiny_model_dir, write_prompts
 
 from rspo.config import ConfigError, load_config
 from rspo.selfplay.loop import run_selfplay
+
+from fixtures_lm import make_tiny_model_dir, write_prompts
 
 TESTS = Path(__file__).parent
 

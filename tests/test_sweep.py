@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures_lm import make_tiny_model_dir, write_prompts
 
 from rspo.config import ConfigError
 from rspo.sweep import aggregate, expand, load_sweep, run_sweep
+
+from fixtures_lm import make_tiny_model_dir, write_prompts
 
 TESTS = Path(__file__).parent
 

@@ -73,7 +73,6 @@ def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str,
     Outputs go to ``d`` (default: the iteration's directory)."""
     from rspo.evaluation.alpaca import write_alpaca_outputs
     from rspo.evaluation.summary import evaluate_responses
-
     from rspo.judges.symmetric import symmetric_prefer
 
     e = run.cfg.evaluation
