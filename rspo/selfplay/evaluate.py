@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from rspo.generation import SamplingParams
 from rspo.utils.faults import fault_point
 from rspo.utils.io import append_jsonl, read_jsonl
-from rspo.utils.seeds import derive_seed
 
 if TYPE_CHECKING:
     from rspo.selfplay.loop import SelfPlayRun
@@ -49,19 +48,7 @@ def _responses(
     e = run.cfg.evaluation
     params = SamplingParams(e.max_new_tokens, temperature, 1.0, 0)
     idx = list(range(len(have), n))
-    ids = [run.eval_prompts.ids[i] for i in idx for _ in range(k)]
-    seeds = [derive_seed(run.cfg.run.seed, tag, i, j) for i in idx for j in range(k)]
-    comps = run._generate(path, ids, seeds, params)
-    recs = [
-        {
-            "prompt_index": i,
-            "responses": [
-                {"ids": c.ids, "text": c.text, "finished": c.finished}
-                for c in comps[j * k : (j + 1) * k]
-            ],
-        }
-        for j, i in enumerate(idx)
-    ]
+    recs = run.sample_records(path, run.eval_prompts.ids, idx, k, (run.cfg.run.seed, tag), params)
     append_jsonl(file, recs)
     fault_point(f"evaluate_{tag}", len(have) + len(recs))
     return have + recs

@@ -100,6 +100,30 @@ class SelfPlayRun:
         )
         return backend.generate(prompt_ids, seeds, params)
 
+    def sample_records(
+        self,
+        path: str,
+        prompt_ids: list[list[int]],
+        idx: list[int],
+        k: int,
+        seed_parts: tuple,
+        params: SamplingParams,
+    ) -> list[dict[str, Any]]:
+        """``k`` seeded samples per prompt index as run-dir records (seed = parts + (i, j))."""
+        ids = [prompt_ids[i] for i in idx for _ in range(k)]
+        seeds = [derive_seed(*seed_parts, i, j) for i in idx for j in range(k)]
+        comps = self._generate(path, ids, seeds, params)
+        return [
+            {
+                "prompt_index": i,
+                "responses": [
+                    {"ids": c.ids, "text": c.text, "finished": c.finished}
+                    for c in comps[n * k : (n + 1) * k]
+                ],
+            }
+            for n, i in enumerate(idx)
+        ]
+
     # ------------------------------------------------------------------ setup
     def setup(self) -> bool:
         """Load and check everything the run needs, then create or check the run dir.
@@ -174,19 +198,14 @@ class SelfPlayRun:
         path = self._policy_path(t)
         for s in range(0, len(todo), chunk):
             idx = todo[s : s + chunk]
-            ids = [self.train_prompts.ids[i] for i in idx for _ in range(K)]
-            seeds = [derive_seed(self.cfg.run.seed, "gen", t, i, k) for i in idx for k in range(K)]
-            comps = self._generate(path, ids, seeds, self._sampling())
-            recs = [
-                {
-                    "prompt_index": i,
-                    "responses": [
-                        {"ids": c.ids, "text": c.text, "finished": c.finished}
-                        for c in comps[j * K : (j + 1) * K]
-                    ],
-                }
-                for j, i in enumerate(idx)
-            ]
+            recs = self.sample_records(
+                path,
+                self.train_prompts.ids,
+                idx,
+                K,
+                (self.cfg.run.seed, "gen", t),
+                self._sampling(),
+            )
             append_jsonl(out, recs)
             fault_point("generate", len(done) + s + len(idx))
         self.rd.mark_done(t, "generate")
@@ -247,13 +266,17 @@ class SelfPlayRun:
             have.update({r["prompt_index"]: r["ids"] for r in recs})
             missing = [i for i in missing if i not in have]
         if missing:
-            K = self.cfg.generation.num_samples
-            ids = [self.train_prompts.ids[i] for i in missing for _ in range(K)]
-            seeds = [derive_seed(self.cfg.run.seed, "ref", i, k) for i in missing for k in range(K)]
-            comps = self._generate(self._ref_path(t), ids, seeds, self._sampling())
+            sampled = self.sample_records(
+                self._ref_path(t),
+                self.train_prompts.ids,
+                missing,
+                self.cfg.generation.num_samples,
+                (self.cfg.run.seed, "ref"),
+                self._sampling(),
+            )
             recs = [
-                {"prompt_index": i, "ids": [c.ids for c in comps[j * K : (j + 1) * K]]}
-                for j, i in enumerate(missing)
+                {"prompt_index": r["prompt_index"], "ids": [x["ids"] for x in r["responses"]]}
+                for r in sampled
             ]
             append_jsonl(path, recs)
             have.update({r["prompt_index"]: r["ids"] for r in recs})
