@@ -99,3 +99,23 @@ def effective_max_length(tokenizer: Any, max_length: int | None) -> int | None:
         return max_length
     mml = getattr(tokenizer, "model_max_length", None)
     return mml if isinstance(mml, int) and mml < 1_000_000 else None
+
+
+def load_model(
+    auto_cls: Any,
+    path: str,
+    dtype: str | torch.dtype | None,
+    device: torch.device,
+    trust_remote_code: bool,
+    local_files_only: bool,
+) -> Any:
+    """A judge model from safetensors via ``auto_cls``, on ``device``, in eval mode."""
+    model = auto_cls.from_pretrained(
+        path,
+        dtype=resolve_dtype(dtype),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        local_files_only=local_files_only,
+    ).to(device)
+    model.eval()
+    return model

@@ -69,14 +69,14 @@ class PairwiseLMJudge(Judge):
         self.tokenizer = _hf.load_tokenizer(model, tokenizer, trust_remote_code, local_files_only)
         self.use_chat_template = _hf.wants_chat_template(self.tokenizer, use_chat_template)
         self.max_length = _hf.effective_max_length(self.tokenizer, max_length)
-        self.model = AutoModelForCausalLM.from_pretrained(
+        self.model = _hf.load_model(
+            AutoModelForCausalLM,
             self.model_path,
-            dtype=_hf.resolve_dtype(dtype),
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-            local_files_only=local_files_only,
-        ).to(self.device)
-        self.model.eval()
+            dtype,
+            self.device,
+            trust_remote_code,
+            local_files_only,
+        )
         self.choice_ids = self._choice_token_ids()
         self._fingerprint = _hf.fingerprint(model)
         self._dtype_name = str(self.model.dtype).removeprefix("torch.")
