@@ -373,11 +373,16 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+#: dict-valued fields that are settings of one object: replaced whole, never merged or diffed
+_LEAF_DICTS = ("kwargs", "judge_kwargs")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Nested config dicts merged key by key, ``over`` winning; settings dicts are leaves."""
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("kwargs",):
-            out[k] = _deep_merge(out[k], v)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _LEAF_DICTS:
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -457,7 +462,7 @@ def load_config(
             raise ConfigError(f"{p}: top level must be a mapping")
     if overrides:
         ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        data = _deep_merge(data, ov)
+        data = deep_merge(data, ov)
     try:
         return config_from_dict(data)
     except ConfigError as e:
@@ -473,7 +478,7 @@ def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     for k in keys:
         key = f"{prefix}.{k}" if prefix else k
         va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict) and k not in ("kwargs", "judge_kwargs"):
+        if isinstance(va, dict) and isinstance(vb, dict) and k not in _LEAF_DICTS:
             out += diff_configs(va, vb, key)
         elif va != vb:
             out.append(key)

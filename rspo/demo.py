@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rspo.config import load_config
+from rspo.config import deep_merge, load_config, parse_overrides
 from rspo.utils.io import atomic_write_json
 
 #: the two methods the demo compares (objective overrides on top of the demo config)
@@ -43,21 +43,12 @@ QUICK_CONFIG: dict[str, Any] = {
 SUMMARY_KEYS = ("win_rate", "win_rate_ci", "lc_win_rate", "avg_length", "accuracy", "self_bleu")
 
 
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def demo_config(method: str, output: str, quick: bool, overrides: list[str] | None = None):
     """The resolved Config of one demo method."""
-    data = _merge(QUICK_CONFIG if quick else DEMO_CONFIG, DEMO_METHODS[method])
-    data = _merge(data, {"run": {"output": str(Path(output) / method)}})
-    from rspo.config import parse_overrides
-
+    data = deep_merge(QUICK_CONFIG if quick else DEMO_CONFIG, DEMO_METHODS[method])
+    data = deep_merge(data, {"run": {"output": str(Path(output) / method)}})
     if overrides:
-        data = _merge(data, parse_overrides(overrides))
+        data = deep_merge(data, parse_overrides(overrides))
     return load_config(None, data)
 
 

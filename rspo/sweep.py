@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rspo.config import ConfigError, config_from_dict
+from rspo.config import ConfigError, config_from_dict, deep_merge
 from rspo.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 
 METRICS = ("win_rate", "lc_win_rate", "avg_length", "accuracy", "self_bleu")
@@ -39,13 +39,6 @@ class SweepRun:
     @property
     def label(self) -> str:
         return self.setting if self.coef is None else f"{self.setting}@{self.coef:g}"
-
-
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
@@ -76,11 +69,11 @@ def expand(spec: dict[str, Any], output: str | Path | None = None) -> list[Sweep
         coefs = setting.pop("coefs", None) or [None]
         for coef in coefs:
             for seed in spec.get("seeds", [0]):
-                cfg = _merge(base, setting)
+                cfg = deep_merge(base, setting)
                 if coef is not None:
-                    cfg = _merge(cfg, {"objective": {"coef": coef}})
+                    cfg = deep_merge(cfg, {"objective": {"coef": coef}})
                 label = name if coef is None else f"{name}@{coef:g}"
-                cfg = _merge(
+                cfg = deep_merge(
                     cfg, {"run": {"seed": seed, "output": str(out / label / f"seed{seed}")}}
                 )
                 try:

@@ -78,3 +78,15 @@ def test_inpo_preset_derives_tau_from_eta():
     cfg = load_config(None, ["--objective.preset", "inpo", "--objective.eta", "4"])
     assert cfg.objective.loss_type == "inpo"
     assert cfg.objective.tau == pytest.approx(PRESETS["inpo"].tau_eta / 4)
+
+
+def test_deep_merge_merges_sections_but_replaces_settings_dicts():
+    from rspo.config import deep_merge
+
+    base = {"judge": {"name": "a", "kwargs": {"x": 1, "y": 2}}, "run": {"seed": 1, "iterations": 2}}
+    over = {"judge": {"kwargs": {"x": 5}}, "run": {"seed": 3}}
+    assert deep_merge(base, over) == {
+        "judge": {"name": "a", "kwargs": {"x": 5}},
+        "run": {"seed": 3, "iterations": 2},
+    }
+    assert base["run"]["seed"] == 1  # inputs untouched
