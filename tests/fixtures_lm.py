@@ -40,3 +40,11 @@ def lowercase_judge(prompt: str, a: str, b: str) -> float:
 def lowercase_correct(prompt: str, response: str) -> bool:
     """'Accuracy' for the lowercase task: at least three lowercase letters."""
     return n_lower(response) >= 3
+
+
+def make_pipeline_env(tmp: Path) -> tuple[Path, Path]:
+    """A tiny model plus 12 train and 12 eval prompts under ``tmp`` (the pipeline tests' setup)."""
+    model = make_tiny_model_dir(tmp / "model")
+    write_prompts(tmp / "train.jsonl", 12)
+    write_prompts(tmp / "eval.jsonl", 12, prefix="Evaluate")
+    return tmp, model

@@ -23,7 +23,7 @@ import rspo.selfplay.loop
 from rspo.config import load_config
 from rspo.selfplay.loop import run_selfplay
 
-from fixtures_lm import make_tiny_model_dir, write_prompts
+from fixtures_lm import make_pipeline_env
 
 TESTS = Path(__file__).parent
 
@@ -51,11 +51,7 @@ def _quiet(msg: str) -> None:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("det")
-    model = make_tiny_model_dir(tmp / "model")
-    write_prompts(tmp / "train.jsonl", 12)
-    write_prompts(tmp / "eval.jsonl", 12, prefix="Evaluate")
-    return tmp, model
+    return make_pipeline_env(tmp_path_factory.mktemp("det"))
 
 
 def _args(env, out: str, **overrides) -> list[str]:

@@ -22,7 +22,7 @@ from rspo.judges import build_judge
 from rspo.modeling import load_model, load_tokenizer
 from rspo.selfplay.loop import run_selfplay
 
-from fixtures_lm import make_tiny_model_dir, write_prompts
+from fixtures_lm import make_pipeline_env
 from test_judges_openai import FakeServer, completion
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
@@ -35,11 +35,7 @@ def _quiet(msg: str) -> None:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("safe")
-    model = make_tiny_model_dir(tmp / "model")
-    write_prompts(tmp / "train.jsonl", 12)
-    write_prompts(tmp / "eval.jsonl", 12, prefix="Evaluate")
-    return tmp, model
+    return make_pipeline_env(tmp_path_factory.mktemp("safe"))
 
 
 def _args(env, out: str, **overrides) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 from rspo.config import ConfigError, load_config
 from rspo.selfplay.loop import run_selfplay
 
-from fixtures_lm import make_tiny_model_dir, write_prompts
+from fixtures_lm import make_pipeline_env, make_tiny_model_dir
 
 TESTS = Path(__file__).parent
 
@@ -58,12 +58,8 @@ def _cfg(tmp: Path, model: Path, out: str, **extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sp")
-    model = make_tiny_model_dir(tmp / "model")
-    write_prompts(tmp / "train.jsonl", 12)
-    write_prompts(tmp / "eval.jsonl", 12, prefix="Evaluate")
     sys.path.insert(0, str(TESTS))
-    return tmp, model
+    return make_pipeline_env(tmp_path_factory.mktemp("sp"))
 
 
 @pytest.fixture(scope="module")
