@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -156,6 +157,9 @@ class EvaluationConfig:
     enabled: bool = True
     #: temperature 0 = greedy
     temperature: float = 0.0
+    #: responses per eval prompt for the win rate: k > 1 pairs the policy's j-th sample with
+    #: π_ref's j-th, estimating the game's P(π ≻ π_ref) with an interval over prompts
+    num_samples: int = 1
     #: response length cap for evaluation
     max_new_tokens: int = 48
     #: samples per eval prompt for diversity metrics (0 = skip)
@@ -164,6 +168,8 @@ class EvaluationConfig:
     diversity_temperature: float = 1.0
     #: "module:function" (prompt, response) -> bool for task accuracy; "" = none
     accuracy_fn: str = "rspo.gym.tasks:check_answer"
+    #: "module:function" prompt -> subset label; adds win_rate_<label> per subset; "" = none
+    subset_fn: str = ""
     #: bootstrap resamples for the win-rate interval
     n_boot: int = 1000
 
@@ -232,6 +238,7 @@ _POSITIVE = (
     "training.batch_size",
     "training.micro_batch_size",
     "evaluation.max_new_tokens",
+    "evaluation.num_samples",
     "data.max_prompt_length",
     "data.num_eval_prompts",
     "run.iterations",
@@ -247,6 +254,9 @@ _NON_NEGATIVE = (
     "evaluation.diversity_samples",
     "evaluation.n_boot",
 )
+
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -340,6 +350,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "5e-4" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

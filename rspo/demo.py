@@ -26,21 +26,57 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
 }
 
 #: demo settings (full); ``--quick`` shrinks them
+#: evaluation samples the policy as it plays (T = 1): the win rate estimates the game's
+#: P(π ≻ π_ref) with 4 pairs per prompt, and reports seen-entity / unseen-entity subsets
+DEMO_EVAL: dict[str, Any] = {
+    "temperature": 1.0,
+    "num_samples": 4,
+    "diversity_samples": 4,
+    "subset_fn": "rspo.gym.tasks:eval_subset",
+}
 DEMO_CONFIG: dict[str, Any] = {
-    "data": {"num_prompts": 512, "num_eval_prompts": 128},
+    "data": {"num_prompts": 512, "num_eval_prompts": 256},
     "generation": {"num_samples": 4, "max_new_tokens": 48},
     "training": {"lr": 3e-4, "epochs": 2, "batch_size": 64, "micro_batch_size": 32},
+    "evaluation": DEMO_EVAL,
     "run": {"iterations": 3, "num_threads": 1},
 }
 QUICK_CONFIG: dict[str, Any] = {
     "data": {"num_prompts": 128, "num_eval_prompts": 64},
     "generation": {"num_samples": 4, "max_new_tokens": 40},
     "training": {"lr": 3e-4, "epochs": 2, "batch_size": 32, "micro_batch_size": 32},
-    "evaluation": {"n_boot": 300, "diversity_samples": 3, "max_new_tokens": 40},
+    "evaluation": {
+        **DEMO_EVAL,
+        "num_samples": 2,
+        "diversity_samples": 2,
+        "n_boot": 300,
+        "max_new_tokens": 40,
+    },
     "run": {"iterations": 2, "num_threads": 1},
 }
 
-SUMMARY_KEYS = ("win_rate", "win_rate_ci", "lc_win_rate", "avg_length", "accuracy", "self_bleu")
+SUMMARY_KEYS = (
+    "win_rate",
+    "win_rate_ci",
+    "lc_win_rate",
+    "avg_length",
+    "accuracy",
+    "self_bleu",
+    "win_rate_seen",
+    "win_rate_unseen",
+)
+#: columns of the printed and written tables
+TABLE_COLS = [
+    "method",
+    "iteration",
+    "win_rate",
+    "lc_win_rate",
+    "win_rate_seen",
+    "win_rate_unseen",
+    "avg_length",
+    "accuracy",
+    "self_bleu",
+]
 
 
 def demo_config(method: str, output: str, quick: bool, overrides: list[str] | None = None):
@@ -88,20 +124,25 @@ def run_demo(
         rows += [{"method": method, **m} for m in metrics]
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
 
-    table = Table(title="gold-judge evaluation vs π_ref")
-    cols = ["method", "iteration", "win_rate", "lc_win_rate", "avg_length", "accuracy", "self_bleu"]
-    for c in cols:
-        table.add_column(c)
+    table = Table(
+        title="gold-judge evaluation vs π_ref (seen/unseen: win rate on prompts about "
+        "trained / eval-only entities)"
+    )
+    for c in TABLE_COLS:
+        table.add_column(c.replace("win_rate_", "wr_"))
     for r in rows:
         ci = r.get("win_rate_ci") or [float("nan")] * 2
+        fmt = lambda k, f=".3f", r=r: "-" if r.get(k) is None else format(r[k], f)  # noqa: E731
         table.add_row(
             r["method"],
             str(r["iteration"]),
-            f"{r['win_rate']:.3f} [{ci[0]:.2f},{ci[1]:.2f}]",
-            f"{r['lc_win_rate']:.3f}",
-            f"{r['avg_length']:.1f}",
-            "-" if r.get("accuracy") is None else f"{r['accuracy']:.3f}",
-            "-" if r.get("self_bleu") is None else f"{r['self_bleu']:.3f}",
+            f"{r['win_rate']:.3f} [{ci[0]:.3f},{ci[1]:.3f}]",
+            fmt("lc_win_rate"),
+            fmt("win_rate_seen"),
+            fmt("win_rate_unseen"),
+            fmt("avg_length", ".1f"),
+            fmt("accuracy"),
+            fmt("self_bleu"),
         )
     console.print(table)
     write_reports(out, rows, summary)
@@ -118,8 +159,7 @@ def write_reports(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", summary)
-    cols = ["method", "iteration", "win_rate", "lc_win_rate", "avg_length", "accuracy", "self_bleu"]
-    (out / "table.md").write_text(markdown_table(rows, cols))
+    (out / "table.md").write_text(markdown_table(rows, TABLE_COLS))
     write_csv(rows, out / "table.csv")
     plots = out / "plots"
     plots.mkdir(exist_ok=True)

@@ -42,6 +42,11 @@ def lowercase_correct(prompt: str, response: str) -> bool:
     return n_lower(response) >= 3
 
 
+def parity_subset(prompt: str) -> str:
+    """A prompt -> subset label function for evaluation.subset_fn tests."""
+    return "odd" if len(prompt) % 2 else "even"
+
+
 def make_pipeline_env(tmp: Path) -> tuple[Path, Path]:
     """A tiny model plus 12 train and 12 eval prompts under ``tmp`` (the pipeline tests' setup)."""
     model = make_tiny_model_dir(tmp / "model")

@@ -90,3 +90,11 @@ def test_deep_merge_merges_sections_but_replaces_settings_dicts():
         "run": {"seed": 3, "iterations": 2},
     }
     assert base["run"]["seed"] == 1  # inputs untouched
+
+
+def test_exponent_without_dot_is_a_number():
+    """YAML 1.1 reads 5e-4 as a string; float fields still take it (and reject real strings)."""
+    cfg = load_config(None, ["--training.lr", "5e-4", "--objective.eta", "1E2"])
+    assert cfg.training.lr == 5e-4 and cfg.objective.eta == 100.0
+    with pytest.raises(ConfigError, match="training.lr: expected a number, got 'fast'"):
+        load_config(None, ["--training.lr", "fast"])

@@ -83,6 +83,31 @@ def test_evaluate_responses_optional_fields_none_and_mismatch():
         evaluate_responses(["p"], ["a", "b"], ["c"], [0.5], [1], [1])
 
 
+def test_evaluate_responses_groups_bootstrap_prompts_not_pairs():
+    # 3 prompts x 2 samples: the interval resamples per-prompt means (0.75, 0.25, 1.0).
+    from rspo.evaluation import win_rate
+
+    probs = [1, 0.5, 0, 0.5, 1, 1]
+    kw = dict(n_boot=500, seed=3)
+    out = evaluate_responses(
+        ["p", "p", "q", "q", "r", "r"], ["a"] * 6, ["b"] * 6, probs, [1] * 6, [1] * 6,
+        samples_per_prompt=[["a b c", "a b c"], ["c", "d"], ["e", "f"]], group_size=2, **kw,
+    )  # fmt: skip
+    ref = win_rate([0.75, 0.25, 1.0], **kw)
+    assert out["win_rate"] == pytest.approx(4 / 6) == pytest.approx(ref.mean)
+    assert out["win_rate_ci"] == [ref.lo, ref.hi]
+    flat = win_rate(probs, **kw)
+    assert (flat.lo, flat.hi) != (ref.lo, ref.hi)
+    assert out["n_prompts"] == 3 and out["self_bleu"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="groups of 4"):
+        evaluate_responses(["p"] * 6, ["a"] * 6, ["b"] * 6, probs, [1] * 6, [1] * 6, group_size=4)
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        evaluate_responses(
+            ["p"] * 6, ["a"] * 6, ["b"] * 6, probs, [1] * 6, [1] * 6,
+            samples_per_prompt=[["x", "y"]] * 6, group_size=2,
+        )  # fmt: skip
+
+
 def test_alpaca_outputs_round_trip(tmp_path):
     ins, outs = ["What is 2+2?", "Say hi ünïcode"], ["4", 'hi "there"\n']
     path = write_alpaca_outputs(tmp_path / "model_outputs.json", ins, outs, "rspo-it3")

@@ -167,3 +167,39 @@ def test_forward_kl_nll_draws_reference_samples_from_ref_model(setup):
     ]
     first = {g["prompt_index"]: [r["ids"] for r in g["responses"]] for g in gens}
     assert any(first[r["prompt_index"]] != r["ids"] for r in recs)  # π_ref's own samples
+
+
+def test_multi_sample_evaluation_pairs_sample_j_with_sample_j(setup):
+    """evaluation.num_samples=k: k policy samples per prompt meet π_ref's k, bootstrap by prompt."""
+    import math
+
+    from rspo.selfplay.standalone import evaluate_model
+
+    from fixtures_lm import lowercase_correct, n_lower
+
+    tmp, model = setup
+    other = make_tiny_model_dir(tmp / "other_model", seed=7)
+    extra = {"evaluation.num_samples": 3, "evaluation.diversity_samples": 3}
+    sub = {**extra, "evaluation.subset_fn": "fixtures_lm:parity_subset"}
+    cfg = load_config(None, _cfg(tmp, model, "eval_k3", **sub))
+    m = evaluate_model(cfg, str(other))
+    out = Path(cfg.run.output) / "eval"
+    read = lambda p: [json.loads(x)["responses"] for x in p.read_text().splitlines()]  # noqa: E731
+    pol, base = read(out / "eval_outputs.jsonl"), read(out / "eval_baseline.jsonl")
+    assert [len(r) for r in pol] == [3] * 12 and [len(r) for r in base] == [3] * 12
+    assert not (out / "eval_samples.jsonl").exists()  # the k samples double as diversity samples
+    pairs = [(a["text"], b["text"]) for ra, rb in zip(pol, base) for a, b in zip(ra, rb)]
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    want = sum(sig(n_lower(a) - n_lower(b)) for a, b in pairs) / 36
+    assert m["win_rate"] == pytest.approx(want, abs=1e-9)
+    assert m["n_prompts"] == 12
+    prompts = [json.loads(x)["prompt"] for x in (tmp / "eval.jsonl").read_text().splitlines()]
+    for lab in ("odd", "even"):
+        idx = [i for i, p in enumerate(prompts) if (len(p) % 2 == 1) == (lab == "odd")]
+        got = [sig(n_lower(a["text"]) - n_lower(b["text"])) for i in idx
+               for a, b in zip(pol[i], base[i])]  # fmt: skip
+        assert m[f"win_rate_{lab}"] == pytest.approx(sum(got) / len(got), abs=1e-9)
+    assert m["accuracy"] == pytest.approx(sum(lowercase_correct("", a) for a, _ in pairs) / 36)
+    # the policy against itself: identical seeded samples, every pair a tie
+    same = evaluate_model(load_config(None, _cfg(tmp, model, "eval_self", **extra)), str(model))
+    assert same["win_rate"] == 0.5 and same["win_rate_ci"] == [0.5, 0.5]

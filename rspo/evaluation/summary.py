@@ -27,10 +27,14 @@ def evaluate_responses(
     samples_per_prompt: list[list[str]] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    group_size: int = 1,
 ) -> dict[str, Any]:
-    """Evaluate policy responses against baseline responses, one per prompt.
+    """Evaluate policy responses against baseline responses, ``group_size`` per prompt.
 
-    ``probs[i]`` = P(policy ≻ baseline | prompts[i]) from the judge. Returns a flat,
+    ``probs[i]`` = P(policy ≻ baseline | prompts[i]) from the judge. With ``group_size`` k > 1
+    every per-response sequence holds k consecutive pairs per prompt (``prompts`` repeated);
+    the win rate is the mean over pairs and its interval resamples whole prompts (a cluster
+    bootstrap), since samples of one prompt are not independent. Returns a flat,
     JSON-serialisable dict: ``win_rate``, ``win_rate_ci`` ([lo, hi], bootstrap 95%),
     ``lc_win_rate`` (length control on token lengths), ``avg_length`` (policy tokens),
     ``baseline_avg_length``, ``avg_chars``, ``truncation_rate`` and ``accuracy`` (``None``
@@ -38,6 +42,8 @@ def evaluate_responses(
     (means over prompts of the metric among that prompt's samples; ``None`` without
     ``samples_per_prompt``) and ``n_prompts``. All win rates are fractions in [0, 1].
     """
+    if group_size < 1 or len(prompts) % group_size:
+        raise ValueError(f"{len(prompts)} responses do not split into groups of {group_size}")
     n = len(prompts)
     sizes = {
         "policy_responses": len(policy_responses),
@@ -50,13 +56,13 @@ def evaluate_responses(
         sizes["truncated"] = len(truncated)
     if correct is not None:
         sizes["correct"] = len(correct)
-    if samples_per_prompt is not None:
-        sizes["samples_per_prompt"] = len(samples_per_prompt)
     bad = {k: v for k, v in sizes.items() if v != n}
+    if samples_per_prompt is not None and len(samples_per_prompt) != n // group_size:
+        bad["samples_per_prompt"] = len(samples_per_prompt)
     if bad:
         raise ValueError(f"{n} prompts but mismatched lengths: {bad}")
     p = as_preferences(probs)
-    wr = win_rate(p, n_boot=n_boot, seed=seed)
+    wr = win_rate(p.reshape(-1, group_size).mean(axis=1), n_boot=n_boot, seed=seed)
     lc = lc_win_rate(p, policy_token_lengths, baseline_token_lengths)
     pol = length_stats(policy_token_lengths, texts=policy_responses, truncated=truncated)
     base = length_stats(baseline_token_lengths)
@@ -72,7 +78,7 @@ def evaluate_responses(
         "self_bleu": None,
         "distinct_1": None,
         "distinct_2": None,
-        "n_prompts": n,
+        "n_prompts": n // group_size,
     }
     if samples_per_prompt is not None:
         out["self_bleu"] = mean_over_groups(samples_per_prompt, lambda g: self_bleu(g, n=3))

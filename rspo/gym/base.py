@@ -98,7 +98,7 @@ def train_base(
     log_every: int = 0,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, dict[str, Any]]:
     """Run the seeded SFT and return ``(model, tokenizer, info)`` without saving."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # bit-for-bit rebuilds need a fixed thread count
     tok = build_byte_tokenizer()
     model = build_tiny_llama(tok, hidden_size, num_layers, num_heads, seed=seed)
     demos = make_corpus(steps * batch_size, seed=seed)

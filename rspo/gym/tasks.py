@@ -84,14 +84,14 @@ def _entities() -> Iterable[tuple[str, tuple, dict, str, bool]]:
 def _universe() -> dict[str, _Item]:
     """All gym prompts keyed by text, each assigned to exactly one split.
 
-    Eval-only entities go to eval in every template; for half of the other entities
-    (chosen by hash) one template is held out for eval, the rest are train.
+    Eval-only entities go to eval in every template; every other entity has one template
+    (chosen by hash) held out for eval, the rest are train.
     """
     out: dict[str, _Item] = {}
     for skill, key, fields, answer, eval_only in _entities():
         templates = facts.TEMPLATES[skill]
         h = _digest(f"{skill}|{key}")
-        held = h % len(templates) if (h >> 8) % 2 == 0 else -1
+        held = h % len(templates)
         for i, tmpl in enumerate(templates):
             text = format_prompt(tmpl.format(**fields))
             split = "eval" if eval_only or i == held else "train"
@@ -216,3 +216,9 @@ def check_answer(prompt_text: str, response: str) -> bool:
     prompt = lookup(prompt_text)
     parsed = parse_response(response)
     return parsed.style is not None and answer_is_correct(prompt, parsed.answer)
+
+
+def eval_subset(prompt_text: str) -> str:
+    """``"unseen"`` for prompts about eval-only entities, else ``"seen"`` (a held-out phrasing
+    of a trained fact): the gym's ``evaluation.subset_fn``."""
+    return "unseen" if lookup(prompt_text).unseen else "seen"

@@ -54,6 +54,18 @@ def _responses(
     return have + recs
 
 
+def subset_win_rates(
+    label_of: Callable[[str], str], prompts: list[str], probs: list[float]
+) -> dict[str, float]:
+    """``win_rate_<label>``: the mean preference over the pairs of each subset of prompts
+    (``probs`` holds an equal number of pairs per prompt, in prompt order)."""
+    k = len(probs) // len(prompts)
+    by: dict[str, list[float]] = {}
+    for i, p in enumerate(prompts):
+        by.setdefault(str(label_of(p)), []).extend(probs[i * k : (i + 1) * k])
+    return {f"win_rate_{lab}": float(sum(v) / len(v)) for lab, v in sorted(by.items())}
+
+
 def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str, Any]:
     """Metrics of the policy at ``path`` vs the reference policy on the eval prompts.
 
@@ -63,23 +75,33 @@ def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str,
     from rspo.judges.symmetric import symmetric_prefer
 
     e = run.cfg.evaluation
+    k = e.num_samples
     d = run.rd.iter_dir(t) if d is None else d
     base = _responses(
-        run, run._ref_path(1), run.rd.root / "eval_baseline.jsonl", "eval", e.temperature
+        run, run._ref_path(1), run.rd.root / "eval_baseline.jsonl", "eval", e.temperature, k
     )
-    pol = _responses(run, path, d / "eval_outputs.jsonl", "eval", e.temperature)
-    texts = run.eval_prompts.texts
-    a = [r["responses"][0] for r in pol]
-    b = [r["responses"][0] for r in base]
+    pol = _responses(run, path, d / "eval_outputs.jsonl", "eval", e.temperature, k)
+    # sample j of the policy meets sample j of π_ref, k pairs per prompt
+    texts = [p for p in run.eval_prompts.texts for _ in range(k)]
+    a = [x for r in pol for x in r["responses"][:k]]
+    b = [x for r in base for x in r["responses"][:k]]
     probs = symmetric_prefer(
         _eval_judge(run), texts, [x["text"] for x in a], [x["text"] for x in b]
     )
     samples = None
     if e.diversity_samples >= 2:
-        div = _responses(
-            run, path, d / "eval_samples.jsonl", "div", e.diversity_temperature, e.diversity_samples
-        )
-        samples = [[x["text"] for x in r["responses"]] for r in div]
+        if k >= e.diversity_samples and e.diversity_temperature == e.temperature:
+            div = pol  # the win-rate samples already are diversity samples
+        else:
+            div = _responses(
+                run,
+                path,
+                d / "eval_samples.jsonl",
+                "div",
+                e.diversity_temperature,
+                e.diversity_samples,
+            )
+        samples = [[x["text"] for x in r["responses"][: e.diversity_samples]] for r in div]
     correct = None
     if e.accuracy_fn:
         fn = load_callable(e.accuracy_fn)
@@ -96,6 +118,10 @@ def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str,
         samples_per_prompt=samples,
         n_boot=e.n_boot,
         seed=run.cfg.run.seed,
+        group_size=k,
     )
-    write_alpaca_outputs(d / "model_outputs.json", texts, [x["text"] for x in a], f"iter_{t:03d}")
+    if e.subset_fn:
+        metrics.update(subset_win_rates(load_callable(e.subset_fn), run.eval_prompts.texts, probs))
+    first = [r["responses"][0]["text"] for r in pol]
+    write_alpaca_outputs(d / "model_outputs.json", run.eval_prompts.texts, first, f"iter_{t:03d}")
     return {"iteration": t, **metrics}

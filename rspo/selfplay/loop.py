@@ -167,8 +167,9 @@ class SelfPlayRun:
             from rspo.selfplay.evaluate import load_callable
 
             eval_judge = build_judge(c.evaluation.judge, **c.evaluation.judge_kwargs)
-            if c.evaluation.accuracy_fn:
-                load_callable(c.evaluation.accuracy_fn)
+            for spec in (c.evaluation.accuracy_fn, c.evaluation.subset_fn):
+                if spec:
+                    load_callable(spec)
         resuming = self.rd.init(c, fresh=self.fresh)  # only now: the input is usable
         self.judge = (
             CachedJudge(judge, self.rd.root / "judge_cache.sqlite") if c.judge.cache else judge
