@@ -164,7 +164,7 @@ class TrainingConfig:
     max_grad_norm: float | None = 1.0
     #: save resumable training state every N optimizer steps (0 = only at the end)
     save_steps: int = 20
-    #: recompute activations in the backward pass (less memory, ~30% more compute)
+    #: recompute activations in the backward pass (less memory, one extra forward per step)
     gradient_checkpointing: bool = False
 
 

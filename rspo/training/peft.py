@@ -33,7 +33,7 @@ def require_peft() -> Any:
         import peft
     except ImportError as e:
         raise ImportError(
-            "model.lora needs the optional extra: pip install 'rspo[peft]' (peft>=0.13)"
+            "model.lora needs the optional extra: pip install 'rspo[peft]' (peft>=0.21)"
         ) from e
     return peft
 
