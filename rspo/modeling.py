@@ -202,6 +202,8 @@ def load_model(
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Recompute activations in backward (non-reentrant, so frozen inputs need no grads)."""
+    if getattr(model, "is_activation_checkpointing", False):
+        return  # already on (a LoRA model is prepared once per iteration)
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

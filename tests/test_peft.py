@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
@@ -236,3 +237,11 @@ def test_adapter_with_another_rank_is_refused(env, lora_run):
     pol = LoraPolicy(ModelConfig(path=str(model_dir), lora=LoraConfig(r=8, alpha=8.0)), 0, CPU)
     with pytest.raises(ValueError, match=r"r=4 but model.lora.r=8"):
         pol.get(ck)
+
+
+def test_lora_config_from_cli_overrides_and_yaml_round_trip():
+    cfg = load_config(None, ["--model.lora.r", "8", "--model.lora.target_modules", "[q_proj]"])
+    assert cfg.model.lora == LoraConfig(r=8, alpha=32.0, dropout=0.0, target_modules=["q_proj"])
+    assert load_config(None, ["--model.lora", "null"]).model.lora is None
+    again = load_config(None, yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg

@@ -9,6 +9,9 @@ peft's ``disable_adapter()``. Adapters are read and written as safetensors only.
 from __future__ import annotations
 
 import importlib.util
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,15 @@ from rspo.modeling import (
 )
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing``: hide that
+    FutureWarning (nothing for the user to change)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
+        yield
 
 
 def require_peft() -> Any:
@@ -83,8 +95,8 @@ def check_target_modules(base_path: str, c: LoraConfig, trust_remote_code: bool)
             meta = AutoModelForCausalLM.from_config(conf, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         return  # the loader reports an unreadable model with its own clear error
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in meta.named_modules()}
-    unknown = [t for t in c.target_modules if t not in leaves]
+    names = [name for name, _ in meta.named_modules()]
+    unknown = [t for t in c.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if unknown:
         linear = sorted(
             {
@@ -137,7 +149,8 @@ def load_adapter_model(
             "model.path set to its base model and model.lora set"
         )
     base = load_model(base_path, dtype, device, trust_remote_code, load_in_4bit)
-    model = peft.PeftModel.from_pretrained(base, path, is_trainable=False, use_safetensors=True)
+    with _quiet_peft():
+        model = peft.PeftModel.from_pretrained(base, path, is_trainable=False, use_safetensors=True)
     return model.eval()
 
 
@@ -205,7 +218,7 @@ class LoraPolicy:
             )
             if c.load_in_4bit:
                 base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), _quiet_peft():
                 torch.manual_seed(self.seed)
                 try:
                     self.model = peft.get_peft_model(base, peft_lora_config(c.lora))
