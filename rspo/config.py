@@ -24,6 +24,20 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapter settings (peft); π_ref is the adapter-disabled base, no second model."""
+
+    #: adapter rank r
+    r: int = 16
+    #: scaling numerator: the update is (alpha / r) · B A
+    alpha: float = 32.0
+    #: dropout on the adapter input during training
+    dropout: float = 0.0
+    #: module names to adapt (e.g. [q_proj, v_proj]) or "all-linear" (every linear but the output)
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
 class ModelConfig:
     """The policy π_0 and the reference π_ref (``gym`` = the embedded base model)."""
 
@@ -33,10 +47,14 @@ class ModelConfig:
     ref_path: str | None = None
     #: run model code from the hub repo (off: only transformers' own classes)
     trust_remote_code: bool = False
-    #: float32 | bfloat16 | float16
+    #: float32 | bfloat16 | float16 | auto (bfloat16 on a CUDA device supporting it, else float32)
     dtype: str = "float32"
     #: auto | cpu | cuda | cuda:N
     device: str = "auto"
+    #: LoRA adapters instead of full fine-tuning (needs the [peft] extra); null = full fine-tune
+    lora: LoraConfig | None = None
+    #: QLoRA: load the base in 4-bit NF4 (needs model.lora, a CUDA device and bitsandbytes)
+    load_in_4bit: bool = False
 
 
 @dataclass
@@ -77,6 +95,10 @@ class GenerationConfig:
     top_k: int = 0
     #: sequences per generate call
     batch_size: int = 64
+    #: vllm backend: fraction of GPU memory the engine may take (the rest: training, judge)
+    vllm_gpu_memory_utilization: float = 0.5
+    #: vllm backend: extra vllm.LLM engine arguments, e.g. {tensor_parallel_size: 2}
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,6 +165,8 @@ class TrainingConfig:
     max_grad_norm: float | None = 1.0
     #: save resumable training state every N optimizer steps (0 = only at the end)
     save_steps: int = 20
+    #: recompute activations in the backward pass (less memory, one extra forward per step)
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -219,7 +243,7 @@ class Config:
 
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.dtype": ("float32", "bfloat16", "float16", "auto"),
     "data.chat_template": ("auto", "always", "never"),
     "generation.backend": ("hf", "vllm"),
     "objective.loss_type": ("sppo", "sppo_hard", "inpo"),
@@ -307,6 +331,33 @@ def _validate(cfg: Config) -> None:
         )
     if o.coef > 0 and not o.regularizer.strip():
         raise ConfigError("objective.regularizer: coef > 0 needs a regularizer spec")
+    _validate_scaling(cfg)
+
+
+def _validate_scaling(cfg: Config) -> None:
+    """LoRA, 4-bit and vLLM engine settings."""
+    m, g = cfg.model, cfg.generation
+    if m.load_in_4bit and m.lora is None:
+        raise ConfigError(
+            "model.load_in_4bit: 4-bit weights cannot be fine-tuned directly; set model.lora "
+            "(QLoRA) or load_in_4bit: false"
+        )
+    if m.lora is not None:
+        lo = m.lora
+        if lo.r <= 0:
+            raise ConfigError(f"model.lora.r: must be > 0, got {lo.r}")
+        if not lo.alpha > 0:
+            raise ConfigError(f"model.lora.alpha: must be > 0, got {lo.alpha}")
+        if not 0.0 <= lo.dropout < 1.0:
+            raise ConfigError(f"model.lora.dropout: must be in [0, 1), got {lo.dropout}")
+        tm = lo.target_modules
+        if (isinstance(tm, str) and not tm.strip()) or (isinstance(tm, list) and not tm):
+            raise ConfigError('model.lora.target_modules: empty; give module names or "all-linear"')
+    if not 0.0 < g.vllm_gpu_memory_utilization <= 1.0:
+        raise ConfigError(
+            f"generation.vllm_gpu_memory_utilization: must be in (0, 1], got "
+            f"{g.vllm_gpu_memory_utilization}"
+        )
 
 
 # ---------------------------------------------------------------- building from dicts
@@ -332,9 +383,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) > 1:
+            names = [getattr(a, "__name__", str(a)) for a in args if a is not type(None)]
+            raise ConfigError(f"{key}: expected one of {', '.join(names)}; got {value!r}")
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -386,7 +447,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 
 
 #: dict-valued fields that are settings of one object: replaced whole, never merged or diffed
-_LEAF_DICTS = ("kwargs", "judge_kwargs")
+_LEAF_DICTS = ("kwargs", "judge_kwargs", "vllm_kwargs")
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """Loading Hugging Face causal LMs safely, and sequence log-probabilities of responses.
 
 Weights are loaded as safetensors only and ``trust_remote_code`` stays off unless the
-config asks; ``gym`` resolves to the embedded base model shipped with rspo.
+config asks; ``gym`` resolves to the embedded base model shipped with rspo. A directory
+holding a LoRA adapter (``adapter_config.json``) loads as its base model plus the adapter.
+Log-probabilities are always computed in float32 (or wider) from the model's logits.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +38,26 @@ _TOKENIZER_FILES = (
 )
 
 
+def resolve_dtype(dtype: str, device: str | torch.device = "cpu") -> torch.dtype:
+    """``model.dtype`` as a torch dtype; ``auto`` = bfloat16 on a CUDA device that supports
+    it, else float32 (not the checkpoint's dtype, unlike transformers' ``auto``)."""
+    if dtype == "auto":
+        dev = resolve_device(device) if isinstance(device, str) else device
+        if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(
+            f"model.dtype: unknown dtype {dtype!r}; allowed: {', '.join(_DTYPES)}, auto"
+        )
+    return _DTYPES[dtype]
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding a peft adapter (``adapter_config.json``)."""
+    return (Path(path).expanduser() / "adapter_config.json").is_file()
+
+
 def _looks_local(path: str) -> bool:
     """Whether ``path`` can only mean a local directory (hub ids are ``name`` or ``org/name``)."""
     return (
@@ -59,6 +83,13 @@ def resolve_model_path(path: str) -> str:
     if p.exists():
         if not p.is_dir():
             raise FileNotFoundError(f"model path {p} is a file; expected a model directory")
+        if is_adapter_dir(p):
+            if not (p / "adapter_model.safetensors").exists():
+                raise FileNotFoundError(
+                    f"adapter directory {p} has no adapter_model.safetensors (rspo loads "
+                    "safetensors only and never unpickles adapter_model.bin)"
+                )
+            return str(p)
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"model directory {p} has no config.json")
         if not list(p.glob("*.safetensors")):
@@ -138,20 +169,64 @@ def load_model(
     dtype: str = "float32",
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
 ) -> PreTrainedModel:
-    """Load a causal LM from safetensors onto ``device``."""
+    """Load a causal LM from safetensors onto ``device``.
+
+    An adapter directory loads its base (``base_model_name_or_path``) plus the adapter, in
+    eval mode; ``load_in_4bit`` quantizes the weights to NF4 (CUDA + bitsandbytes only).
+    """
     path = resolve_model_path(path)
-    if dtype not in _DTYPES:
-        raise ValueError(f"model.dtype: unknown dtype {dtype!r}; allowed: {', '.join(_DTYPES)}")
+    if is_adapter_dir(path):
+        from rspo.training.peft import load_adapter_model
+
+        return load_adapter_model(path, dtype, device, trust_remote_code, load_in_4bit)
+    dev = resolve_device(device) if isinstance(device, str) else device
+    torch_dtype = resolve_dtype(dtype, dev)
+    kwargs = {}
+    if load_in_4bit:
+        from rspo.training.peft import quantization_kwargs
+
+        kwargs = quantization_kwargs(dev, torch_dtype)
     model = _from_pretrained(
         AutoModelForCausalLM,
         path,
         "model",
         trust_remote_code,
-        dtype=_DTYPES[dtype],
+        dtype=torch_dtype,
         use_safetensors=True,
+        **kwargs,
     )
-    return model.to(resolve_device(device) if isinstance(device, str) else device)
+    return model if load_in_4bit else model.to(dev)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in backward (non-reentrant, so frozen inputs need no grads)."""
+    if getattr(model, "is_activation_checkpointing", False):
+        return  # already on (a LoRA model is prepared once per iteration)
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False  # the KV cache is useless (and warned about) in training
+
+
+def free_memory() -> None:
+    """Collect garbage and return cached CUDA blocks, so a dropped model's memory is free."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def read_adapter_config(path: str | Path) -> dict:
+    """The ``adapter_config.json`` of an adapter directory."""
+    f = Path(path).expanduser() / "adapter_config.json"
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{f}: not a readable adapter config ({e})") from e
 
 
 def _pack(
@@ -171,6 +246,16 @@ def _pack(
     return ids.to(device), attn.to(device), tgt.to(device)
 
 
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per position, computed in float32 (float64 stays float64).
+
+    bf16/fp16 logits are upcast before the normalisation, so the log-probs carry float32
+    precision of the (rounded) logits rather than bf16's ~3 significant digits.
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
 def sequence_logprobs(
     model: PreTrainedModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -185,11 +270,8 @@ def sequence_logprobs(
     device = next(model.parameters()).device
     ids, attn, tgt = _pack(prompt_ids, response_ids, pad_id, device)
     logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    targets = ids[:, 1:]
-    mask = tgt[:, 1:]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (logp * mask).sum(-1)
+    logp = token_logprobs(logits, ids[:, 1:])
+    return (logp * tgt[:, 1:]).sum(-1)
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from os import PathLike
 from typing import Any
 
 
@@ -53,18 +54,20 @@ class GenerationBackend(ABC):
         return None
 
 
-def build_backend(name: str, model: Any, tokenizer: Any, batch_size: int = 64) -> GenerationBackend:
-    """Instantiate a backend by name (``hf`` or ``vllm``)."""
+def build_backend(
+    name: str, model: Any, tokenizer: Any, batch_size: int = 64, **options: Any
+) -> GenerationBackend:
+    """Instantiate a backend by name: ``hf`` (``model`` = a loaded model) or ``vllm``
+    (``model`` = a model directory; ``options`` go to :class:`rspo.generation.vllm.VLLMBackend`).
+    """
     if name == "hf":
         from rspo.generation.hf import HFBackend
 
         return HFBackend(model, tokenizer, batch_size=batch_size)
     if name == "vllm":
-        try:
-            from rspo.generation.vllm_backend import VLLMBackend
-        except ImportError as e:
-            raise ImportError(
-                "generation.backend=vllm needs the optional extra: pip install 'rspo[vllm]' (GPU)"
-            ) from e
-        return VLLMBackend(model, tokenizer, batch_size=batch_size)
+        from rspo.generation.vllm import VLLMBackend
+
+        if not isinstance(model, (str, PathLike)):
+            raise TypeError("generation.backend=vllm: pass the model directory, not a model")
+        return VLLMBackend(str(model), tokenizer, **options)
     raise ValueError(f"generation.backend: unknown backend {name!r}; allowed: hf, vllm")

@@ -18,10 +18,9 @@ import torch
 
 from rspo.config import Config
 from rspo.data import PromptSet, load_prompts
-from rspo.generation import SamplingParams, build_backend
+from rspo.generation import SamplingParams
 from rspo.modeling import (
     batched_sequence_logprobs,
-    load_model,
     load_tokenizer,
     resolve_device,
     resolve_model_path,
@@ -29,6 +28,7 @@ from rspo.modeling import (
 from rspo.objectives import RSPOLoss
 from rspo.selfplay.adaptive import measure, update_coef
 from rspo.selfplay.estimate import best_worst, win_rates
+from rspo.selfplay.models import PolicyModels
 from rspo.selfplay.rundir import RunDir
 from rspo.training.checkpoint import recover_state_dir
 from rspo.training.trainer import RefExample, TrainExample, train_policy
@@ -53,11 +53,12 @@ class SelfPlayRun:
     log: Log = print
     fresh: bool = False
     rd: RunDir = field(init=False)
-    _models: dict[str, Any] = field(default_factory=dict, init=False)
+    models: PolicyModels = field(init=False)
 
     def __post_init__(self) -> None:
         self.rd = RunDir(self.cfg.run.output)
         self.device = resolve_device(self.cfg.model.device)
+        self.models = PolicyModels(self.cfg, self.device)
 
     # ------------------------------------------------------------------ helpers
     def _policy_path(self, t: int) -> str:
@@ -73,12 +74,8 @@ class SelfPlayRun:
         return self.cfg.model.ref_path or self.cfg.model.path
 
     def _model(self, path: str):
-        """Load a model once (read-only use); training loads its own copy."""
-        if path not in self._models:
-            self._models.clear()
-            c = self.cfg.model
-            self._models[path] = load_model(path, c.dtype, self.device, c.trust_remote_code)
-        return self._models[path]
+        """The model at ``path`` for read-only use (one resident at a time; see models.py)."""
+        return self.models.get(path)
 
     def _prompt_indices(self, t: int) -> list[int]:
         n = len(self.train_prompts.ids)
@@ -95,10 +92,7 @@ class SelfPlayRun:
     def _generate(
         self, path: str, prompt_ids: list[list[int]], seeds: list[int], params: SamplingParams
     ):
-        backend = build_backend(
-            self.cfg.generation.backend, self._model(path), self.tok, self.cfg.generation.batch_size
-        )
-        return backend.generate(prompt_ids, seeds, params)
+        return self.models.generator(path, self.tok).generate(prompt_ids, seeds, params)
 
     def sample_records(
         self,
@@ -378,10 +372,7 @@ class SelfPlayRun:
             RefExample(P[r["prompt_index"]], r["response_ids"], r["logp_ref"], r["prompt_index"])
             for r in data["ref_examples"]
         ]
-        self._models.clear()
-        model = load_model(
-            self._policy_path(t), c.model.dtype, self.device, c.model.trust_remote_code
-        )
+        model = self.models.trainable(self._policy_path(t))
         logf = self.rd.iter_dir(t) / "train_log.jsonl"
         saved = recover_state_dir(self.rd.iter_dir(t) / "train_state")
         resumed = read_json(saved / "trainer_state.json")["step"] if saved else 0
@@ -466,7 +457,7 @@ class SelfPlayRun:
                     f"{m['win_rate_ci'][1]:.3f}] lc {m['lc_win_rate']:.3f} "
                     f"len {m['avg_length']:.1f}"
                 )
-        self._models.clear()
+        self.models.release()
         return self.rd.rebuild_metrics()
 
 

@@ -1,0 +1,218 @@
+"""vLLM generation backend (optional extra ``[vllm]``, CUDA), colocated with training.
+
+Written against vLLM's documented offline API (>= 0.11): ``LLM(..., enable_sleep_mode=True)``,
+``LLM.generate`` with token-id prompts and one ``SamplingParams`` per sequence (its ``seed``
+is our per-sequence seed), ``LoRARequest`` for adapters, and sleep mode for sharing the GPU
+with training:
+
+* LoRA runs: the engine serves the base model with ``enable_lora=True``; the policy of each
+  iteration is a ``LoRARequest`` on its checkpoint directory, so no weights are ever copied.
+  While training runs the engine sleeps at level 1 (base weights to CPU RAM, KV cache freed).
+* full fine-tuning: the engine is built on a "live" directory that holds links to the current
+  policy's files. A new policy = relink the directory, then the sequence vLLM's sleep-mode
+  docs give for RLHF weight updates: ``sleep(level=2)``, ``wake_up(tags=["weights"])``,
+  ``collective_rpc("reload_weights")``, ``wake_up(tags=["kv_cache"])``.
+
+Untested on a real GPU here: the tests drive it with a fake ``vllm`` module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rspo.generation.base import Completion, GenerationBackend, SamplingParams
+
+INSTALL_HINT = (
+    "generation.backend=vllm needs vLLM, which runs on CUDA GPUs: pip install 'rspo[vllm]' "
+    "(or pick generation.backend: hf, the default, which runs anywhere)"
+)
+#: files of a model directory that the live directory mirrors (weights + what vLLM reads)
+_LIVE_FILES = (
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+)
+#: LoRA ranks vLLM accepts for max_lora_rank
+_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def import_vllm() -> Any:
+    """Import vllm or raise ImportError with the install hint."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+    return vllm
+
+
+def vllm_sampling_params(vllm: Any, params: SamplingParams, seed: int, eos_token_id: int) -> Any:
+    """One ``vllm.SamplingParams`` for one sequence, matching the HF backend's semantics.
+
+    Stops at the tokenizer's EOS only (``ignore_eos`` drops vLLM's own EOS set, which may
+    hold extra ids from generation_config.json); top_k 0 = off (vLLM: -1); temperature 0 =
+    greedy; ``seed`` makes the sequence's sampling depend on its seed alone.
+    """
+    return vllm.SamplingParams(
+        n=1,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k if params.top_k > 0 else -1,
+        max_tokens=params.max_new_tokens,
+        seed=int(seed),
+        ignore_eos=True,
+        stop_token_ids=[eos_token_id],
+        skip_special_tokens=True,
+    )
+
+
+def to_completion(output: Any, tokenizer: Any) -> Completion:
+    """A vLLM ``RequestOutput`` as our Completion: ids end with EOS iff it finished.
+
+    vLLM may or may not keep the stop token in ``token_ids``; either way the response is
+    cut after the first EOS (or EOS is appended when it stopped on it), as the HF backend
+    records it, and the text is decoded by our tokenizer without special tokens.
+    """
+    eos = tokenizer.eos_token_id
+    out = output.outputs[0]
+    ids = [int(i) for i in out.token_ids]
+    if eos in ids:
+        ids = ids[: ids.index(eos) + 1]
+        finished = True
+    elif out.finish_reason == "stop":
+        ids.append(eos)
+        finished = True
+    else:
+        finished = False
+    text_ids = ids[:-1] if finished else ids
+    return Completion(
+        ids=ids, text=tokenizer.decode(text_ids, skip_special_tokens=True), finished=finished
+    )
+
+
+def _lora_rank(r: int) -> int:
+    return next((x for x in _VLLM_LORA_RANKS if x >= r), r)
+
+
+class VLLMBackend(GenerationBackend):
+    """``vllm.LLM`` behind the generation interface; ``set_policy`` picks the weights."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer: Any,
+        *,
+        dtype: str = "auto",
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.5,
+        lora_rank: int | None = None,
+        live_dir: str | Path | None = None,
+        trust_remote_code: bool = False,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.vllm = import_vllm()
+        self.tok = tokenizer
+        self.base_path = str(model_path)
+        self.lora = lora_rank is not None
+        self.live_dir = Path(live_dir) if live_dir else None
+        if not self.lora and self.live_dir is None:
+            raise ValueError("VLLMBackend: full fine-tuning needs a live_dir for weight updates")
+        self.policy = self.base_path  # the weights generate() samples from
+        self.in_engine = self.base_path  # the weights the engine holds (full fine-tuning)
+        self.asleep = 0  # 0 awake, else the sleep level
+        self._lora_ids: dict[str, int] = {}
+        kwargs: dict[str, Any] = {
+            "tokenizer": self.base_path,
+            "dtype": dtype,
+            "seed": int(seed),
+            "enable_sleep_mode": True,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "trust_remote_code": trust_remote_code,
+            "load_format": "safetensors",
+        }
+        if self.lora:
+            kwargs.update(enable_lora=True, max_lora_rank=_lora_rank(lora_rank), max_loras=1)
+            engine_model = self.base_path
+        else:
+            self._link_live(self.base_path)
+            engine_model = str(self.live_dir)
+        kwargs.update(engine_kwargs or {})
+        self.llm = self.vllm.LLM(model=engine_model, **kwargs)
+
+    # ------------------------------------------------------------- weights and memory
+    def _link_live(self, path: str) -> None:
+        """Make the live directory mirror ``path``'s weights (hard links, else copies)."""
+        live = self.live_dir
+        live.mkdir(parents=True, exist_ok=True)
+        for f in live.iterdir():
+            f.unlink()
+        src = Path(path)
+        for pat in _LIVE_FILES:
+            for f in src.glob(pat):
+                try:
+                    os.link(f, live / f.name)
+                except OSError:
+                    shutil.copy2(f, live / f.name)
+
+    def set_policy(self, path: str) -> None:
+        """Sample from the model (base or full checkpoint) or adapter directory at ``path``."""
+        self.policy = str(path)
+
+    def update_weights(self, model: Any) -> None:
+        """Point at new weights: a model directory path (in-memory models are not accepted)."""
+        if not isinstance(model, (str, Path)):
+            raise TypeError("VLLMBackend.update_weights takes a checkpoint directory path")
+        self.set_policy(str(model))
+
+    def sleep(self) -> None:
+        """Free the GPU for training: level 1 (LoRA: base weights kept in CPU RAM) or 2."""
+        if not self.asleep:
+            level = 1 if self.lora else 2
+            self.llm.sleep(level=level)
+            self.asleep = level
+
+    def wake_up(self) -> None:
+        """Back on the GPU, holding the current policy's weights."""
+        if self.lora:
+            if self.asleep:
+                self.llm.wake_up()
+                self.asleep = 0
+            return
+        if self.asleep != 2 and self.in_engine == self.policy:
+            return
+        if not self.asleep:
+            self.llm.sleep(level=2)
+        if self.in_engine != self.policy:
+            self._link_live(self.policy)
+        self.llm.wake_up(tags=["weights"])
+        self.llm.collective_rpc("reload_weights")
+        self.llm.wake_up(tags=["kv_cache"])
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+        self.in_engine, self.asleep = self.policy, 0
+
+    def _lora_request(self) -> Any:
+        if not self.lora or self.policy == self.base_path:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        n = self._lora_ids.setdefault(self.policy, len(self._lora_ids) + 1)
+        return LoRARequest(f"rspo_policy_{n}", n, self.policy)
+
+    # ------------------------------------------------------------- generation
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], params: SamplingParams
+    ) -> list[Completion]:
+        if len(prompt_ids) != len(seeds):
+            raise ValueError("generate: need one seed per prompt")
+        self.wake_up()
+        eos = self.tok.eos_token_id
+        prompts = [{"prompt_token_ids": [int(t) for t in p]} for p in prompt_ids]
+        sps = [vllm_sampling_params(self.vllm, params, s, eos) for s in seeds]
+        outs = self.llm.generate(prompts, sps, use_tqdm=False, lora_request=self._lora_request())
+        return [to_completion(o, self.tok) for o in outs]

@@ -1,0 +1,136 @@
+"""Which models a self-play run holds in memory, and when.
+
+At most one read-only model is resident (the one last asked for: π_t for generation and
+scoring, then π_ref for its log-probs); it is dropped before training loads its model, so
+training and the next generation never hold π_ref once its log-probs are stored. With LoRA
+there is one model in all: π_t, π_ref (adapter disabled) and the trained policy share it.
+With the vLLM backend the engine sleeps whenever a Hugging Face model needs the GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rspo.config import Config
+from rspo.generation import GenerationBackend, build_backend
+from rspo.modeling import (
+    enable_gradient_checkpointing,
+    free_memory,
+    is_adapter_dir,
+    load_model,
+    resolve_dtype,
+    resolve_model_path,
+)
+
+
+class PolicyModels:
+    """Hands out the models of one run: ``get`` (no grad), ``trainable``, ``generator``."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.lora = None
+        if cfg.model.lora is not None:
+            from rspo.training.peft import LoraPolicy
+
+            self.lora = LoraPolicy(cfg.model, cfg.run.seed, device)
+        self._cache: dict[str, Any] = {}
+        self._vllm: Any = None
+        if cfg.generation.backend == "vllm":
+            from rspo.generation.vllm import import_vllm
+
+            import_vllm()  # a missing extra fails here, before the run directory is touched
+
+    def _load(self, path: str) -> Any:
+        m = self.cfg.model
+        return load_model(path, m.dtype, self.device, m.trust_remote_code)
+
+    def resident(self) -> list[Any]:
+        """The models held now (for memory checks)."""
+        held = list(self._cache.values())
+        if self.lora is not None and self.lora.model is not None:
+            held.append(self.lora.model)
+        return held
+
+    def drop_cache(self) -> None:
+        """Forget the read-only model (π_t or π_ref) and free its memory."""
+        if self._cache:
+            self._cache.clear()
+            free_memory()
+
+    def get(self, path: str) -> Any:
+        """The policy at ``path`` for no-grad use (the previous one is dropped unless LoRA)."""
+        self._sleep_engine()
+        if self.lora is not None and self.lora.serves(path):
+            self.drop_cache()
+            return self.lora.get(path)
+        if path not in self._cache:
+            self.drop_cache()
+            self._cache[path] = self._load(path)
+        return self._cache[path]
+
+    def trainable(self, path: str) -> Any:
+        """A model initialised to the policy at ``path``, to be trained (nothing else held)."""
+        self._sleep_engine()
+        self.drop_cache()
+        model = self.lora.trainable(path) if self.lora is not None else self._load(path)
+        if self.cfg.training.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model
+
+    def generator(self, path: str, tokenizer: Any) -> GenerationBackend:
+        """A backend sampling from the policy at ``path``."""
+        g = self.cfg.generation
+        if g.backend == "hf" or not self._engine_serves(path):
+            return build_backend("hf", self.get(path), tokenizer, g.batch_size)
+        self.drop_cache()  # the engine holds its own weights
+        if self.lora is not None:
+            self.lora.park()  # the HF copy of the base waits in CPU RAM while vLLM runs
+        engine = self._engine(tokenizer)
+        engine.set_policy(self._engine_path(path))
+        return engine
+
+    def _engine_serves(self, path: str) -> bool:
+        """vLLM serves the base and this run's policies; other models use the HF backend."""
+        if self.lora is not None:
+            return self.lora.serves(path)  # the base or an adapter on it
+        return not is_adapter_dir(path)
+
+    def _engine_path(self, path: str) -> str:
+        if self.lora is not None and self.lora.is_base(path):
+            return self.lora.base_path
+        return resolve_model_path(path)
+
+    def _engine(self, tokenizer: Any) -> Any:
+        if self._vllm is None:
+            m, g = self.cfg.model, self.cfg.generation
+            lora_rank = m.lora.r if m.lora is not None else None
+            self._vllm = build_backend(
+                "vllm",
+                resolve_model_path(m.path),
+                tokenizer,
+                dtype=str(resolve_dtype(m.dtype, self.device)).removeprefix("torch."),
+                seed=self.cfg.run.seed,
+                gpu_memory_utilization=g.vllm_gpu_memory_utilization,
+                lora_rank=lora_rank,
+                live_dir=Path(self.cfg.run.output) / "vllm_live",
+                trust_remote_code=m.trust_remote_code,
+                engine_kwargs=g.vllm_kwargs,
+            )
+        return self._vllm
+
+    def _sleep_engine(self) -> None:
+        if self._vllm is not None:
+            self._vllm.sleep()
+
+    def release(self) -> None:
+        """Drop every model (end of the run)."""
+        self.drop_cache()
+        if self.lora is not None:
+            self.lora.release()
+        if self._vllm is not None:
+            self._vllm.sleep()
+        free_memory()

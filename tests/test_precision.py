@@ -1,0 +1,177 @@
+"""Mixed precision and memory: float32 log-probs from bf16 logits, gradient checkpointing,
+dtype switches, and π_ref never resident while training or generating."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+import rspo.selfplay.loop as loop_mod
+import rspo.selfplay.models as models_mod
+from rspo.config import ConfigError, load_config
+from rspo.modeling import _pack, load_model, resolve_dtype, sequence_logprobs
+from rspo.selfplay.loop import run_selfplay
+from rspo.selfplay.models import PolicyModels
+
+from fixtures_lm import make_pipeline_env
+
+TESTS = Path(__file__).parent
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    sys.path.insert(0, str(TESTS))
+    return make_pipeline_env(tmp_path_factory.mktemp("prec"))
+
+
+def _batch(n: int = 8):
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 250, (5 + i % 4,), generator=g).tolist() for i in range(n)]
+    resps = [torch.randint(3, 250, (6 + i % 5,), generator=g).tolist() for i in range(n)]
+    return prompts, resps
+
+
+def test_bf16_model_logprobs_match_a_float64_computation_of_the_same_logits(env):
+    _, model_dir = env
+    model = load_model(str(model_dir), dtype="bfloat16").eval()
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6.0)  # spread the logits so rounding matters
+    prompts, resps = _batch()
+    with torch.no_grad():
+        ours = sequence_logprobs(model, prompts, resps, pad_id=0)
+        ids, attn, tgt = _pack(prompts, resps, 0, "cpu")
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    assert logits.dtype == torch.bfloat16 and ours.dtype == torch.float32
+    targets, mask = ids[:, 1:].unsqueeze(-1), tgt[:, 1:]
+
+    def summed(lp: torch.Tensor) -> torch.Tensor:
+        return (lp.gather(-1, targets).squeeze(-1).double() * mask).sum(-1)
+
+    exact = summed(torch.log_softmax(logits.double(), -1))
+    naive = summed(torch.log_softmax(logits, -1))  # normalising in bf16 itself
+    # sums over 6-10 tokens of about -5 each: float32 error ~1e-6 a token (measured 4.8e-6)
+    assert (ours.double() - exact).abs().max() < 2e-5
+    assert (naive - exact).abs().max() > 1e-2  # bf16 normalisation is off by ~0.05: upcast matters
+
+
+def test_dtype_switch_and_auto(env):
+    _, model_dir = env
+    assert resolve_dtype("auto", "cpu") == torch.float32  # bf16 only on a CUDA device
+    assert resolve_dtype("bfloat16") == torch.bfloat16
+    assert load_model(str(model_dir), "float16").lm_head.weight.dtype == torch.float16
+    assert load_model(str(model_dir), "auto", "cpu").lm_head.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="model.dtype: unknown dtype 'fp8'"):
+        resolve_dtype("fp8")
+    with pytest.raises(ConfigError, match="model.dtype: invalid value 'half'"):
+        load_config(None, ["--model.dtype", "half"])
+
+
+def _grads(model, prompts, resps) -> dict[str, torch.Tensor]:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    sequence_logprobs(model, prompts, resps, 0).pow(2).mean().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8.0}], ids=["full", "lora"])
+def test_gradient_checkpointing_gives_the_same_gradients(env, lora):
+    _, model_dir = env
+    if lora:
+        pytest.importorskip("peft")
+    prompts, resps = _batch()
+    got, calls = {}, {}
+    for flag in (False, True):
+        cfg = load_config(
+            None,
+            {
+                "model": {"path": str(model_dir), "lora": lora},
+                "training": {"gradient_checkpointing": flag},
+            },
+        )
+        model = PolicyModels(cfg, CPU).trainable(str(model_dir))
+        layer = model.get_base_model().model.layers[0] if lora else model.model.layers[0]
+        n, mlp = [], layer.mlp
+        mlp.forward = lambda *a, n=n, f=mlp.forward, **k: (n.append(1), f(*a, **k))[1]
+        got[flag] = _grads(model, prompts, resps)
+        calls[flag] = len(n)
+    assert calls == {False: 1, True: 2}  # checkpointing re-runs the layer in backward
+    assert got[False].keys() == got[True].keys() and len(got[True]) >= 10
+    for k in got[False]:
+        torch.testing.assert_close(got[True][k], got[False][k], atol=1e-6, rtol=0)
+
+
+def _cfg(tmp: Path, model: Path, out: str) -> dict:
+    return {
+        "model": {"path": str(model)},
+        "data": {
+            "prompts": str(tmp / "train.jsonl"),
+            "eval_prompts": str(tmp / "eval.jsonl"),
+            "num_prompts": 6,
+            "num_eval_prompts": 4,
+        },
+        "generation": {"num_samples": 2, "max_new_tokens": 6, "batch_size": 12},
+        "judge": {"name": "python", "kwargs": {"fn": "fixtures_lm:lowercase_judge"}},
+        "objective": {"eta": 10.0, "regularizer": "reverse_kl", "coef": 0.1},
+        "training": {"lr": 0.01, "epochs": 1, "batch_size": 4, "micro_batch_size": 4},
+        "evaluation": {
+            "judge": "python",
+            "judge_kwargs": {"fn": "fixtures_lm:lowercase_judge"},
+            "accuracy_fn": "",
+            "max_new_tokens": 6,
+            "diversity_samples": 0,
+            "n_boot": 20,
+        },
+        "run": {"iterations": 2, "output": str(tmp / out)},
+    }
+
+
+def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch):
+    """Every model the run loads is tracked by weakref; at each train and generate call the
+    only live model must be the one in use (π_ref is dropped once its log-probs are stored)."""
+    tmp, model_dir = env
+    loaded: list[tuple[str, weakref.ref]] = []
+    events: list[tuple[str, str, list[str]]] = []
+    real_load = models_mod.load_model
+
+    def tracking_load(path, *a, **k):
+        m = real_load(path, *a, **k)
+        loaded.append((str(path), weakref.ref(m)))
+        return m
+
+    def live() -> list[str]:
+        gc.collect()
+        return [p for p, w in loaded if w() is not None]
+
+    real_train, real_gen = loop_mod.train_policy, models_mod.PolicyModels.generator
+
+    def spy_train(model, *a, **k):
+        events.append(("train", "", live()))
+        return real_train(model, *a, **k)
+
+    def spy_gen(self, path, tok):
+        backend = real_gen(self, path, tok)
+        events.append(("generate", str(path), live()))
+        return backend
+
+    monkeypatch.setattr(models_mod, "load_model", tracking_load)
+    monkeypatch.setattr(loop_mod, "train_policy", spy_train)
+    monkeypatch.setattr(models_mod.PolicyModels, "generator", spy_gen)
+    cfg = load_config(None, _cfg(tmp, model_dir, "resident"))
+    run_selfplay(cfg, log=lambda m: None)
+    ck1 = str(Path(cfg.run.output) / "iter_001" / "checkpoint")
+    base = str(model_dir)
+    trains = [e for e in events if e[0] == "train"]
+    assert [len(e[2]) for e in trains] == [1, 1]  # the trained copy only
+    # iteration 2 trains from π_2 = checkpoint 1 after scoring it and π_ref: neither is held
+    assert trains[1][2] == [ck1]
+    assert any(p == base for p, _ in loaded[1:])  # π_ref was loaded again for iteration 2...
+    gens = [e for e in events if e[0] == "generate"]
+    assert gens and all(e[2] == [e[1]] for e in gens)  # ...but only the sampled policy lives
+    assert any(e[1] == ck1 for e in gens)

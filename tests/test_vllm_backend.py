@@ -1,0 +1,306 @@
+"""vLLM backend against a fake ``vllm`` module (real vLLM needs CUDA; untested on a GPU).
+
+The fake engine follows vLLM's documented offline API and sleep-mode rules (level 2 discards
+the weights, so generating without ``reload_weights`` fails) and samples with rspo's seeded
+HF sampler from the weights it has loaded. A run through it must therefore reproduce the HF
+backend's run exactly: that checks the seed and sampling-parameter mapping, the output
+conversion, and that each iteration's new weights (or adapter) reach the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import rspo.selfplay.loop as loop_mod
+from rspo.config import load_config
+from rspo.generation import SamplingParams, build_backend
+from rspo.generation.hf import HFBackend
+from rspo.generation.vllm import to_completion, vllm_sampling_params
+from rspo.gym.tokenizer import build_byte_tokenizer
+from rspo.modeling import load_model, load_tokenizer
+from rspo.selfplay.loop import SelfPlayRun, run_selfplay
+
+from fixtures_lm import make_pipeline_env
+
+TESTS = Path(__file__).parent
+
+
+# ----------------------------------------------------------------------------- fake vllm
+class FakeSamplingParams:
+    """Stores its keyword arguments (vLLM's SamplingParams is a struct of them)."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+        self.kw = kw
+
+
+@dataclass
+class FakeCompletionOutput:
+    token_ids: list[int]
+    finish_reason: str
+    stop_reason: Any = None
+    index: int = 0
+
+
+@dataclass
+class FakeRequestOutput:
+    outputs: list[FakeCompletionOutput]
+
+
+@dataclass
+class FakeLoRARequest:
+    lora_name: str
+    lora_int_id: int
+    lora_path: str
+
+
+class FakeLLM:
+    """Offline engine: weights from ``model`` (safetensors), sleep levels 1/2, LoRA requests."""
+
+    instances: list[FakeLLM] = []  # engines created (reset per test)
+    batch_size = 64  # sequences per HF sampler call (set to generation.batch_size)
+    keep_stop_token = True  # whether token_ids end with the stop token
+
+    def __init__(self, model: str, **kw: Any) -> None:
+        self.model, self.kw, self.log = model, kw, [("init", model)]
+        self.tok = load_tokenizer(kw["tokenizer"])
+        self.weights: Any = load_model(model)  # "on the GPU"
+        self.backup: Any = None
+        self.kv = True
+        self.adapters: dict[int, Any] = {}
+        FakeLLM.instances.append(self)
+
+    def sleep(self, level: int = 1) -> None:
+        assert self.weights is not None and self.kv, "sleep while asleep"
+        self.log.append(("sleep", level))
+        self.backup = self.weights if level == 1 else None  # level 2 forgets the weights
+        self.weights, self.kv = None, False
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.log.append(("wake_up", tuple(tags) if tags else None))
+        if tags is None or "weights" in tags:
+            self.weights = self.backup if self.backup is not None else "garbage"
+        if tags is None or "kv_cache" in tags:
+            self.kv = True
+
+    def collective_rpc(self, method: str, args: tuple = (), kwargs: dict | None = None) -> list:
+        assert method == "reload_weights" and self.weights is not None
+        self.log.append(("reload_weights", sorted(p.name for p in Path(self.model).iterdir())))
+        self.weights = load_model(self.model)  # re-reads the model directory
+        return [None]
+
+    def reset_prefix_cache(self) -> bool:
+        self.log.append(("reset_prefix_cache",))
+        return True
+
+    def generate(self, prompts, sampling_params, use_tqdm=True, lora_request=None):
+        assert self.kv and isinstance(self.weights, torch.nn.Module), "engine not awake"
+        self.log.append(("generate", lora_request.lora_path if lora_request else None))
+        model = self.weights
+        if lora_request is not None:
+            assert self.kw.get("enable_lora")
+            if lora_request.lora_int_id not in self.adapters:
+                from rspo.training.peft import load_adapter_model
+
+                self.adapters[lora_request.lora_int_id] = load_adapter_model(
+                    lora_request.lora_path, base_path=self.model
+                )
+            model = self.adapters[lora_request.lora_int_id]
+        sp0 = sampling_params[0]
+        stops = set(sp0.stop_token_ids or []) | (
+            set() if sp0.ignore_eos else {self.tok.eos_token_id}
+        )
+        assert stops == {self.tok.eos_token_id}  # what rspo's HF sampler stops at
+        assert all({**s.kw, "seed": 0} == {**sp0.kw, "seed": 0} for s in sampling_params)
+        params = SamplingParams(
+            sp0.max_tokens, sp0.temperature, sp0.top_p, 0 if sp0.top_k in (0, -1) else sp0.top_k
+        )
+        comps = HFBackend(model, self.tok, batch_size=FakeLLM.batch_size).generate(
+            [p["prompt_token_ids"] for p in prompts], [s.seed for s in sampling_params], params
+        )
+        outs = []
+        for c in comps:
+            ids = list(c.ids)
+            if c.finished and not FakeLLM.keep_stop_token:
+                ids = ids[:-1]
+            reason = "stop" if c.finished else "length"
+            outs.append(FakeRequestOutput([FakeCompletionOutput(ids, reason)]))
+        return outs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    mod = types.ModuleType("vllm")
+    mod.LLM, mod.SamplingParams = FakeLLM, FakeSamplingParams
+    lora = types.ModuleType("vllm.lora")
+    req = types.ModuleType("vllm.lora.request")
+    req.LoRARequest = FakeLoRARequest
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    monkeypatch.setitem(sys.modules, "vllm.lora", lora)
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", req)
+    monkeypatch.setattr(FakeLLM, "instances", [])
+    return mod
+
+
+# ----------------------------------------------------------------------------- unit tests
+def test_sampling_params_mapping(fake_vllm):
+    seed = (1 << 63) - 5  # rspo's derived seeds are 63-bit: passed through unchanged
+    sp = vllm_sampling_params(fake_vllm, SamplingParams(12, 0.7, 0.9, 0), seed, eos_token_id=2)
+    assert sp.kw == {
+        "n": 1,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": -1,  # rspo's 0 = off; vLLM's off is -1 (0 is accepted only by newer versions)
+        "max_tokens": 12,
+        "seed": seed,
+        "ignore_eos": True,  # stop at the tokenizer's EOS only, like the HF backend
+        "stop_token_ids": [2],
+        "skip_special_tokens": True,
+    }
+    assert vllm_sampling_params(fake_vllm, SamplingParams(5, 0.0, 1.0, 7), 3, 2).top_k == 7
+
+
+@pytest.mark.parametrize(
+    ("token_ids", "reason", "ids", "finished"),
+    [
+        ([104, 105, "E"], "stop", [104, 105, "E"], True),  # stop token kept
+        ([104, 105], "stop", [104, 105, "E"], True),  # stop token dropped by the engine
+        ([104, 105, 106], "length", [104, 105, 106], False),  # truncated
+        ([104, 105, "E"], "length", [104, 105, "E"], True),  # EOS as the last allowed token
+        ([104, "E", 105], "stop", [104, "E"], True),  # anything after EOS is cut
+    ],
+)
+def test_output_conversion_follows_the_hf_convention(token_ids, reason, ids, finished):
+    tok = build_byte_tokenizer()
+    eos = tok.eos_token_id
+    fix = [eos if x == "E" else x for x in token_ids]
+    c = to_completion(FakeRequestOutput([FakeCompletionOutput(fix, reason)]), tok)
+    assert c.ids == [eos if x == "E" else x for x in ids] and c.finished is finished
+    body = [i for i in c.ids if i != eos]
+    assert c.text == tok.decode(body, skip_special_tokens=True)
+
+
+def test_missing_vllm_is_a_clear_error_before_the_run_directory(env, monkeypatch, tmp_path):
+    tmp, model = env
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    cfg = load_config(None, _cfg(tmp, model, str(tmp_path / "novllm"), "vllm"))
+    with pytest.raises(ImportError, match=r"pip install 'rspo\[vllm\]'.*generation.backend: hf"):
+        SelfPlayRun(cfg)
+    with pytest.raises(ImportError, match=r"pip install 'rspo\[vllm\]'"):
+        build_backend("vllm", str(model), None)
+    assert not (tmp_path / "novllm").exists()
+
+
+# ----------------------------------------------------------------------------- runs
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    sys.path.insert(0, str(TESTS))
+    return make_pipeline_env(tmp_path_factory.mktemp("vllm"))
+
+
+def _cfg(tmp: Path, model: Path, out: str, backend: str, lora: dict | None = None) -> dict:
+    return {
+        "model": {"path": str(model), "lora": lora},
+        "data": {
+            "prompts": str(tmp / "train.jsonl"),
+            "eval_prompts": str(tmp / "eval.jsonl"),
+            "num_prompts": 6,
+            "num_eval_prompts": 4,
+        },
+        "generation": {"backend": backend, "num_samples": 3, "max_new_tokens": 8, "batch_size": 9},
+        "judge": {"name": "python", "kwargs": {"fn": "fixtures_lm:lowercase_judge"}},
+        "objective": {"eta": 30.0, "regularizer": "reverse_kl", "coef": 0.1},
+        "training": {"lr": 0.02, "epochs": 1, "batch_size": 6, "micro_batch_size": 6},
+        "evaluation": {
+            "judge": "python",
+            "judge_kwargs": {"fn": "fixtures_lm:lowercase_judge"},
+            "accuracy_fn": "",
+            "temperature": 1.0,
+            "max_new_tokens": 8,
+            "diversity_samples": 0,
+            "n_boot": 20,
+        },
+        "run": {"iterations": 2, "seed": 1, "output": out},
+    }
+
+
+def _records(root: Path) -> dict[str, str]:
+    names = ["iter_001/generations.jsonl", "iter_002/generations.jsonl", "eval_baseline.jsonl"]
+    names += [f"iter_{t:03d}/eval_outputs.jsonl" for t in (0, 1, 2)]
+    return {n: (root / n).read_text() for n in names if (root / n).exists()}
+
+
+def _run_pair(env, lora, tag, monkeypatch):
+    """The same run with the HF backend and with the (fake) vLLM backend."""
+    tmp, model = env
+    asleep_in_training = []
+    real_train = loop_mod.train_policy
+
+    def spy(*a, **k):
+        asleep_in_training.append([e.weights is None and not e.kv for e in FakeLLM.instances])
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(loop_mod, "train_policy", spy)
+    monkeypatch.setattr(FakeLLM, "batch_size", 9)  # = generation.batch_size: same batches
+    rows = {}
+    for backend in ("hf", "vllm"):
+        out = str(tmp / f"{tag}_{backend}")
+        cfg = load_config(None, _cfg(tmp, model, out, backend, lora))
+        rows[backend] = run_selfplay(cfg, log=lambda m: None)
+    hf, vl = Path(tmp / f"{tag}_hf"), Path(tmp / f"{tag}_vllm")
+    return rows, hf, vl, asleep_in_training
+
+
+def test_full_finetune_run_through_vllm_reproduces_the_hf_run(env, fake_vllm, monkeypatch):
+    monkeypatch.setattr(FakeLLM, "keep_stop_token", False)
+    rows, hf, vl, asleep = _run_pair(env, None, "full", monkeypatch)
+    assert rows["vllm"] == rows["hf"] and len(rows["hf"]) == 3
+    want = _records(hf)
+    assert len(want) == 6 and _records(vl) == want
+    assert '"finished": true' in "".join(want.values())  # the EOS path is exercised too
+    (engine,) = FakeLLM.instances  # one engine for the whole run
+    live = vl / "vllm_live"
+    assert engine.model == str(live) and engine.kw["tokenizer"] == str(env[1])
+    assert engine.kw["enable_sleep_mode"] and engine.kw["load_format"] == "safetensors"
+    assert engine.kw["seed"] == 1 and not engine.kw.get("enable_lora")
+    assert asleep[-2:] == [[True], [True]]  # asleep (weights discarded) while training
+    ops = [e[0] for e in engine.log]
+    assert ops.count("reload_weights") >= 2  # checkpoints 1 and 2 reached the engine
+    i = ops.index("reload_weights")
+    assert engine.log[i - 2 : i + 3] == [
+        ("sleep", 2),
+        ("wake_up", ("weights",)),
+        engine.log[i],
+        ("wake_up", ("kv_cache",)),
+        ("reset_prefix_cache",),
+    ]
+    ck2 = vl / "iter_002" / "checkpoint" / "model.safetensors"
+    assert (live / "model.safetensors").read_bytes() == ck2.read_bytes()
+
+
+def test_lora_run_through_vllm_reproduces_the_hf_run(env, fake_vllm, monkeypatch):
+    pytest.importorskip("peft")
+    rows, hf, vl, asleep = _run_pair(env, {"r": 4, "alpha": 8.0}, "lora", monkeypatch)
+    assert rows["vllm"] == rows["hf"]
+    want = _records(hf)
+    assert len(want) == 6 and _records(vl) == want
+    (engine,) = FakeLLM.instances
+    assert engine.model == str(env[1]) and engine.kw["enable_lora"]
+    assert engine.kw["max_lora_rank"] == 8  # r = 4 rounded up to a rank vLLM supports
+    ops = [e[0] for e in engine.log]
+    assert "reload_weights" not in ops and ("sleep", 2) not in engine.log
+    served = [e[1] for e in engine.log if e[0] == "generate"]
+    ck = [str(vl / f"iter_{t:03d}" / "checkpoint") for t in (1, 2)]
+    assert served[0] is None and ck[0] in served and served[-1] == ck[1]
+    assert asleep[-2:] == [[True], [True]]
+    assert not (vl / "vllm_live").exists()
+    conf = json.loads((Path(ck[1]) / "adapter_config.json").read_text())
+    assert conf["r"] == 4
