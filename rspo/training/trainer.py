@@ -2,7 +2,8 @@
 
 Log-probs under π_t and π_ref are precomputed, so only the trained model is in memory.
 Per-sample loss terms are summed and divided by the global batch counts, so the loss and
-its gradient do not depend on how a batch is split into micro-batches.
+its gradient do not depend on how a batch is split into micro-batches or over data-parallel
+ranks (each rank takes a contiguous slice of every global batch; gradients are summed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_model as st_load_model
 
 from rspo.config import TrainingConfig
+from rspo.distributed import DistContext
 from rspo.modeling import sequence_logprobs
 from rspo.objectives import RSPOLoss, SampleBatch
 from rspo.training.checkpoint import load_train_state, recover_state_dir, save_train_state
@@ -76,12 +78,16 @@ def train_policy(
     ref_examples: Sequence[RefExample] = (),
     log: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
 ) -> dict[str, float]:
     """Run the optimizer over ``examples``; resumes from ``state_dir`` if it holds a state.
 
     Pair losses (``sppo_hard``, ``inpo``) expect ``examples`` ordered as (chosen, rejected)
-    pairs; the pairs are never split across micro-batches.
+    pairs; the pairs are never split across micro-batches. With ``dist`` (several ranks,
+    same model and data on each) every rank trains on its slice of each global batch, the
+    summed gradients make the optimizer step identical everywhere, and rank 0 saves state.
     """
+    dist = dist or DistContext()
     pairwise = loss_fn.loss_type in ("sppo_hard", "inpo")
     unit = 2 if pairwise else 1
     if pairwise and (len(examples) % 2 or cfg.micro_batch_size % 2):
@@ -103,8 +109,19 @@ def train_policy(
     for step in range(start, len(steps)):
         idx = [u * unit + j for u in steps[step] for j in range(unit)]
         totals = accumulate_gradients(
-            model, examples, idx, loss_fn, cfg.micro_batch_size, pad_id, ref_by_group, pairwise
+            model,
+            examples,
+            idx,
+            loss_fn,
+            cfg.micro_batch_size,
+            pad_id,
+            ref_by_group,
+            pairwise,
+            shard=(dist.rank, dist.world_size),
         )
+        if dist.enabled:
+            dist.all_reduce_grads(list(model.parameters()))
+            totals = dist.sum_floats(totals)
         gnorm = (
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             if cfg.max_grad_norm
@@ -123,6 +140,7 @@ def train_policy(
             log(last)
         if (
             state_dir is not None
+            and dist.is_main
             and cfg.save_steps
             and (step + 1) % cfg.save_steps == 0
             and step + 1 < len(steps)
@@ -131,7 +149,20 @@ def train_policy(
         if on_step is not None:
             on_step(step + 1)
     model.eval()
+    dist.check_in_sync(model, "trained policy")
     return last
+
+
+def shard_positions(n_units: int, unit: int, rank: int, world: int) -> list[int]:
+    """Positions (of ``n_units * unit``) in rank ``rank``'s contiguous slice of a global batch.
+
+    Units (single samples, or chosen/rejected pairs) are split as evenly as possible,
+    the first ``n_units % world`` ranks taking one more.
+    """
+    base, extra = divmod(n_units, world)
+    start = rank * base + min(rank, extra)
+    stop = start + base + (1 if rank < extra else 0)
+    return list(range(start * unit, stop * unit))
 
 
 def accumulate_gradients(
@@ -143,27 +174,34 @@ def accumulate_gradients(
     pad_id: int,
     ref_by_group: dict[int, list[RefExample]] | None = None,
     pairwise: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, float]:
     """Backward the loss of the global batch ``idx`` in micro-batches; returns its metrics.
 
     Each micro-batch's per-sample terms are divided by the global counts, so the
     accumulated gradient equals the full-batch gradient whatever ``micro_batch_size`` is.
     A prompt's π_ref samples go with the micro-batch holding its first policy sample.
+    ``shard=(rank, world)``: only this rank's slice of ``idx`` is run; the metrics are its
+    share (they add up over ranks).
     """
     device = next(model.parameters()).device
     ref_by_group = ref_by_group or {}
-    micro = [idx[s : s + micro_batch_size] for s in range(0, len(idx), micro_batch_size)]
-    seen: set[int] = set()
+    unit = 2 if pairwise else 1
+    first: dict[int, int] = {}  # group -> position of its first sample in the global batch
+    for pos, i in enumerate(idx):
+        first.setdefault(examples[i].group, pos)
+    n_ref = sum(len(ref_by_group.get(g, [])) for g in first)
+    mine = shard_positions(len(idx) // unit, unit, *shard)
+    micro_pos = [mine[s : s + micro_batch_size] for s in range(0, len(mine), micro_batch_size)]
+    micro = [[idx[p] for p in m] for m in micro_pos]
     ref_micro: list[list[RefExample]] = []
-    for m in micro:
-        refs = []
-        for i in m:
-            g = examples[i].group
-            if g not in seen:
-                seen.add(g)
+    for m in micro_pos:
+        refs: list[RefExample] = []
+        for p in m:
+            g = examples[idx[p]].group
+            if first[g] == p:
                 refs += ref_by_group.get(g, [])
         ref_micro.append(refs)
-    n_ref = sum(len(r) for r in ref_micro)
     totals: dict[str, float] = {}
     for m, refs in zip(micro, ref_micro):
         ex = [examples[i] for i in m]
