@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rspo.config import load_config
+from rspo.config import ConfigError, load_config
 from rspo.distributed import DistContext, _buckets, env_world
 from rspo.selfplay.loop import run_selfplay
 from rspo.training.trainer import shard_positions
@@ -119,12 +119,44 @@ def test_two_ranks_write_the_same_records_as_one(runs):
     _, one, two, proc = runs
     for rel in EXACT:
         assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
-    assert "data parallel: 2 ranks (gloo)" in proc.stdout
+    assert "data parallel: 2 ranks (gloo), cpu on rank 0, replicated training" in proc.stdout
     assert proc.stdout.count("done:") == 1  # only rank 0 reports
 
 
 def test_two_ranks_train_to_the_same_losses_weights_and_metrics(runs):
     tmp, one, two, _ = runs
+    _assert_same_training(tmp, one, two)
+
+
+def test_fsdp2_sharded_training_matches_one_process(runs):
+    """The accelerate fsdp2.yaml path: the policy is fully_shard-ed over 2 ranks to train."""
+    tmp, one, _, _ = runs
+    fsdp = _torchrun(tmp, "fsdp", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    assert "data parallel: 2 ranks (gloo), cpu on rank 0, fsdp2-sharded training" in fsdp.stdout
+    for rel in EXACT:
+        assert (one / rel).read_bytes() == (tmp / "fsdp" / rel).read_bytes(), rel
+    _assert_same_training(tmp, one, tmp / "fsdp")
+    ck = load_file(str(tmp / "fsdp/iter_002/checkpoint/model.safetensors"))
+    assert set(ck) == set(load_file(str(tmp / "model/model.safetensors")))  # tied head dropped
+
+
+def test_deepspeed_and_fsdp1_launches_are_refused_before_any_work(runs, monkeypatch):
+    tmp, _, _, _ = runs
+    cfg = load_config(None, _args(_overrides(tmp, "refused")))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="fsdp2.yaml"):
+        run_selfplay(cfg, log=lambda m: None)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match="fsdp_version 1"):
+        run_selfplay(cfg, log=lambda m: None)
+    assert not (tmp / "refused").exists()
+
+
+def _assert_same_training(tmp: Path, one: Path, two: Path) -> None:
+    """Same scored data, per-step losses, weight updates and metrics (to float tolerance)."""
     start = tmp / "model"
     for t in (1, 2):
         d1 = json.loads((one / f"iter_{t:03d}/dataset.json").read_text())

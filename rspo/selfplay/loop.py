@@ -31,6 +31,7 @@ from rspo.selfplay.adaptive import measure, update_coef
 from rspo.selfplay.estimate import best_worst, win_rates
 from rspo.selfplay.rundir import RunDir
 from rspo.training.checkpoint import recover_state_dir
+from rspo.training.fsdp import full_state_dict, is_sharded, training_engine
 from rspo.training.trainer import RefExample, TrainExample, train_policy
 from rspo.utils.faults import fault_point
 from rspo.utils.io import (
@@ -157,6 +158,7 @@ class SelfPlayRun:
         here, before the run directory is created or touched. True when resuming.
         """
         c = self.cfg
+        training_engine(self.dist)  # a DeepSpeed or FSDP1 launch is refused before any work
         if c.run.num_threads:
             torch.set_num_threads(c.run.num_threads)
         seed_everything(c.run.seed)
@@ -416,6 +418,8 @@ class SelfPlayRun:
         )
         logf = self.rd.iter_dir(t) / "train_log.jsonl"
         saved = recover_state_dir(self.rd.iter_dir(t) / "train_state")
+        if training_engine(self.dist) == "fsdp":  # FSDP training restarts from π_t
+            saved = None
         resumed = read_json(saved / "trainer_state.json")["step"] if saved else 0
         self.dist.main_only(_truncate_log, logf, resumed)
 
@@ -439,18 +443,19 @@ class SelfPlayRun:
             on_step=on_step,
             dist=self.dist,
         )
-        self.dist.main_only(self._save_checkpoint, t, model)
+        state = full_state_dict(model) if is_sharded(model) else None  # a collective
+        self.dist.main_only(self._save_checkpoint, t, model, state)
         self.rd.mark_done(t, "train", {**last, "coef": data.get("coef", c.objective.coef)})
         if c.run.keep_checkpoints == "last" and t > 1 and not c.objective.magnet_refresh:
             self.dist.main_only(shutil.rmtree, self.rd.checkpoint(t - 1), ignore_errors=True)
         return last
 
-    def _save_checkpoint(self, t: int, model) -> None:
+    def _save_checkpoint(self, t: int, model, state: dict | None = None) -> None:
         """Swap in iteration t's checkpoint atomically; drop the training state (rank 0)."""
         ck = self.rd.checkpoint(t)
         tmp = ck.with_name("checkpoint.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         self.tok.save_pretrained(tmp)
         shutil.rmtree(ck, ignore_errors=True)
         tmp.rename(ck)
@@ -477,8 +482,10 @@ class SelfPlayRun:
             self.log(f"resuming run in {self.rd.root}")
         if self.dist.enabled:
             backend = torch.distributed.get_backend()
+            engine = {"ddp": "replicated", "fsdp": "fsdp2-sharded"}[training_engine(self.dist)]
             self.log(
-                f"data parallel: {self.dist.world_size} ranks ({backend}), {self.device} on rank 0"
+                f"data parallel: {self.dist.world_size} ranks ({backend}), {self.device} on "
+                f"rank 0, {engine} training"
             )
         c = self.cfg
         if c.evaluation.enabled and not self._done(0, "evaluate"):

@@ -20,6 +20,7 @@ from rspo.config import Config, ConfigError
 from rspo.distributed import init_distributed
 from rspo.modeling import batched_sequence_logprobs, load_model, load_tokenizer
 from rspo.objectives import RSPOLoss
+from rspo.training.fsdp import shard_policy, training_engine
 from rspo.training.trainer import RefExample, TrainExample, accumulate_gradients, build_optimizer
 
 
@@ -67,6 +68,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     """Generate, score and take one optimizer step at maximum lengths; return memory and times."""
     dist = init_distributed(cfg.model.device)
     device = dist.device(cfg.model.device)
+    fsdp = training_engine(dist) == "fsdp"
     m, o, tr = cfg.model, cfg.objective, cfg.training
     tok = load_tokenizer(m.path, m.trust_remote_code)
     model = load_model(m.path, m.dtype, device, m.trust_remote_code)
@@ -118,14 +120,17 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     refs: dict[int, list[RefExample]] = {}
     for j, (p, r, v) in enumerate(zip(ref_prompts, ref_resps, lr)):
         refs.setdefault(j // K, []).append(RefExample(p, r, v, j // K))
-    optimizer = build_optimizer(model, tr)
     model.train()
 
     def step() -> dict[str, float]:
+        if fsdp:
+            shard_policy(model)
+        optimizer = build_optimizer(model, tr)
         totals = accumulate_gradients(
             model, examples, list(range(mb)), loss_fn, mb, pad, refs, loss_fn.pairwise
         )
-        dist.all_reduce_grads(list(model.parameters()))
+        if not fsdp:
+            dist.all_reduce_grads(list(model.parameters()))
         if tr.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tr.max_grad_norm)
         optimizer.step()
@@ -137,6 +142,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     return {
         "device": str(device),
         "world_size": dist.world_size,
+        "engine": "fsdp2" if fsdp else "ddp",
         "dtype": m.dtype,
         "prompt_tokens": P,
         "response_tokens": R,

@@ -22,6 +22,7 @@ from rspo.distributed import DistContext
 from rspo.modeling import sequence_logprobs
 from rspo.objectives import RSPOLoss, SampleBatch
 from rspo.training.checkpoint import load_train_state, recover_state_dir, save_train_state
+from rspo.training.fsdp import shard_policy, training_engine
 from rspo.utils.seeds import derive_seed
 
 
@@ -98,9 +99,13 @@ def train_policy(
     for r in ref_examples:
         ref_by_group.setdefault(r.group, []).append(r)
 
+    fsdp = training_engine(dist) == "fsdp"
+    if fsdp:  # sharded state is not saved mid-iteration: training restarts from π_t
+        shard_policy(model)
     optimizer = build_optimizer(model, cfg)
     start = 0
-    if state_dir is not None and (found := recover_state_dir(state_dir)) is not None:
+    found = None if fsdp or state_dir is None else recover_state_dir(state_dir)
+    if found is not None:
         st_load_model(model, str(found / "model.safetensors"))
         start = load_train_state(found, optimizer)["step"]
     steps = _batches(len(examples) // unit, unit, cfg, seed)
@@ -118,17 +123,24 @@ def train_policy(
             ref_by_group,
             pairwise,
             shard=(dist.rank, dist.world_size),
+            lockstep=fsdp,
         )
         if dist.enabled:
-            dist.all_reduce_grads(list(model.parameters()))
+            if not fsdp:  # FSDP reduce-scatters (sums) gradients during backward
+                dist.all_reduce_grads(list(model.parameters()))
             totals = dist.sum_floats(totals)
-        gnorm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if cfg.max_grad_norm
-            else torch.sqrt(
-                sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None)
+        if fsdp:  # DTensor norm over all shards; inf = measure without clipping
+            gnorm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.max_grad_norm or float("inf")
+            ).full_tensor()
+        else:
+            gnorm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if cfg.max_grad_norm
+                else torch.sqrt(
+                    sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None)
+                )
             )
-        )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         last = {"step": step + 1, **totals, "grad_norm": float(gnorm)}
@@ -141,6 +153,7 @@ def train_policy(
         if (
             state_dir is not None
             and dist.is_main
+            and not fsdp
             and cfg.save_steps
             and (step + 1) % cfg.save_steps == 0
             and step + 1 < len(steps)
@@ -149,7 +162,8 @@ def train_policy(
         if on_step is not None:
             on_step(step + 1)
     model.eval()
-    dist.check_in_sync(model, "trained policy")
+    if not fsdp:
+        dist.check_in_sync(model, "trained policy")
     return last
 
 
@@ -175,6 +189,7 @@ def accumulate_gradients(
     ref_by_group: dict[int, list[RefExample]] | None = None,
     pairwise: bool = False,
     shard: tuple[int, int] = (0, 1),
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """Backward the loss of the global batch ``idx`` in micro-batches; returns its metrics.
 
@@ -182,7 +197,8 @@ def accumulate_gradients(
     accumulated gradient equals the full-batch gradient whatever ``micro_batch_size`` is.
     A prompt's π_ref samples go with the micro-batch holding its first policy sample.
     ``shard=(rank, world)``: only this rank's slice of ``idx`` is run; the metrics are its
-    share (they add up over ranks).
+    share (they add up over ranks). ``lockstep`` (FSDP): every rank runs as many forward and
+    backward passes as rank 0, padding with zero-weighted one-token passes.
     """
     device = next(model.parameters()).device
     ref_by_group = ref_by_group or {}
@@ -230,7 +246,22 @@ def accumulate_gradients(
             num_samples=len(idx),
             num_ref_samples=n_ref if loss_fn.needs_ref_samples else None,
         )
+        if lockstep and loss_fn.needs_ref_samples and not refs:
+            loss = loss + _padding_pass(model, pad_id)
         loss.backward()
         for k, v in metrics.items():  # "loss" adds up across micro-batches; others are averaged
             totals[k] = totals.get(k, 0.0) + float(v) * (1.0 if k == "loss" else len(m) / len(idx))
+    if lockstep:  # rank 0 holds the longest slice
+        most = len(shard_positions(len(idx) // unit, unit, 0, shard[1]))
+        for _ in range(len(micro), -(-most // micro_batch_size)):
+            loss = _padding_pass(model, pad_id)
+            if loss_fn.needs_ref_samples:
+                loss = loss + _padding_pass(model, pad_id)
+            loss.backward()
     return totals
+
+
+def _padding_pass(model: torch.nn.Module, pad_id: int) -> torch.Tensor:
+    """A one-token forward times 0: a rank with less data keeps FSDP's collectives in step."""
+    lp = sequence_logprobs(model, [[pad_id]], [[pad_id]], pad_id)
+    return lp.sum() * 0.0
