@@ -279,3 +279,73 @@ def test_pinned_cuda_device_is_refused_under_a_launcher():
     with pytest.raises(ConfigError, match="model.device"):
         DistContext(2, 1, 1).device("cuda:0")
     assert DistContext(2, 1, 1).device("cpu") == torch.device("cpu")
+
+
+# ---------------------------------------------------------------- shipped launch configs
+
+
+def _shipped(sub: str) -> list[Path]:
+    from importlib.resources import files
+
+    return sorted(Path(str(files("rspo") / "configs" / sub)).glob("*.yaml"))
+
+
+def test_shipped_accelerate_configs_load_with_accelerates_own_loader():
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.utils import DistributedType
+
+    got = {p.stem: load_config_from_file(str(p)) for p in _shipped("accelerate")}
+    assert set(got) == {"ddp", "fsdp2", "zero3"}
+    assert all(isinstance(c, ClusterConfig) for c in got.values())
+    assert got["ddp"].distributed_type == DistributedType.MULTI_GPU
+    assert got["fsdp2"].distributed_type == DistributedType.FSDP
+    assert got["fsdp2"].fsdp_config["fsdp_version"] == 2  # what training_engine requires
+    assert got["fsdp2"].fsdp_config["fsdp_reshard_after_forward"] is True
+    assert got["zero3"].distributed_type == DistributedType.DEEPSPEED
+    assert got["zero3"].deepspeed_config["zero_stage"] == 3
+    for c in got.values():
+        assert c.num_machines == 1 and c.num_processes >= 1 and c.use_cpu is False
+
+
+def test_packaging_ships_the_launch_and_example_configs():
+    import fnmatch
+    import re
+
+    root = TESTS.parent
+    text = (root / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-data]", 1)[1]
+    globs = json.loads(re.search(r"^rspo = (\[.*\])$", section, re.M).group(1))
+    files = _shipped("accelerate") + _shipped("examples")
+    assert len(files) == 4
+    for f in files:
+        rel = f.relative_to(root / "rspo").as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
+
+
+def test_worked_7b_config_resolves_without_weights(capsys):
+    from rspo.cli import main
+
+    (path,) = _shipped("examples")
+    cfg = load_config(path)
+    assert cfg.model.path == "/models/Mistral-7B-Instruct-v0.2" and cfg.model.dtype == "float32"
+    assert cfg.judge.name == cfg.evaluation.judge == "reward_model"
+    assert cfg.judge.kwargs["model"] == cfg.evaluation.judge_kwargs["model"]
+    assert (cfg.generation.num_samples, cfg.generation.temperature, cfg.generation.top_p) == (
+        5,
+        0.7,
+        0.9,
+    )
+    o = cfg.objective  # the paper's headline setting through the preset
+    assert (o.regularizer, o.coef, o.samples, o.eta) == (
+        "forward_kl[ratio] + 10*reverse_kl[k2]",
+        0.2,
+        "best_worst",
+        1000.0,
+    )
+    assert (cfg.training.optimizer, cfg.training.lr, cfg.training.batch_size) == (
+        "rmsprop",
+        5e-7,
+        64,
+    )
+    assert main(["config", "--config", str(path)]) == 0
+    assert "Skywork-Reward-Llama-3.1-8B-v0.2" in capsys.readouterr().out

@@ -64,7 +64,10 @@ def test_cli_dry_run_reports_memory_and_time_and_writes_nothing(models):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads(proc.stdout)
     assert rep["peak_memory_bytes"] > 0 and rep["memory_kind"] == "process peak RSS"
-    assert set(rep["phases"]) == {"generate", "score", "train_step"}
+    assert (
+        set(rep["phases"]) == {"load", "generate", "score", "train_step"}
+        and rep["judges_loaded"] == 2
+    )
     assert all(p["seconds"] > 0 and p["peak_memory_bytes"] > 0 for p in rep["phases"].values())
     assert (rep["prompt_tokens"], rep["response_tokens"], rep["micro_batch_size"]) == (40, 24, 4)
     assert rep["ref_sequences_in_micro_batch"] == 4 * 3  # worst case: K π_ref samples each

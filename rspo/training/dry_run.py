@@ -1,11 +1,12 @@
 """``rspo train --dry-run``: one step at the longest sequences a run can see, to surface OOM early.
 
 Runs the real code paths on random token ids of the maximum lengths
-(``data.max_prompt_length`` prompt + ``generation.max_new_tokens`` response): a forced
-full-length HF generate call of ``generation.batch_size`` sequences, the π_t/π_ref scoring
-pass, and one optimizer step on a worst-case micro-batch (every sample from another
-prompt, so each brings its K π_ref samples when the regularizer needs them). Reports peak
-memory and timings; writes nothing.
+(``data.max_prompt_length`` prompt + ``generation.max_new_tokens`` response) with the
+judges loaded (they stay resident during a run): a forced full-length HF generate call of
+``generation.batch_size`` sequences, the π_t/π_ref scoring pass, and one optimizer step on a
+worst-case micro-batch (every sample from another prompt, so each brings its K π_ref
+samples when the regularizer needs them). Reports peak memory and timings; writes nothing.
+Launch it exactly like the run (same accelerate config and process count).
 """
 
 from __future__ import annotations
@@ -70,8 +71,19 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     device = dist.device(cfg.model.device)
     fsdp = training_engine(dist) == "fsdp"
     m, o, tr = cfg.model, cfg.objective, cfg.training
+    peak, phases = _Peak(device), {}
+
+    def phase(name: str, fn):
+        peak.start()
+        t0 = time.perf_counter()
+        out = fn()
+        if peak.cuda:
+            torch.cuda.synchronize()
+        phases[name] = {"seconds": time.perf_counter() - t0, "peak_memory_bytes": peak.read()}
+        return out
+
     tok = load_tokenizer(m.path, m.trust_remote_code)
-    model = load_model(m.path, m.dtype, device, m.trust_remote_code)
+    model, judges = phase("load", lambda: _load(cfg, device))
     check_context(model, cfg)
     loss_fn = RSPOLoss(o.eta, o.regularizer or None, o.coef, o.loss_type, o.tau)
     if loss_fn.pairwise and tr.micro_batch_size % 2:
@@ -83,16 +95,6 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     mb, pad = tr.micro_batch_size, tok.pad_token_id
     vocab = min(model.config.vocab_size, len(tok))
     g = torch.Generator().manual_seed(cfg.run.seed + dist.rank)
-    peak, phases = _Peak(device), {}
-
-    def phase(name: str, fn):
-        peak.start()
-        t0 = time.perf_counter()
-        out = fn()
-        if peak.cuda:
-            torch.cuda.synchronize()
-        phases[name] = {"seconds": time.perf_counter() - t0, "peak_memory_bytes": peak.read()}
-        return out
 
     if cfg.generation.backend == "hf":
         phase("generate", lambda: _generate_full(model, tok, cfg, vocab, g))
@@ -156,8 +158,21 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         "step_time_s": phases["train_step"]["seconds"],
         # micro-batches per optimizer step per rank x one micro-batch's time (upper bound)
         "est_optimizer_step_s": steps_per_batch * phases["train_step"]["seconds"],
+        "judges_loaded": len(judges),
         "loss": totals.get("loss"),
     }
+
+
+def _load(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, list[Any]]:
+    """The policy and the judges a run keeps resident (training judge, evaluation judge)."""
+    from rspo.judges import build_judge
+
+    m = cfg.model
+    model = load_model(m.path, m.dtype, device, m.trust_remote_code)
+    judges = [build_judge(cfg.judge.name, **cfg.judge.kwargs)]
+    if cfg.evaluation.enabled:
+        judges.append(build_judge(cfg.evaluation.judge, **cfg.evaluation.judge_kwargs))
+    return model, judges
 
 
 @torch.no_grad()
