@@ -349,3 +349,10 @@ def test_worked_7b_config_resolves_without_weights(capsys):
     )
     assert main(["config", "--config", str(path)]) == 0
     assert "Skywork-Reward-Llama-3.1-8B-v0.2" in capsys.readouterr().out
+
+
+def test_gpu_smoke_script_parses_and_rejects_unknown_options():
+    script = TESTS.parent / "scripts" / "gpu_smoke.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
