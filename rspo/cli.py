@@ -93,11 +93,14 @@ def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     import json
 
+    from rspo.distributed import init_distributed, shutdown
     from rspo.selfplay.standalone import evaluate_model
 
     cfg = _load_cfg(args, extra)
     metrics = evaluate_model(cfg, args.model, args.out)
-    print(json.dumps(metrics, indent=2))
+    if init_distributed(cfg.model.device).is_main:
+        print(json.dumps(metrics, indent=2))
+    shutdown()
     return 0
 
 

@@ -141,6 +141,27 @@ def test_fsdp2_sharded_training_matches_one_process(runs):
     assert set(ck) == set(load_file(str(tmp / "model/model.safetensors")))  # tied head dropped
 
 
+def test_dry_run_under_fsdp2_reports_every_ranks_peak(runs):
+    tmp, _, _, _ = runs
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+        "ACCELERATE_USE_FSDP": "true",
+        "FSDP_VERSION": "2",
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "rspo.cli", "train", "--dry-run", *_args(_overrides(tmp, "dry"))]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(proc.stdout)  # printed once, by rank 0
+    assert rep["engine"] == "fsdp2" and rep["world_size"] == 2
+    assert (
+        len(rep["peak_memory_bytes_per_rank"]) == 2 and min(rep["peak_memory_bytes_per_rank"]) > 0
+    )
+    assert rep["peak_memory_bytes"] == max(rep["peak_memory_bytes_per_rank"])
+    assert not (tmp / "dry").exists()
+
+
 def test_deepspeed_and_fsdp1_launches_are_refused_before_any_work(runs, monkeypatch):
     tmp, _, _, _ = runs
     cfg = load_config(None, _args(_overrides(tmp, "refused")))

@@ -140,6 +140,8 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         return totals
 
     totals = phase("train_step", step)
+    peak_bytes = max(v["peak_memory_bytes"] for v in phases.values())
+    per_rank = dist.all_gather(peak_bytes)
     steps_per_batch = max(1, tr.batch_size // (mb * dist.world_size))
     return {
         "device": str(device),
@@ -152,9 +154,10 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         "ref_sequences_in_micro_batch": n_ref,
         "generate_batch": cfg.generation.batch_size if "generate" in phases else 0,
         "memory_kind": peak.kind,
-        "peak_memory_bytes": max(v["peak_memory_bytes"] for v in phases.values()),
-        "peak_memory_gib": round(max(v["peak_memory_bytes"] for v in phases.values()) / 2**30, 3),
-        "phases": phases,
+        "peak_memory_bytes": max(per_rank),  # the largest over ranks
+        "peak_memory_gib": round(max(per_rank) / 2**30, 3),
+        "peak_memory_bytes_per_rank": per_rank,
+        "phases": phases,  # rank 0's
         "step_time_s": phases["train_step"]["seconds"],
         # micro-batches per optimizer step per rank x one micro-batch's time (upper bound)
         "est_optimizer_step_s": steps_per_batch * phases["train_step"]["seconds"],
