@@ -36,19 +36,31 @@ def _load_cfg(args: argparse.Namespace, extra: list[str]):
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    import shutil
     from pathlib import Path
 
-    from rspo.selfplay.loop import run_selfplay
+    from rspo.distributed import init_distributed, shutdown
 
     cfg = _load_cfg(args, extra)
+    if args.dry_run:
+        import json
+
+        from rspo.training.dry_run import dry_run
+
+        report = dry_run(cfg)
+        if init_distributed(cfg.model.device).is_main:
+            print(json.dumps(report, indent=2))
+        shutdown()
+        return 0
+    from rspo.selfplay.loop import run_selfplay
+
     out = Path(cfg.run.output)
     if args.resume and not (out / "config.yaml").exists():
         print(f"error: --resume given but {out} holds no run", file=sys.stderr)
         return 2
-    if args.overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+    dist = init_distributed(cfg.model.device)  # one process: no torch.distributed at all
+    if args.overwrite:
+        dist.from_main(lambda: out.exists() and shutil.rmtree(out))
     try:
         rows = run_selfplay(cfg)
     except KeyboardInterrupt:
@@ -60,8 +72,9 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             file=sys.stderr,
         )
         return 130
-    if rows:
+    if rows and dist.is_main:
         print(f"done: {len(rows)} evaluated iterations in {out}/metrics.jsonl")
+    shutdown()
     return 0
 
 
@@ -80,11 +93,14 @@ def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     import json
 
+    from rspo.distributed import init_distributed, shutdown
     from rspo.selfplay.standalone import evaluate_model
 
     cfg = _load_cfg(args, extra)
     metrics = evaluate_model(cfg, args.model, args.out)
-    print(json.dumps(metrics, indent=2))
+    if init_distributed(cfg.model.device).is_main:
+        print(json.dumps(metrics, indent=2))
+    shutdown()
     return 0
 
 
@@ -127,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", default=None, help="run directory (overrides run.output)")
     t.add_argument("--resume", action="store_true", help="require an existing run to resume")
     t.add_argument("--overwrite", action="store_true", help="delete the run directory first")
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="one training step at the maximum prompt/response length: report peak memory "
+        "and step time, write nothing",
+    )
     t.set_defaults(fn=_cmd_train)
 
     c = sub.add_parser("config", help="print the resolved config as YAML")

@@ -41,7 +41,7 @@ def _responses(
     run: SelfPlayRun, path: str, file, tag: str, temperature: float, k: int = 1
 ) -> list[dict]:
     """Generate (or read back) ``k`` responses per eval prompt from the model at ``path``."""
-    have = read_jsonl(file, tolerate_torn_tail=True)
+    have = run.dist.from_main(read_jsonl, file, tolerate_torn_tail=True)
     n = len(run.eval_prompts.ids)
     if len(have) >= n:
         return have[:n]
@@ -49,7 +49,7 @@ def _responses(
     params = SamplingParams(e.max_new_tokens, temperature, 1.0, 0)
     idx = list(range(len(have), n))
     recs = run.sample_records(path, run.eval_prompts.ids, idx, k, (run.cfg.run.seed, tag), params)
-    append_jsonl(file, recs)
+    run.dist.main_only(append_jsonl, file, recs)
     fault_point(f"evaluate_{tag}", len(have) + len(recs))
     return have + recs
 
@@ -85,8 +85,11 @@ def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str,
     texts = [p for p in run.eval_prompts.texts for _ in range(k)]
     a = [x for r in pol for x in r["responses"][:k]]
     b = [x for r in base for x in r["responses"][:k]]
-    probs = symmetric_prefer(
-        _eval_judge(run), texts, [x["text"] for x in a], [x["text"] for x in b]
+    ta, tb, judge = [x["text"] for x in a], [x["text"] for x in b], _eval_judge(run)
+    probs = run.dist.shard_map(  # judge calls split over the data-parallel ranks
+        lambda sl: symmetric_prefer(judge, texts[sl], ta[sl], tb[sl]),
+        len(texts),
+        run.cfg.judge.batch_size,
     )
     samples = None
     if e.diversity_samples >= 2:
@@ -106,10 +109,11 @@ def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str,
     if e.accuracy_fn:
         fn = load_callable(e.accuracy_fn)
         correct = [bool(fn(p, x["text"])) for p, x in zip(texts, a)]
-    metrics = evaluate_responses(
+    metrics = run.dist.from_main(  # computed once, on rank 0
+        evaluate_responses,
         texts,
-        [x["text"] for x in a],
-        [x["text"] for x in b],
+        ta,
+        tb,
         probs,
         [len(x["ids"]) for x in a],
         [len(x["ids"]) for x in b],
@@ -123,5 +127,11 @@ def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str,
     if e.subset_fn:
         metrics.update(subset_win_rates(load_callable(e.subset_fn), run.eval_prompts.texts, probs))
     first = [r["responses"][0]["text"] for r in pol]
-    write_alpaca_outputs(d / "model_outputs.json", run.eval_prompts.texts, first, f"iter_{t:03d}")
+    run.dist.main_only(
+        write_alpaca_outputs,
+        d / "model_outputs.json",
+        run.eval_prompts.texts,
+        first,
+        f"iter_{t:03d}",
+    )
     return {"iteration": t, **metrics}

@@ -18,11 +18,11 @@ import torch
 
 from rspo.config import Config
 from rspo.data import PromptSet, load_prompts
+from rspo.distributed import DistContext, init_distributed
 from rspo.generation import SamplingParams
 from rspo.modeling import (
     batched_sequence_logprobs,
     load_tokenizer,
-    resolve_device,
     resolve_model_path,
 )
 from rspo.objectives import RSPOLoss
@@ -31,6 +31,7 @@ from rspo.selfplay.estimate import best_worst, win_rates
 from rspo.selfplay.models import PolicyModels
 from rspo.selfplay.rundir import RunDir
 from rspo.training.checkpoint import recover_state_dir
+from rspo.training.fsdp import full_state_dict, is_sharded, training_engine
 from rspo.training.trainer import RefExample, TrainExample, train_policy
 from rspo.utils.faults import fault_point
 from rspo.utils.io import (
@@ -53,12 +54,16 @@ class SelfPlayRun:
     log: Log = print
     fresh: bool = False
     rd: RunDir = field(init=False)
+    dist: DistContext = field(init=False)
     models: PolicyModels = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rd = RunDir(self.cfg.run.output)
-        self.device = resolve_device(self.cfg.model.device)
+        self.dist = init_distributed(self.cfg.model.device)
+        self.rd = RunDir(self.cfg.run.output, writer=self.dist.is_main)
+        self.device = self.dist.device(self.cfg.model.device)
         self.models = PolicyModels(self.cfg, self.device)
+        if not self.dist.is_main:
+            self.log = lambda m: None
 
     # ------------------------------------------------------------------ helpers
     def _policy_path(self, t: int) -> str:
@@ -90,9 +95,30 @@ class SelfPlayRun:
         return SamplingParams(g.max_new_tokens, g.temperature, g.top_p, g.top_k)
 
     def _generate(
-        self, path: str, prompt_ids: list[list[int]], seeds: list[int], params: SamplingParams
+        self,
+        path: str,
+        prompt_ids: list[list[int]],
+        seeds: list[int],
+        params: SamplingParams,
+        unit: int | None = None,
     ):
-        return self.models.generator(path, self.tok).generate(prompt_ids, seeds, params)
+        """Completions; with W ranks each generates every W-th slice of ``unit`` sequences."""
+        backend = self.models.generator(path, self.tok)
+        return self.dist.shard_map(
+            lambda sl: backend.generate(prompt_ids[sl], seeds[sl], params),
+            len(prompt_ids),
+            unit or self.cfg.generation.batch_size,
+        )
+
+    def _logprobs(self, path: str, prompts: list[list[int]], resps: list[list[int]]) -> list[float]:
+        """Sequence log-probs under the model at ``path``, micro-batches sharded over ranks."""
+        bs = self.cfg.training.micro_batch_size
+        model, pad = self._model(path), self.tok.pad_token_id
+        return self.dist.shard_map(
+            lambda sl: batched_sequence_logprobs(model, prompts[sl], resps[sl], pad, bs),
+            len(prompts),
+            bs,
+        )
 
     def sample_records(
         self,
@@ -102,11 +128,12 @@ class SelfPlayRun:
         k: int,
         seed_parts: tuple,
         params: SamplingParams,
+        unit: int | None = None,
     ) -> list[dict[str, Any]]:
         """``k`` seeded samples per prompt index as run-dir records (seed = parts + (i, j))."""
         ids = [prompt_ids[i] for i in idx for _ in range(k)]
         seeds = [derive_seed(*seed_parts, i, j) for i in idx for j in range(k)]
-        comps = self._generate(path, ids, seeds, params)
+        comps = self._generate(path, ids, seeds, params, unit)
         return [
             {
                 "prompt_index": i,
@@ -126,6 +153,7 @@ class SelfPlayRun:
         here, before the run directory is created or touched. True when resuming.
         """
         c = self.cfg
+        training_engine(self.dist)  # a DeepSpeed or FSDP1 launch is refused before any work
         if c.run.num_threads:
             torch.set_num_threads(c.run.num_threads)
         seed_everything(c.run.seed)
@@ -164,7 +192,7 @@ class SelfPlayRun:
             for spec in (c.evaluation.accuracy_fn, c.evaluation.subset_fn):
                 if spec:
                     load_callable(spec)
-        resuming = self.rd.init(c, fresh=self.fresh)  # only now: the input is usable
+        resuming = self.dist.from_main(self.rd.init, c, fresh=self.fresh)  # input is usable
         self.judge = (
             CachedJudge(judge, self.rd.root / "judge_cache.sqlite") if c.judge.cache else judge
         )
@@ -186,13 +214,15 @@ class SelfPlayRun:
     def stage_generate(self, t: int) -> None:
         """K seeded samples per prompt from π_t, appended per chunk to generations.jsonl."""
         out = self.rd.iter_dir(t) / "generations.jsonl"
-        done = {r["prompt_index"] for r in read_jsonl(out, tolerate_torn_tail=True)}
+        have = self.dist.from_main(read_jsonl, out, tolerate_torn_tail=True)
+        done = {r["prompt_index"] for r in have}
         todo = [i for i in self._prompt_indices(t) if i not in done]
         K = self.cfg.generation.num_samples
         chunk = max(1, self.cfg.generation.batch_size // K)
         path = self._policy_path(t)
-        for s in range(0, len(todo), chunk):
-            idx = todo[s : s + chunk]
+        step = chunk * self.dist.world_size  # one chunk (generate call) per rank per append
+        for s in range(0, len(todo), step):
+            idx = todo[s : s + step]
             recs = self.sample_records(
                 path,
                 self.train_prompts.ids,
@@ -200,8 +230,9 @@ class SelfPlayRun:
                 K,
                 (self.cfg.run.seed, "gen", t),
                 self._sampling(),
+                unit=chunk * K,
             )
-            append_jsonl(out, recs)
+            self.dist.main_only(append_jsonl, out, recs)
             fault_point("generate", len(done) + s + len(idx))
         self.rd.mark_done(t, "generate")
 
@@ -211,13 +242,14 @@ class SelfPlayRun:
 
         gens = read_jsonl(self.rd.iter_dir(t) / "generations.jsonl")
         out = self.rd.iter_dir(t) / "judgments.jsonl"
-        done = {r["prompt_index"] for r in read_jsonl(out, tolerate_torn_tail=True)}
+        have = self.dist.from_main(read_jsonl, out, tolerate_torn_tail=True)
+        done = {r["prompt_index"] for r in have}
         todo = [g for g in gens if g["prompt_index"] not in done]
         K = self.cfg.generation.num_samples
         pairs = [(a, b) for a in range(K) for b in range(a + 1, K)]
         chunk = max(1, self.cfg.judge.batch_size // len(pairs))
-        for s in range(0, len(todo), chunk):
-            part = todo[s : s + chunk]
+
+        def judge_part(part: list[dict[str, Any]]) -> list[dict[str, Any]]:
             prompts, ra, rb = [], [], []
             for g in part:
                 text = self.train_prompts.texts[g["prompt_index"]]
@@ -235,14 +267,23 @@ class SelfPlayRun:
                     p = float(probs[j * len(pairs) + q])
                     P[a][b], P[b][a] = p, 1.0 - p
                 recs.append({"prompt_index": g["prompt_index"], "P": P})
-            append_jsonl(out, recs)
+            return recs
+
+        step = chunk * self.dist.world_size  # one judge call per rank per append
+        for s in range(0, len(todo), step):
+            part = todo[s : s + step]
+            recs = self.dist.shard_map(lambda sl, part=part: judge_part(part[sl]), len(part), chunk)
+            self.dist.main_only(append_jsonl, out, recs)
             fault_point("judge", len(done) + s + len(part))
         self.rd.mark_done(t, "judge")
 
     def _ref_samples(self, t: int, indices: list[int]) -> dict[int, list[list[int]]]:
         """Samples from π_ref per prompt (forward-KL NLL); iteration 1's serve when π_1 = π_ref."""
         path = self.rd.root / "ref_samples.jsonl"
-        have = {r["prompt_index"]: r["ids"] for r in read_jsonl(path, tolerate_torn_tail=True)}
+        have = {
+            r["prompt_index"]: r["ids"]
+            for r in self.dist.from_main(read_jsonl, path, tolerate_torn_tail=True)
+        }
         missing = [i for i in indices if i not in have]
         if (
             missing
@@ -257,7 +298,7 @@ class SelfPlayRun:
                 for i in missing
                 if i in first
             ]
-            append_jsonl(path, recs)
+            self.dist.main_only(append_jsonl, path, recs)
             have.update({r["prompt_index"]: r["ids"] for r in recs})
             missing = [i for i in missing if i not in have]
         if missing:
@@ -273,7 +314,7 @@ class SelfPlayRun:
                 {"prompt_index": r["prompt_index"], "ids": [x["ids"] for x in r["responses"]]}
                 for r in sampled
             ]
-            append_jsonl(path, recs)
+            self.dist.main_only(append_jsonl, path, recs)
             have.update({r["prompt_index"]: r["ids"] for r in recs})
         return {i: have[i] for i in indices}
 
@@ -305,16 +346,10 @@ class SelfPlayRun:
                 )
         prompts = [self.train_prompts.ids[r["prompt_index"]] for r in rows]
         resps = [r["response_ids"] for r in rows]
-        pad = self.tok.pad_token_id
-        bs = c.training.micro_batch_size
-        lp_t = batched_sequence_logprobs(self._model(self._policy_path(t)), prompts, resps, pad, bs)
+        lp_t = self._logprobs(self._policy_path(t), prompts, resps)
         ref_path = self._ref_path(t)
         same = ref_path == self._policy_path(t)
-        lp_ref = (
-            lp_t
-            if same
-            else batched_sequence_logprobs(self._model(ref_path), prompts, resps, pad, bs)
-        )
+        lp_ref = lp_t if same else self._logprobs(ref_path, prompts, resps)
         for r, a, b in zip(rows, lp_t, lp_ref):
             r["logp_t"], r["logp_ref"] = a, b
         ref_rows = []
@@ -323,7 +358,7 @@ class SelfPlayRun:
             samples = self._ref_samples(t, idx)
             rp = [self.train_prompts.ids[i] for i in idx for _ in samples[i]]
             rr = [s for i in idx for s in samples[i]]
-            lr = batched_sequence_logprobs(self._model(ref_path), rp, rr, pad, bs)
+            lr = self._logprobs(ref_path, rp, rr)
             groups = [i for i in idx for _ in samples[i]]
             ref_rows = [
                 {"prompt_index": g, "response_ids": s, "logp_ref": v}
@@ -331,7 +366,8 @@ class SelfPlayRun:
             ]
         coef, measured = self._coef_for(t, rows)
         fault_point("score", 1)  # a kill here must redo the whole (atomic) stage
-        atomic_write_json(
+        self.dist.main_only(
+            atomic_write_json,
             self.rd.iter_dir(t) / "dataset.json",
             {"coef": coef, "measured": measured, "examples": rows, "ref_examples": ref_rows},
         )
@@ -375,11 +411,10 @@ class SelfPlayRun:
         model = self.models.trainable(self._policy_path(t))
         logf = self.rd.iter_dir(t) / "train_log.jsonl"
         saved = recover_state_dir(self.rd.iter_dir(t) / "train_state")
+        if training_engine(self.dist) == "fsdp":  # FSDP training restarts from π_t
+            saved = None
         resumed = read_json(saved / "trainer_state.json")["step"] if saved else 0
-        logged = read_jsonl(logf, tolerate_torn_tail=True)
-        if any(r["step"] > resumed for r in logged):  # steps after the last save are redone
-            kept = [r for r in logged if r["step"] <= resumed]
-            atomic_write_text(logf, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        self.dist.main_only(_truncate_log, logf, resumed)
 
         def on_step(step: int) -> None:
             fault_point("train", step)
@@ -397,21 +432,27 @@ class SelfPlayRun:
             self.tok.pad_token_id,
             state_dir=self.rd.iter_dir(t) / "train_state",
             ref_examples=refs,
-            log=lambda m: append_jsonl(logf, [m]),
+            log=(lambda m: append_jsonl(logf, [m])) if self.dist.is_main else None,
             on_step=on_step,
+            dist=self.dist,
         )
+        state = full_state_dict(model) if is_sharded(model) else None  # a collective
+        self.dist.main_only(self._save_checkpoint, t, model, state)
+        self.rd.mark_done(t, "train", {**last, "coef": data.get("coef", c.objective.coef)})
+        if c.run.keep_checkpoints == "last" and t > 1 and not c.objective.magnet_refresh:
+            self.dist.main_only(shutil.rmtree, self.rd.checkpoint(t - 1), ignore_errors=True)
+        return last
+
+    def _save_checkpoint(self, t: int, model, state: dict | None = None) -> None:
+        """Swap in iteration t's checkpoint atomically; drop the training state (rank 0)."""
         ck = self.rd.checkpoint(t)
         tmp = ck.with_name("checkpoint.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         self.tok.save_pretrained(tmp)
         shutil.rmtree(ck, ignore_errors=True)
         tmp.rename(ck)
         shutil.rmtree(self.rd.iter_dir(t) / "train_state", ignore_errors=True)
-        self.rd.mark_done(t, "train", {**last, "coef": data.get("coef", c.objective.coef)})
-        if c.run.keep_checkpoints == "last" and t > 1 and not c.objective.magnet_refresh:
-            shutil.rmtree(self.rd.checkpoint(t - 1), ignore_errors=True)
-        return last
 
     def stage_evaluate(self, t: int) -> dict[str, Any]:
         """Win rate etc. of π_{t+1} (t = 0: the initial policy) against π_ref on eval prompts."""
@@ -421,7 +462,7 @@ class SelfPlayRun:
         metrics = evaluate_iteration(self, t, path)
         if t > 0:  # the coefficient this iteration trained with (varies when adaptive)
             metrics["coef"] = read_json(self.rd.iter_dir(t) / "dataset.json").get("coef")
-        atomic_write_json(self.rd.iter_dir(t) / "metrics.json", metrics)
+        self.dist.main_only(atomic_write_json, self.rd.iter_dir(t) / "metrics.json", metrics)
         self.rd.mark_done(t, "evaluate")
         self.rd.rebuild_metrics()
         return metrics
@@ -432,8 +473,15 @@ class SelfPlayRun:
         resuming = self.setup()
         if resuming:
             self.log(f"resuming run in {self.rd.root}")
+        if self.dist.enabled:
+            backend = torch.distributed.get_backend()
+            engine = {"ddp": "replicated", "fsdp": "fsdp2-sharded"}[training_engine(self.dist)]
+            self.log(
+                f"data parallel: {self.dist.world_size} ranks ({backend}), {self.device} on "
+                f"rank 0, {engine} training"
+            )
         c = self.cfg
-        if c.evaluation.enabled and not self.rd.done(0, "evaluate"):
+        if c.evaluation.enabled and not self._done(0, "evaluate"):
             self.stage_evaluate(0)
         stages = [
             ("generate", self.stage_generate),
@@ -445,12 +493,12 @@ class SelfPlayRun:
             stages.append(("evaluate", self.stage_evaluate))
         for t in range(1, c.run.iterations + 1):
             for name, fn in stages:
-                if self.rd.done(t, name):
+                if self._done(t, name):
                     continue
                 t0 = time.perf_counter()
                 fn(t)
                 self.log(f"iter {t} {name}: {time.perf_counter() - t0:.1f}s")
-            if c.evaluation.enabled:
+            if c.evaluation.enabled and self.dist.is_main:
                 m = read_json(self.rd.iter_dir(t) / "metrics.json")
                 self.log(
                     f"iter {t}: win_rate {m['win_rate']:.3f} [{m['win_rate_ci'][0]:.3f}, "
@@ -458,7 +506,19 @@ class SelfPlayRun:
                     f"len {m['avg_length']:.1f}"
                 )
         self.models.release()
-        return self.rd.rebuild_metrics()
+        return self.dist.from_main(self.rd.rebuild_metrics)
+
+    def _done(self, t: int, stage: str) -> bool:
+        """Rank 0's view of a stage marker (waits for rank 0 to finish the previous stage)."""
+        return self.dist.from_main(self.rd.done, t, stage)
+
+
+def _truncate_log(logf, resumed_step: int) -> None:
+    """Drop logged training steps after the last saved state (they are redone on resume)."""
+    logged = read_jsonl(logf, tolerate_torn_tail=True)
+    if any(r["step"] > resumed_step for r in logged):
+        kept = [r for r in logged if r["step"] <= resumed_step]
+        atomic_write_text(logf, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 
 
 def run_selfplay(cfg: Config, log: Log = print, fresh: bool = False) -> list[dict[str, Any]]:

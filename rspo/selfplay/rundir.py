@@ -26,10 +26,14 @@ RESUMABLE_KEYS = ("run.iterations", "run.output", "run.keep_checkpoints", "run.n
 
 
 class RunDir:
-    """Paths and completion markers of one self-play run."""
+    """Paths and completion markers of one self-play run.
 
-    def __init__(self, root: str | Path) -> None:
+    ``writer=False`` (data-parallel ranks other than 0) reads the same paths but never writes.
+    """
+
+    def __init__(self, root: str | Path, writer: bool = True) -> None:
         self.root = Path(root)
+        self.writer = writer
 
     def iter_dir(self, t: int) -> Path:
         return self.root / f"iter_{t:03d}"
@@ -38,6 +42,8 @@ class RunDir:
         return (self.iter_dir(t) / f"{stage}.done").exists()
 
     def mark_done(self, t: int, stage: str, info: dict[str, Any] | None = None) -> None:
+        if not self.writer:
+            return
         atomic_write_json(self.iter_dir(t) / f"{stage}.done", {"time": time.time(), **(info or {})})
 
     def checkpoint(self, t: int) -> Path:
@@ -45,6 +51,8 @@ class RunDir:
 
     def init(self, cfg: Config, fresh: bool = False) -> bool:
         """Create the run dir or check it matches ``cfg``; returns True when resuming."""
+        if not self.writer:
+            raise RuntimeError("RunDir.init is rank 0's job (writer=False here)")
         cfg_path = self.root / "config.yaml"
         if cfg_path.exists() and not fresh:
             old = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
@@ -82,5 +90,7 @@ class RunDir:
             m = d / "metrics.json"
             if m.exists():
                 rows.append(read_json(m))
+        if not self.writer:
+            return rows
         atomic_write_text(self.root / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         return rows

@@ -25,5 +25,5 @@ def evaluate_model(cfg: Config, model_path: str, out: str | None = None) -> dict
     run.setup()
     metrics = evaluate_iteration(run, 0, model_path, d=out_dir)
     metrics["model"] = model_path
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    run.dist.main_only(atomic_write_json, out_dir / "metrics.json", metrics)
     return metrics

@@ -2,7 +2,8 @@
 
 Log-probs under π_t and π_ref are precomputed, so only the trained model is in memory.
 Per-sample loss terms are summed and divided by the global batch counts, so the loss and
-its gradient do not depend on how a batch is split into micro-batches.
+its gradient do not depend on how a batch is split into micro-batches or over data-parallel
+ranks (each rank takes a contiguous slice of every global batch; gradients are summed).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch
 from safetensors.torch import load_model as st_load_model
 
 from rspo.config import TrainingConfig
+from rspo.distributed import DistContext
 from rspo.modeling import sequence_logprobs
 from rspo.objectives import RSPOLoss, SampleBatch
 from rspo.training.checkpoint import load_train_state, recover_state_dir, save_train_state
+from rspo.training.fsdp import shard_policy, training_engine
 from rspo.utils.seeds import derive_seed
 
 
@@ -76,12 +79,16 @@ def train_policy(
     ref_examples: Sequence[RefExample] = (),
     log: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
 ) -> dict[str, float]:
     """Run the optimizer over ``examples``; resumes from ``state_dir`` if it holds a state.
 
     Pair losses (``sppo_hard``, ``inpo``) expect ``examples`` ordered as (chosen, rejected)
-    pairs; the pairs are never split across micro-batches.
+    pairs; the pairs are never split across micro-batches. With ``dist`` (several ranks,
+    same model and data on each) every rank trains on its slice of each global batch, the
+    summed gradients make the optimizer step identical everywhere, and rank 0 saves state.
     """
+    dist = dist or DistContext()
     pairwise = loss_fn.loss_type in ("sppo_hard", "inpo")
     unit = 2 if pairwise else 1
     if pairwise and (len(examples) % 2 or cfg.micro_batch_size % 2):
@@ -92,9 +99,13 @@ def train_policy(
     for r in ref_examples:
         ref_by_group.setdefault(r.group, []).append(r)
 
+    fsdp = training_engine(dist) == "fsdp"
+    if fsdp:  # sharded state is not saved mid-iteration: training restarts from π_t
+        shard_policy(model)
     optimizer = build_optimizer(model, cfg)
     start = 0
-    if state_dir is not None and (found := recover_state_dir(state_dir)) is not None:
+    found = None if fsdp or state_dir is None else recover_state_dir(state_dir)
+    if found is not None:
         st_load_model(model, str(found / "model.safetensors"))
         start = load_train_state(found, optimizer)["step"]
     steps = _batches(len(examples) // unit, unit, cfg, seed)
@@ -103,15 +114,33 @@ def train_policy(
     for step in range(start, len(steps)):
         idx = [u * unit + j for u in steps[step] for j in range(unit)]
         totals = accumulate_gradients(
-            model, examples, idx, loss_fn, cfg.micro_batch_size, pad_id, ref_by_group, pairwise
+            model,
+            examples,
+            idx,
+            loss_fn,
+            cfg.micro_batch_size,
+            pad_id,
+            ref_by_group,
+            pairwise,
+            shard=(dist.rank, dist.world_size),
+            lockstep=fsdp,
         )
-        gnorm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if cfg.max_grad_norm
-            else torch.sqrt(
-                sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None)
+        if dist.enabled:
+            if not fsdp:  # FSDP reduce-scatters (sums) gradients during backward
+                dist.all_reduce_grads(list(model.parameters()))
+            totals = dist.sum_floats(totals)
+        if fsdp:  # DTensor norm over all shards; inf = measure without clipping
+            gnorm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.max_grad_norm or float("inf")
+            ).full_tensor()
+        else:
+            gnorm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if cfg.max_grad_norm
+                else torch.sqrt(
+                    sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None)
+                )
             )
-        )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         last = {"step": step + 1, **totals, "grad_norm": float(gnorm)}
@@ -123,6 +152,8 @@ def train_policy(
             log(last)
         if (
             state_dir is not None
+            and dist.is_main
+            and not fsdp
             and cfg.save_steps
             and (step + 1) % cfg.save_steps == 0
             and step + 1 < len(steps)
@@ -131,7 +162,21 @@ def train_policy(
         if on_step is not None:
             on_step(step + 1)
     model.eval()
+    if not fsdp:
+        dist.check_in_sync(model, "trained policy")
     return last
+
+
+def shard_positions(n_units: int, unit: int, rank: int, world: int) -> list[int]:
+    """Positions (of ``n_units * unit``) in rank ``rank``'s contiguous slice of a global batch.
+
+    Units (single samples, or chosen/rejected pairs) are split as evenly as possible,
+    the first ``n_units % world`` ranks taking one more.
+    """
+    base, extra = divmod(n_units, world)
+    start = rank * base + min(rank, extra)
+    stop = start + base + (1 if rank < extra else 0)
+    return list(range(start * unit, stop * unit))
 
 
 def accumulate_gradients(
@@ -143,27 +188,36 @@ def accumulate_gradients(
     pad_id: int,
     ref_by_group: dict[int, list[RefExample]] | None = None,
     pairwise: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """Backward the loss of the global batch ``idx`` in micro-batches; returns its metrics.
 
     Each micro-batch's per-sample terms are divided by the global counts, so the
     accumulated gradient equals the full-batch gradient whatever ``micro_batch_size`` is.
     A prompt's π_ref samples go with the micro-batch holding its first policy sample.
+    ``shard=(rank, world)``: only this rank's slice of ``idx`` is run; the metrics are its
+    share (they add up over ranks). ``lockstep`` (FSDP): every rank runs as many forward and
+    backward passes as rank 0, padding with zero-weighted one-token passes.
     """
     device = next(model.parameters()).device
     ref_by_group = ref_by_group or {}
-    micro = [idx[s : s + micro_batch_size] for s in range(0, len(idx), micro_batch_size)]
-    seen: set[int] = set()
+    unit = 2 if pairwise else 1
+    first: dict[int, int] = {}  # group -> position of its first sample in the global batch
+    for pos, i in enumerate(idx):
+        first.setdefault(examples[i].group, pos)
+    n_ref = sum(len(ref_by_group.get(g, [])) for g in first)
+    mine = shard_positions(len(idx) // unit, unit, *shard)
+    micro_pos = [mine[s : s + micro_batch_size] for s in range(0, len(mine), micro_batch_size)]
+    micro = [[idx[p] for p in m] for m in micro_pos]
     ref_micro: list[list[RefExample]] = []
-    for m in micro:
-        refs = []
-        for i in m:
-            g = examples[i].group
-            if g not in seen:
-                seen.add(g)
+    for m in micro_pos:
+        refs: list[RefExample] = []
+        for p in m:
+            g = examples[idx[p]].group
+            if first[g] == p:
                 refs += ref_by_group.get(g, [])
         ref_micro.append(refs)
-    n_ref = sum(len(r) for r in ref_micro)
     totals: dict[str, float] = {}
     for m, refs in zip(micro, ref_micro):
         ex = [examples[i] for i in m]
@@ -192,7 +246,22 @@ def accumulate_gradients(
             num_samples=len(idx),
             num_ref_samples=n_ref if loss_fn.needs_ref_samples else None,
         )
+        if lockstep and loss_fn.needs_ref_samples and not refs:
+            loss = loss + _padding_pass(model, pad_id)
         loss.backward()
         for k, v in metrics.items():  # "loss" adds up across micro-batches; others are averaged
             totals[k] = totals.get(k, 0.0) + float(v) * (1.0 if k == "loss" else len(m) / len(idx))
+    if lockstep:  # rank 0 holds the longest slice
+        most = len(shard_positions(len(idx) // unit, unit, 0, shard[1]))
+        for _ in range(len(micro), -(-most // micro_batch_size)):
+            loss = _padding_pass(model, pad_id)
+            if loss_fn.needs_ref_samples:
+                loss = loss + _padding_pass(model, pad_id)
+            loss.backward()
     return totals
+
+
+def _padding_pass(model: torch.nn.Module, pad_id: int) -> torch.Tensor:
+    """A one-token forward times 0: a rank with less data keeps FSDP's collectives in step."""
+    lp = sequence_logprobs(model, [[pad_id]], [[pad_id]], pad_id)
+    return lp.sum() * 0.0

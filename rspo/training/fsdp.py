@@ -1,0 +1,84 @@
+"""Fully sharded training of the policy with torch FSDP2 (``accelerate launch`` + fsdp2.yaml).
+
+While π_{t+1} trains, its parameters, gradients and optimizer state are split over the
+ranks (ZeRO-3 style): each decoder layer and the root module are ``fully_shard``-ed.
+Gradients are summed, not averaged, because the loss is already normalised by the
+global sample counts. Every rank must run the same number of forward/backward passes, so
+ranks with a shorter slice of a global batch run zero-weighted padding passes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rspo.config import ConfigError
+from rspo.distributed import DistContext, launcher_engine
+
+
+def training_engine(dist: DistContext) -> str:
+    """``ddp`` (replicated model, summed gradients) or ``fsdp`` (FSDP2); refuses DeepSpeed."""
+    engine = launcher_engine()
+    if engine == "deepspeed":
+        raise ConfigError(
+            "launched with a DeepSpeed accelerate config (ACCELERATE_USE_DEEPSPEED=true): rspo "
+            "does not drive DeepSpeed; for ZeRO-3-style sharding launch with "
+            "rspo/configs/accelerate/fsdp2.yaml (torch FSDP2) instead"
+        )
+    if engine == "fsdp":
+        version = os.environ.get("FSDP_VERSION", "1")
+        if version != "2":
+            raise ConfigError(
+                f"accelerate config: fsdp_version {version} is not supported; rspo shards "
+                "with FSDP2 (set fsdp_version: 2, as in rspo/configs/accelerate/fsdp2.yaml)"
+            )
+        return "fsdp" if dist.enabled else "ddp"
+    return "ddp"
+
+
+def tied_duplicates(model: torch.nn.Module) -> list[str]:
+    """Names of parameters that share storage with an earlier one (e.g. a tied lm_head)."""
+    seen: set[int] = set()
+    dup = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            dup.append(name)
+        seen.add(id(p))
+    return dup
+
+
+def shard_policy(model: torch.nn.Module) -> torch.nn.Module:
+    """``fully_shard`` each decoder layer (``model._no_split_modules``) and then the root."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    tied = tied_duplicates(model)
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() != "false"
+    layer_names = set(getattr(model, "_no_split_modules", None) or ())
+    for m in list(model.modules()):
+        if type(m).__name__ in layer_names:
+            fully_shard(m, reshard_after_forward=reshard)
+    fully_shard(model, reshard_after_forward=reshard)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)  # sum over ranks
+            m.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL)
+    model._rspo_tied = tied  # read back by full_state_dict
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` was sharded by :func:`shard_policy`."""
+    return hasattr(model, "_rspo_tied")
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded weights on rank 0's CPU (empty on other ranks); every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    for name in getattr(model, "_rspo_tied", ()):
+        sd.pop(name, None)
+    return sd

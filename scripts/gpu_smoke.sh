@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# GPU smoke test of rspo's scale-out paths, offline: builds a ~113M-parameter Llama locally
+# (gym byte tokenizer, random weights), then runs one self-play iteration (generate, judge,
+# score, train, evaluate on the embedded gym tasks and judges) in each mode:
+#   hf     1 process, HF generate                  vllm   1 process, vLLM (if importable)
+#   ddp    torchrun over all visible GPUs          fsdp2  accelerate launch + fsdp2.yaml
+# For each: wall time, per-stage times, and peak memory (`rspo train --dry-run` at the
+# run's maximum lengths, plus the largest nvidia-smi reading while the run ran).
+#
+#   scripts/gpu_smoke.sh                 # on a GPU machine (untested on GPU so far)
+#   scripts/gpu_smoke.sh --cpu --tiny    # CPU fallback: 2 gloo processes, a 0.1M model
+#   options: --out DIR (default runs/gpu_smoke), --keep (do not delete DIR first)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CPU=0 TINY=0 KEEP=0 OUT="runs/gpu_smoke"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cpu) CPU=1 ;;
+    --tiny) TINY=1 ;;
+    --keep) KEEP=1 ;;
+    --out) OUT="$2"; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "gpu_smoke.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python}"
+[ "$KEEP" = 1 ] || rm -rf "$OUT"
+mkdir -p "$OUT"
+
+if [ "$CPU" = 1 ]; then
+  DEVICE=cpu NPROC=2
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+else
+  command -v nvidia-smi >/dev/null || { echo "no nvidia-smi: use --cpu" >&2; exit 2; }
+  DEVICE=auto NPROC="$(nvidia-smi -L | wc -l)"
+fi
+if [ "$TINY" = 1 ]; then
+  SIZE=(64 2 2) PROMPTS=8 EVAL=4 K=2 NEW=8 GEN_BS=8 BS=8 MB=4
+else
+  SIZE=(768 12 12) PROMPTS=128 EVAL=64 K=4 NEW=64 GEN_BS=64 BS=32 MB=8
+fi
+
+MODEL="$OUT/model"
+"$PY" - "$MODEL" "${SIZE[@]}" <<'EOF'
+import sys
+from rspo.gym.model import build_tiny_llama
+from rspo.gym.tokenizer import build_byte_tokenizer
+path, h, layers, heads = sys.argv[1], *map(int, sys.argv[2:])
+tok = build_byte_tokenizer()
+model = build_tiny_llama(tok, h, layers, heads, max_position_embeddings=1024, seed=0)
+model.save_pretrained(path, safe_serialization=True)
+tok.save_pretrained(path)
+print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters in {path}")
+EOF
+
+ARGS=(--model.path "$MODEL" --model.device "$DEVICE" --run.iterations 1
+  --data.num_prompts "$PROMPTS" --data.num_eval_prompts "$EVAL" --data.max_prompt_length 128
+  --generation.num_samples "$K" --generation.max_new_tokens "$NEW"
+  --generation.batch_size "$GEN_BS" --evaluation.max_new_tokens "$NEW"
+  --evaluation.diversity_samples 2 --evaluation.n_boot 100
+  --training.batch_size "$BS" --training.micro_batch_size "$MB" --training.epochs 1)
+
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+
+# run MODE LAUNCHER...: a dry run (peak memory), then one iteration (times), same launcher
+run() {
+  local mode="$1"; shift
+  local dir="$OUT/$mode" log="$OUT/$mode.log" sampler="" t0 t1 peak smi="-"
+  echo "== $mode: $*"
+  "$@" train "${ARGS[@]}" "${EXTRA[@]}" --output "$dir" --dry-run >"$OUT/$mode.dry.json" \
+    2>"$OUT/$mode.dry.err" || { echo "$mode dry run FAILED:"; tail -20 "$OUT/$mode.dry.err"; return 1; }
+  if [ "$CPU" = 0 ]; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/$mode.smi" &
+    sampler=$!
+  fi
+  t0=$(date +%s.%N)
+  if ! "$@" train "${ARGS[@]}" "${EXTRA[@]}" --output "$dir" --overwrite >"$log" 2>&1; then
+    [ -z "$sampler" ] || kill "$sampler"
+    echo "$mode FAILED:"; tail -30 "$log"; return 1
+  fi
+  t1=$(date +%s.%N)
+  if [ -n "$sampler" ]; then
+    kill "$sampler"; wait "$sampler" 2>/dev/null || true
+    smi="$(sort -n "$OUT/$mode.smi" | tail -1) MiB"
+  fi
+  peak=$("$PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
+print("%.2f GiB (%s, %s)" % (r["peak_memory_gib"], r["memory_kind"], r["engine"]))' "$OUT/$mode.dry.json")
+  grep -E "^iter 1 |^data parallel" "$log" | sed "s/^/  /"
+  printf "%-6s wall %6.1fs  dry-run peak %s  nvidia-smi max %s\n" "$mode" \
+    "$(echo "$t1 - $t0" | bc)" "$peak" "$smi" | tee -a "$SUMMARY"
+}
+
+EXTRA=()
+RSPO=("$PY" -m rspo.cli)
+TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m rspo.cli)
+status=0
+if [ "$CPU" = 0 ]; then
+  CUDA_VISIBLE_DEVICES=0 run hf "${RSPO[@]}" || status=1
+  if "$PY" -c "import vllm, rspo.generation.vllm_backend" 2>/dev/null; then
+    EXTRA=(--generation.backend vllm)
+    CUDA_VISIBLE_DEVICES=0 run vllm "${RSPO[@]}" || status=1
+    EXTRA=()
+  else
+    echo "== vllm: skipped (vllm or rspo's vllm backend not importable)" | tee -a "$SUMMARY"
+  fi
+else
+  run hf "${RSPO[@]}" || status=1
+fi
+run ddp "${TORCHRUN[@]}" || status=1
+if [ "$CPU" = 0 ]; then
+  run fsdp2 accelerate launch --config_file "$ROOT/rspo/configs/accelerate/fsdp2.yaml" \
+    --num_processes "$NPROC" -m rspo.cli || status=1
+else  # accelerate launch --cpu runs one process; set what fsdp2.yaml sets, under torchrun
+  ACCELERATE_USE_FSDP=true FSDP_VERSION=2 run fsdp2 "${TORCHRUN[@]}" || status=1
+fi
+
+echo "== summary ($NPROC processes for ddp/fsdp2; $SUMMARY)"
+cat "$SUMMARY"
+exit "$status"

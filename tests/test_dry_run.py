@@ -1,0 +1,97 @@
+"""``rspo train --dry-run``: one step at maximum lengths, memory reported, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rspo.config import ConfigError, load_config
+from rspo.training.dry_run import dry_run
+
+from fixtures_lm import make_tiny_model_dir
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dry")
+    return tmp, make_tiny_model_dir(tmp / "policy"), make_tiny_model_dir(tmp / "ref", seed=3)
+
+
+def _ov(tmp: Path, policy: Path, **extra) -> list[str]:
+    ov = {
+        "model.path": str(policy),
+        "data.max_prompt_length": 40,
+        "generation.max_new_tokens": 24,
+        "generation.num_samples": 3,
+        "generation.batch_size": 6,
+        "evaluation.max_new_tokens": 16,
+        "objective.eta": 10.0,
+        "training.batch_size": 8,
+        "training.micro_batch_size": 4,
+        "run.output": str(tmp / "never_created"),
+        **extra,
+    }
+    return [a for k, v in ov.items() for a in (f"--{k}", str(v))]
+
+
+def test_cli_dry_run_reports_memory_and_time_and_writes_nothing(models):
+    tmp, policy, ref = models
+    args = _ov(
+        tmp,
+        policy,
+        **{
+            "model.ref_path": ref,
+            "objective.regularizer": "forward_kl[nll] + reverse_kl",
+            "objective.coef": 0.1,
+        },
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(TESTS.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rspo.cli", "train", "--dry-run", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads(proc.stdout)
+    assert rep["peak_memory_bytes"] > 0 and rep["memory_kind"] == "process peak RSS"
+    assert (
+        set(rep["phases"]) == {"load", "generate", "score", "train_step"}
+        and rep["judges_loaded"] == 2
+    )
+    assert all(p["seconds"] > 0 and p["peak_memory_bytes"] > 0 for p in rep["phases"].values())
+    assert (rep["prompt_tokens"], rep["response_tokens"], rep["micro_batch_size"]) == (40, 24, 4)
+    assert rep["ref_sequences_in_micro_batch"] == 4 * 3  # worst case: K π_ref samples each
+    assert rep["est_optimizer_step_s"] == pytest.approx(2 * rep["step_time_s"])  # 8 / 4
+    assert not (tmp / "never_created").exists() and list(tmp.iterdir()) == [
+        tmp / "policy",
+        tmp / "ref",
+    ]
+
+
+def test_dry_run_loss_at_theta_t_is_the_square_of_the_target(models):
+    """At θ = θ_t the log-ratio is 0, so each sample's loss is (η(p̂ − ½))² = (η/4)² here."""
+    tmp, policy, _ = models
+    cfg = load_config(None, _ov(tmp, policy))
+    rep = dry_run(cfg)
+    assert rep["loss"] == pytest.approx((10.0 / 4) ** 2, rel=1e-5)
+    assert rep["peak_memory_bytes"] >= rep["phases"]["generate"]["peak_memory_bytes"] > 0
+    assert not (tmp / "never_created").exists()
+
+
+def test_length_beyond_the_model_context_is_a_clear_error(models):
+    tmp, policy, _ = models
+    cfg = load_config(None, _ov(tmp, policy, **{"data.max_prompt_length": 100000}))
+    with pytest.raises(
+        ConfigError, match=r"max_prompt_length \(100000\).*max_position_embeddings = 512"
+    ):
+        dry_run(cfg)
