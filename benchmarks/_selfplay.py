@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +111,60 @@ def selfplay_config(s: dict[str, Any], output: Path) -> dict[str, Any]:
     }
 
 
-def rspo_iterations(s: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Run ``warmup + measured`` iterations; per-iteration stage seconds and counts."""
+def _instrument(timer: StageTimer) -> Callable[[], None]:
+    """Time model loads, checkpoint saves, no-grad and grad forwards, backward, optimizer
+    steps and fsyncs inside rspo's stages (behaviour unchanged); returns an undo function."""
+    import os
+
+    import torch
     from transformers import PreTrainedModel
 
+    from rspo.selfplay import loop
+    from rspo.training import trainer
+
+    patches: list[tuple[Any, str, Any]] = []
+
+    def wrap(owner: Any, attr: str, key: str) -> None:
+        orig = getattr(owner, attr)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            with timer(key):
+                return orig(*a, **k)
+
+        patches.append((owner, attr, orig))
+        setattr(owner, attr, timed)
+
+    wrap(loop, "load_model", "load")
+    wrap(PreTrainedModel, "save_pretrained", "save")
+    wrap(loop, "batched_sequence_logprobs", "nograd_fwd")
+    wrap(trainer, "sequence_logprobs", "grad_fwd")
+    wrap(torch.Tensor, "backward", "backward")
+    wrap(os, "fsync", "fsync")
+    orig_build = trainer.build_optimizer
+
+    def build(*a: Any, **k: Any) -> Any:
+        opt = orig_build(*a, **k)
+        step = opt.step
+
+        def timed_step(*sa: Any, **sk: Any) -> Any:
+            with timer("optimizer"):
+                return step(*sa, **sk)
+
+        opt.step = timed_step
+        return opt
+
+    patches.append((trainer, "build_optimizer", orig_build))
+    trainer.build_optimizer = build
+
+    def restore() -> None:
+        for owner, attr, orig in reversed(patches):
+            setattr(owner, attr, orig)
+
+    return restore
+
+
+def rspo_iterations(s: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Run ``warmup + measured`` iterations; per-iteration stage seconds and counts."""
     from rspo.config import config_from_dict
     from rspo.selfplay import loop
     from rspo.utils.io import read_jsonl
@@ -121,18 +172,7 @@ def rspo_iterations(s: dict[str, Any], workdir: Path) -> dict[str, Any]:
     cfg = config_from_dict(selfplay_config(s, workdir / "run"))
     run = loop.SelfPlayRun(cfg, log=lambda _msg: None, fresh=True)
     timer = StageTimer()
-    orig_load, orig_save = loop.load_model, PreTrainedModel.save_pretrained
-
-    def timed_load(*a: Any, **k: Any) -> Any:
-        with timer("load"):
-            return orig_load(*a, **k)
-
-    def timed_save(self: Any, *a: Any, **k: Any) -> Any:
-        with timer("save"):
-            return orig_save(self, *a, **k)
-
-    loop.load_model = timed_load
-    PreTrainedModel.save_pretrained = timed_save
+    restore = _instrument(timer)
     iters = []
     try:
         t0 = time.perf_counter()
@@ -147,9 +187,8 @@ def rspo_iterations(s: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 getattr(run, f"stage_{name}")(t)
                 rec[name] = time.perf_counter() - t0
-                sub = timer.pop()
-                rec[f"{name}_load"] = sub.get("load", 0.0)
-                rec[f"{name}_save"] = sub.get("save", 0.0)
+                for key, sec in timer.pop().items():
+                    rec[f"{name}_{key}"] = sec
             rec["cpu"] = time.process_time() - cpu0
             rec["total"] = sum(rec[n] for n in STAGES)
             gens = read_jsonl(run.rd.iter_dir(t) / "generations.jsonl")
@@ -162,6 +201,5 @@ def rspo_iterations(s: dict[str, Any], workdir: Path) -> dict[str, Any]:
             rec["judge_pairs"] = stats.get("inner_pairs", 0) - stats0.get("inner_pairs", 0)
             iters.append(rec)
     finally:
-        loop.load_model = orig_load
-        PreTrainedModel.save_pretrained = orig_save
+        restore()
     return {"setup": setup_s, "iterations": iters, "measured": iters[s["warmup"] :]}

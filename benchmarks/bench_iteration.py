@@ -311,29 +311,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "judge",
         "score",
         "score_load",
+        "score_nograd_fwd",
         "train",
         "train_load",
+        "train_grad_fwd",
+        "train_backward",
+        "train_optimizer",
         "train_save",
         "total",
     ]
-    srows = []
+    srows, rspo_m = [], {}
     for x in [s for s in syss if s["kind"] == "rspo"]:
-        m = summarize(results[x["name"]], stage_keys)
-        srows.append(
-            [
-                x["name"],
-                m["generate"],
-                m["generate_load"],
-                m["judge"],
-                m["score"],
-                m["score_load"],
-                m["train"],
-                m["train_load"],
-                m["train_save"],
-                m["total"],
-            ]
-        )
-        it = results[x["name"]][0]["measured"][0]
+        per = results[x["name"]]
+        for rec in (it for r in per for it in r["measured"]):
+            rec["fsync"] = sum(v for k, v in rec.items() if k.endswith("_fsync"))
+        m = summarize(per, [*stage_keys, "fsync"])
+        rspo_m[x["name"]] = m
+        srows.append([x["name"], *[m[k] for k in stage_keys[:-1]], m["fsync"], m["total"]])
+        it = per[0]["measured"][0]
         rep.data["settings"].setdefault("rspo_counts", {})[x["name"]] = {
             "judge_evals_per_iter": it["judge_pairs"],
             "judge_calls_per_iter": it["judge_calls"],
@@ -341,18 +336,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         }
     rep.table(
         "rspo_stages",
-        "rspo stage seconds per iteration (medians; *_load/_save = model loads/checkpoint "
-        "save inside that stage)",
+        "rspo seconds per iteration by stage, and inside the stages (medians; load = model "
+        "loads, no-grad fwd = log pi_t and log pi_ref, save = checkpoint, fsync = all stages)",
         [
             "system",
             "generate",
-            "gen load",
+            "gen: load",
             "judge",
             "score",
-            "score load",
+            "score: load",
+            "score: no-grad fwd",
             "train",
-            "train load",
-            "train save",
+            "train: load",
+            "train: grad fwd",
+            "train: backward",
+            "train: optimizer",
+            "train: save",
+            "fsync",
             "total",
         ],
         srows,
@@ -372,6 +372,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             trows,
         )
         matched, default = syss[2]["name"], syss[3]["name"]
+        r_m, t_m = rspo_m["rspo K=2"], summarize(results[matched], tkeys)
+        r_bwd = r_m["train_backward"] + r_m["train_optimizer"]
+        r_known = (
+            r_m["generate"] + r_m["judge"] + r_m["score_nograd_fwd"] + r_m["train_grad_fwd"] + r_bwd
+        )
+        rep.table(
+            "where_time_goes",
+            f"Where the time goes, rspo K=2 vs {matched} (seconds per iteration, medians)",
+            ["work", "rspo K=2", "TRL", "rspo - TRL"],
+            [
+                ["generate", r_m["generate"], t_m["generate"], r_m["generate"] - t_m["generate"]],
+                ["judge", r_m["judge"], t_m["judge"], r_m["judge"] - t_m["judge"]],
+                [
+                    "no-grad forwards (rspo: log pi_t + log pi_ref; TRL: ref)",
+                    r_m["score_nograd_fwd"],
+                    t_m["ref_forward"],
+                    r_m["score_nograd_fwd"] - t_m["ref_forward"],
+                ],
+                [
+                    "policy forward with grad",
+                    r_m["train_grad_fwd"],
+                    t_m["policy_forward"],
+                    r_m["train_grad_fwd"] - t_m["policy_forward"],
+                ],
+                [
+                    "backward + optimizer (TRL: + Trainer overhead)",
+                    r_bwd,
+                    t_m["rest"],
+                    r_bwd - t_m["rest"],
+                ],
+                [
+                    "rspo run dir: model loads, checkpoint, records, fsync, other",
+                    r_m["total"] - r_known,
+                    0.0,
+                    r_m["total"] - r_known,
+                ],
+                ["total", r_m["total"], t_m["total"], r_m["total"] - t_m["total"]],
+            ],
+        )
         for key, other in (("trl", matched), ("trl_defaults", default)):
             rep.ratio(
                 f"rspo_vs_{key}",

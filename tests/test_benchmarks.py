@@ -65,7 +65,12 @@ def _check_iteration_rspo(data: dict) -> dict:
     for r in data["results"]["rspo_stages"]:
         stages = r["generate"] + r["judge"] + r["score"] + r["train"]
         assert stages == pytest.approx(r["total"], rel=0.05)  # medians of sums vs sums of medians
-        assert 0 < r["gen load"] <= r["generate"] and 0 < r["train save"] <= r["train"]
+        assert 0 < r["gen: load"] <= r["generate"]
+        assert 0 < r["score: load"] + r["score: no-grad fwd"] <= r["score"]
+        inside = ("load", "grad fwd", "backward", "optimizer", "save")
+        assert all(r[f"train: {k}"] > 0 for k in inside)
+        assert sum(r[f"train: {k}"] for k in inside) <= r["train"] * 1.05
+        assert 0 < r["fsync"] < r["total"]
     counts = data["settings"]["rspo_counts"]
     assert 1 <= counts["rspo K=2"]["judge_evals_per_iter"] <= data["settings"]["prompts"]
     return thr
@@ -99,6 +104,12 @@ def test_bench_iteration_against_trl(tmp_path):
         parts = [row[k] for k in ("generate", "judge (reward fn)", "policy fwd", "ref fwd", "rest")]
         assert row["generate"] > 0 and row["policy fwd"] > 0 and row["ref fwd"] > 0
         assert sum(parts) == pytest.approx(row["total"], rel=0.05)
+    where = {r["work"]: r for r in data["results"]["where_time_goes"]}
+    total = where.pop("total")
+    assert sum(r["TRL"] for r in where.values()) == pytest.approx(total["TRL"], rel=0.05)
+    run_dir = next(r for k, r in where.items() if k.startswith("rspo run dir"))
+    assert 0 < run_dir["rspo K=2"] < total["rspo K=2"] and run_dir["TRL"] == 0  # no double count
+    assert total["rspo K=2"] == pytest.approx(thr["rspo K=2"]["s/iter"])
 
 
 def test_bench_memory(tmp_path):
