@@ -73,7 +73,7 @@ def trl_worker(s: dict[str, Any]) -> dict[str, Any]:
     from rspo.judges import build_judge
 
     judge = build_judge("gym-proxy")
-    calls = {"n": 0, "pairs": 0}
+    calls = {"n": 0, "pairs": 0, "tokens": 0.0}
 
     def gym_proxy_pairwise(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
         """TRL passes the 2B completions as [first of each prompt..., second of each...]:
@@ -97,7 +97,9 @@ def trl_worker(s: dict[str, Any]) -> dict[str, Any]:
 
         def _generate(self, *a: Any, **k: Any) -> Any:
             with timer("generate"):
-                return super()._generate(*a, **k)
+                out = super()._generate(*a, **k)
+            calls["tokens"] = float(out[3].sum())  # completion_mask: EOS included
+            return out
 
         def _forward(self, model: Any, *a: Any, **k: Any) -> Any:
             key = "policy_forward" if torch.is_grad_enabled() else "ref_forward"
@@ -120,6 +122,7 @@ def trl_worker(s: dict[str, Any]) -> dict[str, Any]:
         def on_step_end(self, *_: Any, **__: Any) -> None:
             total = time.perf_counter() - self.t0
             rec = {"total": total, "cpu": time.process_time() - self.c0, **timer.pop()}
+            rec["tokens"] = calls["tokens"]
             rec["rest"] = total - sum(
                 rec.get(k, 0.0) for k in ("generate", "policy_forward", "ref_forward", "judge")
             )
@@ -273,12 +276,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         cpu = med([med([it["cpu"] for it in r["measured"]]) for r in per])
         rate[x["name"]] = samples / sec
         cpu_rate[x["name"]] = samples / cpu
+        tokens = med([med([it["tokens"] for it in r["measured"]]) for r in per]) / samples
         rows.append(
             [
                 x["name"],
                 x["prompts"],
                 x.get("k", 2),
                 samples,
+                tokens,
                 sec,
                 f"{min(totals):.3f}–{max(totals):.3f}",
                 cpu,
@@ -295,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "prompts",
             "samples/prompt",
             "samples/iter",
+            "mean resp tokens",
             "s/iter",
             "s/iter range",
             "CPU s/iter",

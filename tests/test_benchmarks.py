@@ -58,6 +58,7 @@ def _check_iteration_rspo(data: dict) -> dict:
         assert r["samples/s"] > 0 and r["samples/CPU-s"] > 0
         assert r["samples/s"] == pytest.approx(r["samples/iter"] / r["s/iter"])
         assert r["samples/iter"] == r["prompts"] * r["samples/prompt"]
+        assert 1 <= r["mean resp tokens"] <= 16  # quick: max_new_tokens 16
     assert thr["rspo K=2"]["samples/iter"] == thr["rspo K=4"]["samples/iter"]
     k = data["ratios"]["rspo_k4_vs_k2"]
     assert k["numerator"] == thr["rspo K=4"]["samples/s"]
