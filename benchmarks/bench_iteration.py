@@ -14,6 +14,7 @@ systems interleaved, and one warm-up iteration is discarded.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -217,9 +218,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--measured", type=int, default=None, help="timed iterations per process")
     ap.add_argument("--trl-python", default=None, help=f"python with trl (or ${TRL_PYTHON_ENV})")
     ap.add_argument("--no-trl", action="store_true", help="run the rspo half only")
-    ap.add_argument("--worker", choices=["rspo", "trl"], help=argparse_hidden())
-    ap.add_argument("--worker-out", help=argparse_hidden())
-    ap.add_argument("--settings", help=argparse_hidden())
+    ap.add_argument("--worker", choices=["rspo", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    ap.add_argument("--settings", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     setup_env(args.threads)
     if args.worker:
@@ -244,7 +245,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         argv,
         {**base, "repeats": R, "trl_python": trl_python, "systems": [x["name"] for x in syss]},
     )
-    if trl_python is None:
+    if args.no_trl:
+        rep.note("TRL half skipped: --no-trl")
+    elif trl_python is None:
         rep.note(
             "TRL half skipped: trl is not installed in this interpreter (pip install "
             f"'rspo[bench]', or point --trl-python / ${TRL_PYTHON_ENV} at a python that has it)"
@@ -447,13 +450,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "resumable; TRL keeps the model in memory and saves nothing (save_strategy='no')."
     )
     return rep.finish(args.json)
-
-
-def argparse_hidden() -> str:
-    """Help text of internal flags."""
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
