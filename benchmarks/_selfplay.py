@@ -115,11 +115,13 @@ def _instrument(timer: StageTimer) -> Callable[[], None]:
     """Time model loads, checkpoint saves, no-grad and grad forwards, backward, optimizer
     steps and fsyncs inside rspo's stages (behaviour unchanged); returns an undo function."""
     import os
+    import sys
 
     import torch
     from transformers import PreTrainedModel
 
-    from rspo.selfplay import loop
+    from rspo import modeling
+    from rspo.selfplay import loop  # noqa: F401  (imports the modules to instrument)
     from rspo.training import trainer
 
     patches: list[tuple[Any, str, Any]] = []
@@ -134,13 +136,22 @@ def _instrument(timer: StageTimer) -> Callable[[], None]:
         patches.append((owner, attr, orig))
         setattr(owner, attr, timed)
 
-    wrap(loop, "load_model", "load")
+    def wrap_imports(fn: Any, key: str) -> None:
+        """Wrap ``fn`` wherever an rspo module imported it by name (not in rspo.modeling,
+        whose own helpers call each other)."""
+        for name, mod in list(sys.modules.items()):
+            if name.startswith("rspo.") and mod is not modeling:
+                if getattr(mod, fn.__name__, None) is fn:
+                    wrap(mod, fn.__name__, key)
+
+    wrap_imports(modeling.load_model, "load")
+    wrap_imports(modeling.batched_sequence_logprobs, "nograd_fwd")
     wrap(PreTrainedModel, "save_pretrained", "save")
-    wrap(loop, "batched_sequence_logprobs", "nograd_fwd")
-    wrap(trainer, "sequence_logprobs", "grad_fwd")
+    if getattr(trainer, "sequence_logprobs", None) is modeling.sequence_logprobs:
+        wrap(trainer, "sequence_logprobs", "grad_fwd")
     wrap(torch.Tensor, "backward", "backward")
     wrap(os, "fsync", "fsync")
-    orig_build = trainer.build_optimizer
+    orig_build = getattr(trainer, "build_optimizer", None)
 
     def build(*a: Any, **k: Any) -> Any:
         opt = orig_build(*a, **k)
@@ -153,8 +164,9 @@ def _instrument(timer: StageTimer) -> Callable[[], None]:
         opt.step = timed_step
         return opt
 
-    patches.append((trainer, "build_optimizer", orig_build))
-    trainer.build_optimizer = build
+    if orig_build is not None:
+        patches.append((trainer, "build_optimizer", orig_build))
+        trainer.build_optimizer = build
 
     def restore() -> None:
         for owner, attr, orig in reversed(patches):
