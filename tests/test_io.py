@@ -23,6 +23,16 @@ def test_malformed_line_names_file_and_line(tmp_path):
         read_jsonl(p)
 
 
+def test_unicode_line_separators_inside_records_round_trip(tmp_path):
+    # json.dumps(ensure_ascii=False) leaves U+0085/U+2028/U+2029 raw; str.splitlines() would
+    # cut records there (a random-init policy's generations.jsonl crashed the loop this way)
+    p = tmp_path / "gen.jsonl"
+    recs = [{"text": "a\u2028b\x85c\u2029d\x0be"}, {"text": "plain"}]
+    append_jsonl(p, recs)
+    assert read_jsonl(p) == recs
+    assert read_jsonl(p, tolerate_torn_tail=True) == recs
+
+
 def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_text(tmp_path / "f.txt", "hello")
     assert (tmp_path / "f.txt").read_text() == "hello"

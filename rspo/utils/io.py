@@ -114,7 +114,9 @@ def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict[
             f.truncate(cut)
         data = data[:cut]
     out = []
-    for lineno, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+    # split on "\n" only: str.splitlines() also cuts at U+0085/U+2028/U+2029, which
+    # json.dumps(ensure_ascii=False) leaves raw inside a record's strings
+    for lineno, line in enumerate(data.decode("utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -1,0 +1,456 @@
+"""End-to-end self-play samples/s for one iteration: rspo vs TRL's OnlineDPOTrainer (CPU).
+
+One rspo iteration = generate K samples per prompt, judge all K(K-1)/2 pairs, score
+(log pi_t, log pi_ref), one optimizer step, checkpoint saved: the real loop with its run
+directory. One TRL step = OnlineDPOTrainer.training_step (2 samples per prompt, reward,
+policy + reference forward, backward) plus the optimizer step. Both use the gym model,
+the same gym prompts, the same batch, new-token cap, temperature, learning rate and
+optimizer, and the gym-proxy judge (wrapped for TRL as a reward function that compares
+each prompt's two completions). Every system runs in a fresh process per repeat,
+systems interleaved, and one warm-up iteration is discarded.
+
+    python benchmarks/bench_iteration.py [--quick] [--repeats N] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    Report,
+    StageTimer,
+    base_parser,
+    med,
+    repeats,
+    run_worker,
+    setup_env,
+)
+
+SCRIPT = Path(__file__).resolve()
+#: set to an interpreter that has trl (e.g. a venv with ``pip install 'rspo[bench]'``)
+TRL_PYTHON_ENV = "RSPO_BENCH_TRL_PYTHON"
+
+
+def find_trl_python(explicit: str | None) -> str | None:
+    """An interpreter with trl: --trl-python, $RSPO_BENCH_TRL_PYTHON, or this one if it has trl."""
+    for cand in (explicit, os.environ.get(TRL_PYTHON_ENV)):
+        if cand:
+            return cand
+    return sys.executable if importlib.util.find_spec("trl") is not None else None
+
+
+# --------------------------------------------------------------------------- workers
+def rspo_worker(s: dict[str, Any]) -> dict[str, Any]:
+    """Timed rspo iterations in this process."""
+    from _selfplay import rspo_iterations
+
+    tmp = Path(tempfile.mkdtemp(prefix="rspo-bench-iter-"))
+    try:
+        out = rspo_iterations(s, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def trl_worker(s: dict[str, Any]) -> dict[str, Any]:
+    """Timed TRL OnlineDPOTrainer steps in this process (needs trl)."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    from rspo.gym import base_model_path, make_prompts
+    from rspo.judges import build_judge
+
+    judge = build_judge("gym-proxy")
+    calls = {"n": 0, "pairs": 0, "tokens": 0.0}
+
+    def gym_proxy_pairwise(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        """TRL passes the 2B completions as [first of each prompt..., second of each...]:
+        the reward is P(first > second) - 1/2 and its negative, so TRL's
+        'higher reward = chosen' picks exactly the judge's preferred completion."""
+        n = len(prompts) // 2
+        p = judge.prefer(prompts[:n], completions[:n], completions[n:])
+        calls["n"] += 1
+        calls["pairs"] += n
+        return [x - 0.5 for x in p] + [0.5 - x for x in p]
+
+    path = str(base_model_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    prompts = [p.text for p in make_prompts("train", s["prompts"], seed=s.get("seed", 0))]
+    steps = s["warmup"] + s["measured"]
+    timer = StageTimer()
+
+    class TimedOnlineDPO(OnlineDPOTrainer):
+        """OnlineDPOTrainer with wall-clock timers around its stages (behaviour unchanged)."""
+
+        def _generate(self, *a: Any, **k: Any) -> Any:
+            with timer("generate"):
+                out = super()._generate(*a, **k)
+            calls["tokens"] = float(out[3].sum())  # completion_mask: EOS included
+            return out
+
+        def _forward(self, model: Any, *a: Any, **k: Any) -> Any:
+            key = "policy_forward" if torch.is_grad_enabled() else "ref_forward"
+            with timer(key):
+                return super()._forward(model, *a, **k)
+
+        def _calculate_rewards_from_functions(self, *a: Any, **k: Any) -> Any:
+            with timer("judge"):
+                return super()._calculate_rewards_from_functions(*a, **k)
+
+    rows: list[dict[str, float]] = []
+
+    class StepClock(TrainerCallback):
+        """Wall time from step begin to step end (training_step + optimizer step)."""
+
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            timer.pop()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            total = time.perf_counter() - self.t0
+            rec = {"total": total, "cpu": time.process_time() - self.c0, **timer.pop()}
+            rec["tokens"] = calls["tokens"]
+            rec["rest"] = total - sum(
+                rec.get(k, 0.0) for k in ("generate", "policy_forward", "ref_forward", "judge")
+            )
+            rows.append(rec)
+
+    out_dir = tempfile.mkdtemp(prefix="rspo-bench-trl-")
+    args = OnlineDPOConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=s["prompts"],
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        max_new_tokens=s["max_new_tokens"],
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        learning_rate=1e-5,
+        optim="adamw_torch",
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=s.get("seed", 0),
+        dataloader_num_workers=0,
+        gradient_checkpointing=s["trl_gradient_checkpointing"],
+        bf16=s["trl_bf16"],
+    )
+    trainer = TimedOnlineDPO(
+        model=model,
+        reward_funcs=gym_proxy_pairwise,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tok,
+        callbacks=[StepClock()],
+    )
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    shutil.rmtree(out_dir, ignore_errors=True)
+    for r in rows:
+        r["samples"] = 2 * s["prompts"]
+    return {
+        "trl": trl.__version__,
+        "train_seconds": train_s,
+        "iterations": rows,
+        "measured": rows[s["warmup"] :],
+        "judge_calls": calls["n"],
+        "judge_pairs": calls["pairs"],
+    }
+
+
+# --------------------------------------------------------------------------- driver
+def systems(base: dict[str, Any], trl_python: str | None) -> list[dict[str, Any]]:
+    """The compared systems: rspo K=2 (TRL's sample count), rspo K=4, TRL matched, TRL defaults."""
+    n = base["prompts"]
+    out = [
+        {"name": "rspo K=2", "kind": "rspo", **base, "k": 2},
+        {"name": "rspo K=4", "kind": "rspo", **base, "k": 4, "prompts": max(1, n // 2)},
+    ]
+    if trl_python:
+        trl_base = {**base, "kind": "trl", "python": trl_python}
+        out += [
+            {
+                "name": "TRL OnlineDPO (fp32, no grad ckpt)",
+                **trl_base,
+                "trl_gradient_checkpointing": False,
+                "trl_bf16": False,
+            },
+            {
+                "name": "TRL OnlineDPO (TRL defaults: bf16, grad ckpt)",
+                **trl_base,
+                "trl_gradient_checkpointing": True,
+                "trl_bf16": True,
+            },
+        ]
+    return out
+
+
+def summarize(per_repeat: list[dict[str, Any]], keys: list[str]) -> dict[str, float]:
+    """Median over repeats of each repeat's median per-iteration seconds, for ``keys``."""
+    out = {}
+    for k in keys:
+        out[k] = med([med([it.get(k, 0.0) for it in rep["measured"]]) for rep in per_repeat])
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Run the benchmark (or one worker when --worker is given)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = base_parser(__doc__.splitlines()[0], default_repeats=5)
+    ap.add_argument("--prompts", type=int, default=None, help="prompts per iteration (default 32)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default 48")
+    ap.add_argument("--measured", type=int, default=None, help="timed iterations per process")
+    ap.add_argument("--trl-python", default=None, help=f"python with trl (or ${TRL_PYTHON_ENV})")
+    ap.add_argument("--no-trl", action="store_true", help="run the rspo half only")
+    ap.add_argument("--worker", choices=["rspo", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    ap.add_argument("--settings", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    setup_env(args.threads)
+    if args.worker:
+        fn = rspo_worker if args.worker == "rspo" else trl_worker
+        res = [fn(s) for s in json.loads(args.settings)]
+        Path(args.worker_out).write_text(json.dumps(res))
+        return None
+
+    R = repeats(args, 5)
+    base = {
+        "prompts": args.prompts or (4 if args.quick else 32),
+        "max_new_tokens": args.max_new_tokens or (16 if args.quick else 48),
+        "warmup": 1,
+        "measured": args.measured or (1 if args.quick else 3),
+        "threads": args.threads,
+        "seed": 0,
+    }
+    trl_python = None if args.no_trl else find_trl_python(args.trl_python)
+    syss = systems(base, trl_python)
+    rep = Report(
+        "bench_iteration",
+        argv,
+        {**base, "repeats": R, "trl_python": trl_python, "systems": [x["name"] for x in syss]},
+    )
+    if args.no_trl:
+        rep.note("TRL half skipped: --no-trl")
+    elif trl_python is None:
+        rep.note(
+            "TRL half skipped: trl is not installed in this interpreter (pip install "
+            f"'rspo[bench]', or point --trl-python / ${TRL_PYTHON_ENV} at a python that has it)"
+        )
+    results: dict[str, list[dict[str, Any]]] = {x["name"]: [] for x in syss}
+    # a fresh process per system and repeat, interleaved so load changes hit all alike;
+    # --quick shares one process per kind (rspo, trl) to keep the smoke run short
+    groups = [[x] for x in syss]
+    if args.quick:
+        groups = [[x for x in syss if x["kind"] == kind] for kind in ("rspo", "trl")]
+        groups = [g for g in groups if g]
+    for _ in range(R):
+        for group in groups:
+            py = group[0].get("python", sys.executable)
+            wargs = ["--worker", group[0]["kind"], "--settings", json.dumps(group)]
+            outs = run_worker(py, SCRIPT, [*wargs, "--threads", str(args.threads)])
+            for x, out in zip(group, outs):
+                results[x["name"]].append(out)
+    if trl_python:
+        rep.data["settings"]["trl_version"] = results[syss[2]["name"]][0]["trl"]
+
+    # ---- table 1: throughput
+    rows, rate, cpu_rate = [], {}, {}
+    for x in syss:
+        per = results[x["name"]]
+        samples = per[0]["measured"][0]["samples"]
+        totals = [med([it["total"] for it in r["measured"]]) for r in per]
+        sec = med(totals)
+        cpu = med([med([it["cpu"] for it in r["measured"]]) for r in per])
+        rate[x["name"]] = samples / sec
+        cpu_rate[x["name"]] = samples / cpu
+        tokens = med([med([it["tokens"] for it in r["measured"]]) for r in per]) / samples
+        rows.append(
+            [
+                x["name"],
+                x["prompts"],
+                x.get("k", 2),
+                samples,
+                tokens,
+                sec,
+                f"{min(totals):.3f}–{max(totals):.3f}",
+                cpu,
+                rate[x["name"]],
+                cpu_rate[x["name"]],
+            ]
+        )
+    rep.table(
+        "throughput",
+        "Samples/s of one self-play iteration (median over repeats of the per-process median "
+        "iteration; CPU s = process CPU time, less sensitive to other jobs on the machine)",
+        [
+            "system",
+            "prompts",
+            "samples/prompt",
+            "samples/iter",
+            "mean resp tokens",
+            "s/iter",
+            "s/iter range",
+            "CPU s/iter",
+            "samples/s",
+            "samples/CPU-s",
+        ],
+        rows,
+    )
+
+    # ---- table 2: rspo stages
+    stage_keys = [
+        "generate",
+        "generate_load",
+        "judge",
+        "score",
+        "score_load",
+        "score_nograd_fwd",
+        "train",
+        "train_load",
+        "train_grad_fwd",
+        "train_backward",
+        "train_optimizer",
+        "train_save",
+        "total",
+    ]
+    srows, rspo_m = [], {}
+    for x in [s for s in syss if s["kind"] == "rspo"]:
+        per = results[x["name"]]
+        for rec in (it for r in per for it in r["measured"]):
+            rec["fsync"] = sum(v for k, v in rec.items() if k.endswith("_fsync"))
+        m = summarize(per, [*stage_keys, "fsync"])
+        rspo_m[x["name"]] = m
+        srows.append([x["name"], *[m[k] for k in stage_keys[:-1]], m["fsync"], m["total"]])
+        it = per[0]["measured"][0]
+        rep.data["settings"].setdefault("rspo_counts", {})[x["name"]] = {
+            "judge_evals_per_iter": it["judge_pairs"],
+            "judge_calls_per_iter": it["judge_calls"],
+            "mean_response_tokens": it["tokens"] / it["samples"],
+        }
+    rep.table(
+        "rspo_stages",
+        "rspo seconds per iteration by stage, and inside the stages (medians; load = model "
+        "loads, no-grad fwd = log pi_t and log pi_ref, save = checkpoint, fsync = all stages)",
+        [
+            "system",
+            "generate",
+            "gen: load",
+            "judge",
+            "score",
+            "score: load",
+            "score: no-grad fwd",
+            "train",
+            "train: load",
+            "train: grad fwd",
+            "train: backward",
+            "train: optimizer",
+            "train: save",
+            "fsync",
+            "total",
+        ],
+        srows,
+    )
+
+    # ---- table 3: TRL stages
+    if trl_python:
+        tkeys = ["generate", "judge", "policy_forward", "ref_forward", "rest", "total"]
+        trows = []
+        for x in [s for s in syss if s["kind"] == "trl"]:
+            m = summarize(results[x["name"]], tkeys)
+            trows.append([x["name"], *[m[k] for k in tkeys]])
+        rep.table(
+            "trl_stages",
+            "TRL OnlineDPO step seconds (medians; rest = backward + optimizer + Trainer overhead)",
+            ["system", "generate", "judge (reward fn)", "policy fwd", "ref fwd", "rest", "total"],
+            trows,
+        )
+        matched, default = syss[2]["name"], syss[3]["name"]
+        r_m, t_m = rspo_m["rspo K=2"], summarize(results[matched], tkeys)
+        r_bwd = r_m["train_backward"] + r_m["train_optimizer"]
+        r_known = (
+            r_m["generate"] + r_m["judge"] + r_m["score_nograd_fwd"] + r_m["train_grad_fwd"] + r_bwd
+        )
+        rep.table(
+            "where_time_goes",
+            f"Where the time goes, rspo K=2 vs {matched} (seconds per iteration, medians)",
+            ["work", "rspo K=2", "TRL", "rspo - TRL"],
+            [
+                ["generate", r_m["generate"], t_m["generate"], r_m["generate"] - t_m["generate"]],
+                ["judge", r_m["judge"], t_m["judge"], r_m["judge"] - t_m["judge"]],
+                [
+                    "no-grad forwards (rspo: log pi_t + log pi_ref; TRL: ref)",
+                    r_m["score_nograd_fwd"],
+                    t_m["ref_forward"],
+                    r_m["score_nograd_fwd"] - t_m["ref_forward"],
+                ],
+                [
+                    "policy forward with grad",
+                    r_m["train_grad_fwd"],
+                    t_m["policy_forward"],
+                    r_m["train_grad_fwd"] - t_m["policy_forward"],
+                ],
+                [
+                    "backward + optimizer (TRL: + Trainer overhead)",
+                    r_bwd,
+                    t_m["rest"],
+                    r_bwd - t_m["rest"],
+                ],
+                [
+                    "rspo run dir: model loads, checkpoint, records, fsync, other",
+                    r_m["total"] - r_known,
+                    0.0,
+                    r_m["total"] - r_known,
+                ],
+                ["total", r_m["total"], t_m["total"], r_m["total"] - t_m["total"]],
+            ],
+        )
+        for key, other in (("trl", matched), ("trl_defaults", default)):
+            rep.ratio(
+                f"rspo_vs_{key}",
+                rate["rspo K=2"],
+                rate[other],
+                f"samples/s (wall) of rspo K=2 / {other}",
+                target=">= 2" if key == "trl" else "",
+            )
+            rep.ratio(
+                f"rspo_vs_{key}_cpu",
+                cpu_rate["rspo K=2"],
+                cpu_rate[other],
+                f"samples per CPU-second of rspo K=2 / {other}",
+            )
+    rep.ratio(
+        "rspo_k4_vs_k2",
+        rate["rspo K=4"],
+        rate["rspo K=2"],
+        "samples/s of rspo K=4 (half the prompts, same samples) / rspo K=2",
+    )
+    rep.note(
+        "samples = generated completions that are judged and trained on; one optimizer step "
+        "per iteration for both (rspo: training.batch_size = samples, epochs = 1)."
+    )
+    rep.note(
+        "rspo's iteration includes its run-directory work (JSONL records, sqlite judge cache, "
+        "loading pi_t from the last checkpoint, saving the new checkpoint) that makes it "
+        "resumable; TRL keeps the model in memory and saves nothing (save_strategy='no')."
+    )
+    return rep.finish(args.json)
+
+
+if __name__ == "__main__":
+    main()
