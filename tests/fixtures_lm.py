@@ -47,6 +47,25 @@ def parity_subset(prompt: str) -> str:
     return "odd" if len(prompt) % 2 else "even"
 
 
+def tiny_run(tmp: Path, model_dir: Path, output: str, /, **sections: dict) -> dict:
+    """Config dict of a short self-play run on ``make_pipeline_env``'s model and prompts
+    (lowercase judge for training and evaluation); ``sections`` deep-merge on top."""
+    from rspo.config import deep_merge
+
+    judge = {"fn": "fixtures_lm:lowercase_judge"}
+    base = {
+        "model": {"path": str(model_dir)},
+        "data": {"prompts": str(tmp / "train.jsonl"), "eval_prompts": str(tmp / "eval.jsonl")},
+        "judge": {"name": "python", "kwargs": judge},
+        "objective": {"regularizer": "reverse_kl", "coef": 0.1},
+        "training": {"epochs": 1},
+        "evaluation": {"judge": "python", "judge_kwargs": judge, "accuracy_fn": "",
+                       "diversity_samples": 0},
+        "run": {"iterations": 2, "output": output},
+    }  # fmt: skip
+    return deep_merge(base, sections)
+
+
 def make_pipeline_env(tmp: Path) -> tuple[Path, Path]:
     """A tiny model plus 12 train and 12 eval prompts under ``tmp`` (the pipeline tests' setup)."""
     model = make_tiny_model_dir(tmp / "model")

@@ -19,7 +19,7 @@ from rspo.selfplay.loop import SelfPlayRun, run_selfplay
 from rspo.selfplay.standalone import evaluate_model
 from rspo.training.peft import LoraPolicy
 
-from fixtures_lm import make_pipeline_env
+from fixtures_lm import make_pipeline_env, tiny_run
 
 pytest.importorskip("peft")
 TESTS = Path(__file__).parent
@@ -33,29 +33,16 @@ def env(tmp_path_factory):
 
 
 def _overrides(tmp: Path, model: Path, out: str, **extra) -> dict:
-    ov = {
-        "model": {"path": str(model), "lora": {"r": 4, "alpha": 8.0}},
-        "data": {
-            "prompts": str(tmp / "train.jsonl"),
-            "eval_prompts": str(tmp / "eval.jsonl"),
-            "num_prompts": 8,
-            "num_eval_prompts": 6,
-        },
-        "generation": {"num_samples": 3, "max_new_tokens": 8, "batch_size": 12},
-        "judge": {"name": "python", "kwargs": {"fn": "fixtures_lm:lowercase_judge"}},
-        "objective": {"eta": 30.0, "regularizer": "reverse_kl", "coef": 0.1},
-        "training": {"lr": 0.02, "epochs": 1, "batch_size": 8, "micro_batch_size": 4},
-        "evaluation": {
-            "judge": "python",
-            "judge_kwargs": {"fn": "fixtures_lm:lowercase_judge"},
-            "accuracy_fn": "",
-            "temperature": 1.0,
-            "max_new_tokens": 8,
-            "diversity_samples": 0,
-            "n_boot": 50,
-        },
-        "run": {"iterations": 2, "seed": 3, "output": str(tmp / out)},
-    }
+    ov = tiny_run(
+        tmp, model, str(tmp / out),
+        model={"lora": {"r": 4, "alpha": 8.0}},
+        data={"num_prompts": 8, "num_eval_prompts": 6},
+        generation={"num_samples": 3, "max_new_tokens": 8, "batch_size": 12},
+        objective={"eta": 30.0},
+        training={"lr": 0.02, "batch_size": 8, "micro_batch_size": 4},
+        evaluation={"temperature": 1.0, "max_new_tokens": 8, "n_boot": 50},
+        run={"seed": 3},
+    )  # fmt: skip
     for k, v in extra.items():
         sec, key = k.split(".")
         ov[sec][key] = v

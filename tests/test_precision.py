@@ -18,7 +18,7 @@ from rspo.modeling import _pack, load_model, resolve_dtype, sequence_logprobs
 from rspo.selfplay.loop import run_selfplay
 from rspo.selfplay.models import PolicyModels
 
-from fixtures_lm import make_pipeline_env
+from fixtures_lm import make_pipeline_env, tiny_run
 
 TESTS = Path(__file__).parent
 CPU = torch.device("cpu")
@@ -108,28 +108,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(env, lora):
 
 
 def _cfg(tmp: Path, model: Path, out: str) -> dict:
-    return {
-        "model": {"path": str(model)},
-        "data": {
-            "prompts": str(tmp / "train.jsonl"),
-            "eval_prompts": str(tmp / "eval.jsonl"),
-            "num_prompts": 6,
-            "num_eval_prompts": 4,
-        },
-        "generation": {"num_samples": 2, "max_new_tokens": 6, "batch_size": 12},
-        "judge": {"name": "python", "kwargs": {"fn": "fixtures_lm:lowercase_judge"}},
-        "objective": {"eta": 10.0, "regularizer": "reverse_kl", "coef": 0.1},
-        "training": {"lr": 0.01, "epochs": 1, "batch_size": 4, "micro_batch_size": 4},
-        "evaluation": {
-            "judge": "python",
-            "judge_kwargs": {"fn": "fixtures_lm:lowercase_judge"},
-            "accuracy_fn": "",
-            "max_new_tokens": 6,
-            "diversity_samples": 0,
-            "n_boot": 20,
-        },
-        "run": {"iterations": 2, "output": str(tmp / out)},
-    }
+    return tiny_run(
+        tmp, model, str(tmp / out),
+        data={"num_prompts": 6, "num_eval_prompts": 4},
+        generation={"num_samples": 2, "max_new_tokens": 6, "batch_size": 12},
+        objective={"eta": 10.0},
+        training={"lr": 0.01, "batch_size": 4, "micro_batch_size": 4},
+        evaluation={"max_new_tokens": 6, "n_boot": 20},
+    )  # fmt: skip
 
 
 def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch):

@@ -28,7 +28,7 @@ from rspo.gym.tokenizer import build_byte_tokenizer
 from rspo.modeling import load_model, load_tokenizer
 from rspo.selfplay.loop import SelfPlayRun, run_selfplay
 
-from fixtures_lm import make_pipeline_env
+from fixtures_lm import make_pipeline_env, tiny_run
 
 TESTS = Path(__file__).parent
 
@@ -207,29 +207,16 @@ def env(tmp_path_factory):
 
 
 def _cfg(tmp: Path, model: Path, out: str, backend: str, lora: dict | None = None) -> dict:
-    return {
-        "model": {"path": str(model), "lora": lora},
-        "data": {
-            "prompts": str(tmp / "train.jsonl"),
-            "eval_prompts": str(tmp / "eval.jsonl"),
-            "num_prompts": 6,
-            "num_eval_prompts": 4,
-        },
-        "generation": {"backend": backend, "num_samples": 3, "max_new_tokens": 8, "batch_size": 9},
-        "judge": {"name": "python", "kwargs": {"fn": "fixtures_lm:lowercase_judge"}},
-        "objective": {"eta": 30.0, "regularizer": "reverse_kl", "coef": 0.1},
-        "training": {"lr": 0.02, "epochs": 1, "batch_size": 6, "micro_batch_size": 6},
-        "evaluation": {
-            "judge": "python",
-            "judge_kwargs": {"fn": "fixtures_lm:lowercase_judge"},
-            "accuracy_fn": "",
-            "temperature": 1.0,
-            "max_new_tokens": 8,
-            "diversity_samples": 0,
-            "n_boot": 20,
-        },
-        "run": {"iterations": 2, "seed": 1, "output": out},
-    }
+    return tiny_run(
+        tmp, model, out,
+        model={"lora": lora},
+        data={"num_prompts": 6, "num_eval_prompts": 4},
+        generation={"backend": backend, "num_samples": 3, "max_new_tokens": 8, "batch_size": 9},
+        objective={"eta": 30.0},
+        training={"lr": 0.02, "batch_size": 6, "micro_batch_size": 6},
+        evaluation={"temperature": 1.0, "max_new_tokens": 8, "n_boot": 20},
+        run={"seed": 1},
+    )  # fmt: skip
 
 
 def _records(root: Path) -> dict[str, str]:
