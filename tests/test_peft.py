@@ -168,7 +168,10 @@ def test_lora_run_killed_in_training_resumes_to_the_same_numbers(env, lora_run, 
     monkeypatch.setattr(loop_mod, "fault_point", crash)
     with pytest.raises(KeyboardInterrupt):
         run_selfplay(load_config(None, ov), log=lambda m: None)
-    assert (out / "iter_002" / "train_state" / "model.safetensors").exists()
+    state = out / "iter_002" / "train_state"
+    saved = load_file(str(state / "trainable.safetensors"))  # adapters only, no frozen base
+    assert saved and all("lora_" in k for k in saved)
+    assert not (state / "model.safetensors").exists()
     monkeypatch.undo()
     resumed = run_selfplay(load_config(None, ov), log=lambda m: None)
     assert resumed == ref_rows

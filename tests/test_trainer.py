@@ -90,3 +90,29 @@ def test_forward_kl_nll_without_reference_samples_is_an_error():
         train_policy(
             model, ex, loss, TrainingConfig(batch_size=16, micro_batch_size=8), 0, tok.pad_token_id
         )
+
+
+def test_train_state_with_frozen_parameters_saves_only_trainable_ones(tmp_path):
+    """LoRA-style models: the state holds the trainable tensors only, restores them exactly,
+    and refuses a model whose trainable set differs (naming the file)."""
+    from rspo.training.checkpoint import load_model_state, save_train_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    save_train_state(tmp_path / "st", model, opt, 1, {})
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == [
+        "optimizer.safetensors", "trainable.safetensors", "trainer_state.json"
+    ]  # fmt: skip
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    fresh[0].load_state_dict(model[0].state_dict())
+    fresh[0].requires_grad_(False)
+    load_model_state(tmp_path / "st", fresh)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+    other = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    other[1].requires_grad_(False)
+    with pytest.raises(ValueError, match="trainable.safetensors: trainable parameters differ"):
+        load_model_state(tmp_path / "st", other)

@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model as st_load_model
 
 from rspo.config import TrainingConfig
 from rspo.distributed import DistContext
 from rspo.modeling import sequence_logprobs
 from rspo.objectives import RSPOLoss, SampleBatch
-from rspo.training.checkpoint import load_train_state, recover_state_dir, save_train_state
+from rspo.training.checkpoint import (
+    load_model_state,
+    load_train_state,
+    recover_state_dir,
+    save_train_state,
+)
 from rspo.training.fsdp import shard_policy, training_engine
 from rspo.utils.seeds import derive_seed
 
@@ -106,7 +110,7 @@ def train_policy(
     start = 0
     found = None if fsdp or state_dir is None else recover_state_dir(state_dir)
     if found is not None:
-        st_load_model(model, str(found / "model.safetensors"))
+        load_model_state(found, model)
         start = load_train_state(found, optimizer)["step"]
     steps = _batches(len(examples) // unit, unit, cfg, seed)
     model.train()
