@@ -54,6 +54,11 @@ def _responses(
     return have + recs
 
 
+def _copy_missing(file, records: list[dict]) -> None:
+    """Append to ``file`` the ``records`` it does not hold yet (resumable like ``_responses``)."""
+    append_jsonl(file, records[len(read_jsonl(file, tolerate_torn_tail=True)) :])
+
+
 def subset_win_rates(
     label_of: Callable[[str], str], prompts: list[str], probs: list[float]
 ) -> dict[str, float]:
@@ -77,10 +82,13 @@ def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str,
     e = run.cfg.evaluation
     k = e.num_samples
     d = run.rd.iter_dir(t) if d is None else d
-    base = _responses(
-        run, run._ref_path(1), run.rd.root / "eval_baseline.jsonl", "eval", e.temperature, k
-    )
-    pol = _responses(run, path, d / "eval_outputs.jsonl", "eval", e.temperature, k)
+    ref = run._ref_path(1)
+    base = _responses(run, ref, run.rd.root / "eval_baseline.jsonl", "eval", e.temperature, k)
+    if path == ref:  # π_0 is π_ref: same model and seeds would sample the baseline again
+        run.dist.main_only(_copy_missing, d / "eval_outputs.jsonl", base)
+        pol = base
+    else:
+        pol = _responses(run, path, d / "eval_outputs.jsonl", "eval", e.temperature, k)
     # sample j of the policy meets sample j of π_ref, k pairs per prompt
     texts = [p for p in run.eval_prompts.texts for _ in range(k)]
     a = [x for r in pol for x in r["responses"][:k]]
