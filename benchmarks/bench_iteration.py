@@ -1,9 +1,10 @@
 """End-to-end self-play samples/s for one iteration: rspo vs TRL's OnlineDPOTrainer (CPU).
 
 One rspo iteration = generate K samples per prompt, judge all K(K-1)/2 pairs, score
-(log pi_t, log pi_ref), one optimizer step, checkpoint saved: the real loop with its run
-directory. One TRL step = OnlineDPOTrainer.training_step (2 samples per prompt, reward,
-policy + reference forward, backward) plus the optimizer step. Both use the gym model,
+(log pi_ref; log pi_t is recorded while sampling), one optimizer step, checkpoint saved:
+the real loop with its run directory. One TRL step = OnlineDPOTrainer.training_step
+(2 samples per prompt, reward, policy + reference forward, backward) plus the optimizer
+step. Both use the gym model,
 the same gym prompts, the same batch, new-token cap, temperature, learning rate and
 optimizer, and the gym-proxy judge (wrapped for TRL as a reward function that compares
 each prompt's two completions). Every system runs in a fresh process per repeat,
@@ -259,10 +260,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.quick:
         groups = [[x for x in syss if x["kind"] == kind] for kind in ("rspo", "trl")]
         groups = [g for g in groups if g]
-    for _ in range(R):
+    # repeat r uses seed r for every system (prompt draw and sampling), so the headline
+    # averages over R prompt sets and sample draws instead of repeating one draw R times
+    for r_i in range(R):
         for group in groups:
             py = group[0].get("python", sys.executable)
-            wargs = ["--worker", group[0]["kind"], "--settings", json.dumps(group)]
+            seeded = [{**x, "seed": x.get("seed", 0) + r_i} for x in group]
+            wargs = ["--worker", group[0]["kind"], "--settings", json.dumps(seeded)]
             outs = run_worker(py, SCRIPT, [*wargs, "--threads", str(args.threads)])
             for x, out in zip(group, outs):
                 results[x["name"]].append(out)
@@ -270,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         rep.data["settings"]["trl_version"] = results[syss[2]["name"]][0]["trl"]
 
     # ---- table 1: throughput
-    rows, rate, cpu_rate = [], {}, {}
+    rows, rate, cpu_rate, tok_rate = [], {}, {}, {}
     for x in syss:
         per = results[x["name"]]
         samples = per[0]["measured"][0]["samples"]
@@ -280,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         rate[x["name"]] = samples / sec
         cpu_rate[x["name"]] = samples / cpu
         tokens = med([med([it["tokens"] for it in r["measured"]]) for r in per]) / samples
+        tok_rate[x["name"]] = samples * tokens / sec
         rows.append(
             [
                 x["name"],
@@ -346,7 +351,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     rep.table(
         "rspo_stages",
         "rspo seconds per iteration by stage, and inside the stages (medians; load = model "
-        "loads, no-grad fwd = log pi_t and log pi_ref, save = checkpoint, fsync = all stages)",
+        "loads, no-grad fwd = log pi_ref (log pi_t is recorded while sampling), save = "
+        "checkpoint, fsync = all stages)",
         [
             "system",
             "generate",
@@ -394,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 ["generate", r_m["generate"], t_m["generate"], r_m["generate"] - t_m["generate"]],
                 ["judge", r_m["judge"], t_m["judge"], r_m["judge"] - t_m["judge"]],
                 [
-                    "no-grad forwards (rspo: log pi_t + log pi_ref; TRL: ref)",
+                    "no-grad forwards (rspo: log pi_ref; TRL: ref)",
                     r_m["score_nograd_fwd"],
                     t_m["ref_forward"],
                     r_m["score_nograd_fwd"] - t_m["ref_forward"],
@@ -434,6 +440,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 cpu_rate[other],
                 f"samples per CPU-second of rspo K=2 / {other}",
             )
+            rep.ratio(
+                f"rspo_vs_{key}_tokens",
+                tok_rate["rspo K=2"],
+                tok_rate[other],
+                f"response tokens/s (wall) of rspo K=2 / {other} (corrects for sampled lengths)",
+            )
     rep.ratio(
         "rspo_k4_vs_k2",
         rate["rspo K=4"],
@@ -446,7 +458,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     rep.note(
         "rspo's iteration includes its run-directory work (JSONL records, sqlite judge cache, "
-        "loading pi_t from the last checkpoint, saving the new checkpoint) that makes it "
+        "loading pi_ref and pi_t for training, saving the new checkpoint) that makes it "
         "resumable; TRL keeps the model in memory and saves nothing (save_strategy='no')."
     )
     return rep.finish(args.json)

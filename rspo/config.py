@@ -95,6 +95,12 @@ class GenerationConfig:
     top_k: int = 0
     #: sequences per generate call
     batch_size: int = 64
+    #: HF backend: auto = rspo's sampling loop that drops finished rows from the KV cache
+    #: (checked once per model against generate) | generate = transformers' generate
+    hf_decode: str = "auto"
+    #: record log π_t of each sample while sampling (HF backend), so scoring skips one
+    #: forward: auto (float32 models) | on | off (always a separate forward)
+    logprobs: str = "auto"
     #: vllm backend: fraction of GPU memory the engine may take (the rest: training, judge)
     vllm_gpu_memory_utilization: float = 0.5
     #: vllm backend: extra vllm.LLM engine arguments, e.g. {tensor_parallel_size: 2}
@@ -167,6 +173,9 @@ class TrainingConfig:
     save_steps: int = 20
     #: recompute activations in the backward pass (less memory, one extra forward per step)
     gradient_checkpointing: bool = False
+    #: log-prob forwards (scoring and training) pack each prompt with all its responses in
+    #: one row, the prompt computed once: auto (when a probe matches the padded forward) | on | off
+    packing: str = "auto"
 
 
 @dataclass
@@ -246,10 +255,13 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16", "auto"),
     "data.chat_template": ("auto", "always", "never"),
     "generation.backend": ("hf", "vllm"),
+    "generation.logprobs": ("auto", "on", "off"),
+    "generation.hf_decode": ("auto", "generate"),
     "objective.loss_type": ("sppo", "sppo_hard", "inpo"),
     "objective.samples": ("all", "best_worst"),
     "objective.adaptive": ("none", "kl", "length"),
     "training.optimizer": ("adamw", "rmsprop"),
+    "training.packing": ("auto", "on", "off"),
     "run.keep_checkpoints": ("all", "last"),
 }
 
@@ -353,6 +365,11 @@ def _validate_scaling(cfg: Config) -> None:
         tm = lo.target_modules
         if (isinstance(tm, str) and not tm.strip()) or (isinstance(tm, list) and not tm):
             raise ConfigError('model.lora.target_modules: empty; give module names or "all-linear"')
+    if g.backend == "vllm" and g.logprobs == "on":
+        raise ConfigError(
+            "generation.logprobs: on needs generation.backend hf (vLLM's sampler log-probs "
+            "differ from the trainer's forward); use auto or off"
+        )
     if not 0.0 < g.vllm_gpu_memory_utilization <= 1.0:
         raise ConfigError(
             f"generation.vllm_gpu_memory_utilization: must be in (0, 1], got "

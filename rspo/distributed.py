@@ -9,6 +9,7 @@ same records whatever the number of processes. Rank 0 alone writes the run direc
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -240,5 +241,7 @@ def shutdown() -> None:
     global _CONTEXT
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+        gc.collect()  # sharded modules in reference cycles hold the group; free them first
         torch.distributed.destroy_process_group()
+        gc.collect()
     _CONTEXT = None

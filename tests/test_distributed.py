@@ -195,8 +195,9 @@ def _assert_same_training(tmp: Path, one: Path, two: Path) -> None:
         for a, b in zip(log1, log2):
             assert set(a) == set(b)
             for k in a:
-                # float32 sums of ~20 token log-probs (|log π| ~ 30) carry ~1e-5 of rounding
-                assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-4), (t, a["step"], k)
+                # float32 sums of ~20 token log-probs (|log π| ~ 30) carry ~1e-5 of rounding,
+                # and each rank packs its own slice into rows (measured: up to 1.4e-5)
+                assert b[k] == pytest.approx(a[k], rel=5e-5, abs=1e-4), (t, a["step"], k)
         # the iteration's weight update agrees to 1e-3 (measured: ~1e-6, ~5e-5): Adam
         # amplifies rounding on near-zero gradients element-wise, so compare whole updates
         w0 = load_file(str(start / "model.safetensors"))

@@ -141,9 +141,11 @@ def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch
         events.append(("train", "", live()))
         return real_train(model, *a, **k)
 
-    def spy_gen(self, path, tok):
-        backend = real_gen(self, path, tok)
-        events.append(("generate", str(path), live()))
+    def spy_gen(self, path, tok, **kw):
+        backend = real_gen(self, path, tok, **kw)
+        gc.collect()
+        held = [m for _, w in loaded if (m := w()) is not None]
+        events.append(("generate", str(path), [m is backend.model for m in held]))
         return backend
 
     monkeypatch.setattr(models_mod, "load_model", tracking_load)
@@ -159,5 +161,5 @@ def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch
     assert trains[1][2] == [ck1]
     assert any(p == base for p, _ in loaded[1:])  # π_ref was loaded again for iteration 2...
     gens = [e for e in events if e[0] == "generate"]
-    assert gens and all(e[2] == [e[1]] for e in gens)  # ...but only the sampled policy lives
-    assert any(e[1] == ck1 for e in gens)
+    assert gens and all(e[2] == [True] for e in gens)  # ...but only the sampled policy lives
+    assert any(e[1] == ck1 for e in gens)  # (the policy trained in iteration 1, kept)

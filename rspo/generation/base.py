@@ -26,11 +26,14 @@ class SamplingParams:
 
 @dataclass
 class Completion:
-    """One generated response: token ids (EOS included when produced), text, EOS flag."""
+    """One generated response: token ids (EOS included when produced), text, EOS flag and,
+    from backends that record it, the response's log-probability under the sampling model."""
 
     ids: list[int]
     text: str
     finished: bool
+    #: log π(ids | prompt) of the sampling model (untempered), when the backend records it
+    logprob: float | None = None
 
     @property
     def truncated(self) -> bool:
@@ -57,13 +60,14 @@ class GenerationBackend(ABC):
 def build_backend(
     name: str, model: Any, tokenizer: Any, batch_size: int = 64, **options: Any
 ) -> GenerationBackend:
-    """Instantiate a backend by name: ``hf`` (``model`` = a loaded model) or ``vllm``
-    (``model`` = a model directory; ``options`` go to :class:`rspo.generation.vllm.VLLMBackend`).
+    """Instantiate a backend by name: ``hf`` (``model`` = a loaded model; ``options``:
+    ``logprobs``) or ``vllm`` (``model`` = a model directory; ``options`` go to
+    :class:`rspo.generation.vllm.VLLMBackend`).
     """
     if name == "hf":
         from rspo.generation.hf import HFBackend
 
-        return HFBackend(model, tokenizer, batch_size=batch_size)
+        return HFBackend(model, tokenizer, batch_size=batch_size, **options)
     if name == "vllm":
         from rspo.generation.vllm import VLLMBackend
 

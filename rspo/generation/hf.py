@@ -1,9 +1,11 @@
-"""Hugging Face ``generate`` backend with per-sequence seeded sampling.
+"""Hugging Face backend with per-sequence seeded sampling.
 
-Sampling is done as Gumbel-max inside a logits processor: each row draws its noise from
-its own ``torch.Generator``, and ``generate`` runs greedily on the perturbed scores. The
-result is an exact sample from the temperature/top-k/top-p distribution whose randomness
-depends only on the row's seed.
+Sampling is done as Gumbel-max: each row draws its noise from its own ``torch.Generator``
+and the perturbed scores are maximised. The result is an exact sample from the
+temperature/top-k/top-p distribution whose randomness depends only on the row's seed.
+Decoding runs in rspo's loop over the model's KV cache that drops finished rows
+(:mod:`rspo.generation.hf_decode`) when a probe shows it reproduces ``generate``, and in
+``generate`` with the sampler as a logits processor otherwise (``decode="generate"``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rspo.generation.base import Completion, GenerationBackend, SamplingParams
+from rspo.generation.hf_decode import decode, decode_supported
 
 
 def filter_logits(
@@ -34,31 +37,93 @@ def filter_logits(
 
 
 class SeededGumbelSampler(LogitsProcessor):
-    """Adds per-row Gumbel noise from per-row generators so argmax == a seeded sample."""
+    """Adds per-row Gumbel noise from per-row generators so argmax == a seeded sample.
 
-    def __init__(self, seeds: Sequence[int], params: SamplingParams) -> None:
+    With ``record`` it also keeps, per step and row, the untempered log-probability of the
+    token it picks (the argmax), so the caller gets log π(response) without a second forward.
+    Temperature 0 adds no noise (greedy) but still records.
+    """
+
+    #: float64 noise values drawn ahead per call (rows x steps x vocab), bounding host memory
+    NOISE_BUDGET = 1 << 22
+
+    def __init__(self, seeds: Sequence[int], params: SamplingParams, record: bool = False) -> None:
         self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.params = params
+        self.record = record
+        self.steps: list[torch.Tensor] = []
+        self._noise: torch.Tensor | None = None  # (rows, steps ahead, vocab) Gumbel noise
+        self._used = 0
+
+    def _gumbel(
+        self, vocab: int, device: torch.device, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """This step's noise for ``rows`` (default: all). Each row's generator fills several
+        steps in one call: the stream is the same as one ``rand(vocab)`` per step, so
+        samples do not change. Every row asked for has taken the same number of steps."""
+        n = len(self.gens)
+        if self._noise is None or self._used == self._noise.shape[1]:
+            ahead = max(1, min(16, self.NOISE_BUDGET // (n * vocab)))
+            live = range(n) if rows is None else rows.tolist()
+            u = torch.full((n, ahead * vocab), 0.5, dtype=torch.float64)
+            for i in live:
+                u[i] = torch.rand(ahead * vocab, generator=self.gens[i], dtype=torch.float64)
+            u = u.view(n, ahead, vocab)
+            self._noise = -torch.log(-torch.log(u.clamp_min(1e-300))).to(device, torch.float32)
+            self._used = 0
+        self._used += 1
+        noise = self._noise[:, self._used - 1]
+        return noise if rows is None else noise[rows.to(noise.device)]
+
+    def _perturb(self, scores: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        p = self.params
+        if p.temperature <= 0:
+            return scores
+        logp = filter_logits(scores, p.temperature, p.top_k, p.top_p)
+        return logp + self._gumbel(logp.shape[-1], logp.device, rows)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        p = self.params
-        logp = filter_logits(scores, p.temperature, p.top_k, p.top_p)
-        u = torch.stack(
-            [torch.rand(logp.shape[-1], generator=g, dtype=torch.float64) for g in self.gens]
-        )
-        gumbel = -torch.log(-torch.log(u.clamp_min(1e-300))).to(logp.device, torch.float32)
-        return logp + gumbel
+        out = self._perturb(scores, None)
+        if self.record:
+            pick = out.argmax(-1, keepdim=True)  # what greedy generate takes next
+            raw = torch.log_softmax(scores.float(), dim=-1)
+            self.steps.append(raw.gather(-1, pick).squeeze(-1).double().cpu())
+        return out
+
+    def choose(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next tokens of the still-running ``rows`` (original indices) and their untempered
+        log-probabilities, for a decode loop that drops finished rows."""
+        pick = self._perturb(scores, rows).argmax(-1)
+        raw = torch.log_softmax(scores.float(), dim=-1)
+        return pick, raw.gather(-1, pick[:, None]).squeeze(-1).double()
+
+    def sequence_logprobs(self, lengths: Sequence[int]) -> list[float]:
+        """Sum of the recorded log-probs over each row's first ``lengths[i]`` steps."""
+        if not self.steps:
+            return [0.0] * len(lengths)
+        per_step = torch.stack(self.steps, dim=1)  # (rows, steps)
+        return [float(per_step[i, :n].sum()) for i, n in enumerate(lengths)]
 
 
 class HFBackend(GenerationBackend):
-    """Batched ``model.generate`` with left padding; stops at EOS and records truncation."""
+    """Batched sampling with left padding; stops at EOS, records truncation and (with
+    ``logprobs``) each response's log-probability under the sampling model."""
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 64,
+        logprobs: bool = False,
+        decode: str = "auto",
+    ) -> None:
         self.model = model
         self.tok = tokenizer
         self.batch_size = batch_size
+        self.logprobs = logprobs  # record log π(response) while sampling
+        self.decode = decode  # auto: rspo's row-dropping loop when it matches generate
 
     def update_weights(self, model) -> None:
         self.model = model
@@ -93,23 +158,45 @@ class HFBackend(GenerationBackend):
             pad_token_id=tok.pad_token_id,
             eos_token_id=eos,
         )
+        sampler = SeededGumbelSampler(seeds, params, record=self.logprobs)
+        pad = tok.pad_token_id
+        if self.decode == "auto" and decode_supported(model, eos, pad):
+            toks, fin, lps = decode(
+                model, ids.to(device), attn.to(device), sampler, params.max_new_tokens, eos
+            )
+            return [
+                Completion(
+                    ids=t,
+                    text=tok.decode(t[:-1] if f else t, skip_special_tokens=True),
+                    finished=f,
+                    logprob=lp if self.logprobs else None,
+                )
+                for t, f, lp in zip(toks, fin, lps)
+            ]
         processors = LogitsProcessorList()
-        if params.temperature > 0:
-            processors.append(SeededGumbelSampler(seeds, params))
+        if params.temperature > 0 or self.logprobs:
+            processors.append(sampler)
         seqs = model.generate(
             input_ids=ids.to(device),
             attention_mask=attn.to(device),
             generation_config=gen_cfg,
             logits_processor=processors,
         )[:, width:].tolist()
-        out = []
+        resps = []
         for row in seqs:
             finished = eos in row
             resp = row[: row.index(eos) + 1] if finished else row  # unfinished rows ran every step
+            resps.append((resp, finished))
+        lps = sampler.sequence_logprobs([len(r) for r, _ in resps]) if self.logprobs else None
+        out = []
+        for i, (resp, finished) in enumerate(resps):
             text_ids = resp[:-1] if finished else resp
             out.append(
                 Completion(
-                    ids=resp, text=tok.decode(text_ids, skip_special_tokens=True), finished=finished
+                    ids=resp,
+                    text=tok.decode(text_ids, skip_special_tokens=True),
+                    finished=finished,
+                    logprob=lps[i] if lps is not None else None,
                 )
             )
         return out

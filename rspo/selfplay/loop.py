@@ -23,7 +23,9 @@ from rspo.generation import SamplingParams
 from rspo.modeling import (
     batched_sequence_logprobs,
     load_tokenizer,
+    resolve_dtype,
     resolve_model_path,
+    use_packing,
 )
 from rspo.objectives import RSPOLoss
 from rspo.selfplay.adaptive import measure, update_coef
@@ -101,9 +103,10 @@ class SelfPlayRun:
         seeds: list[int],
         params: SamplingParams,
         unit: int | None = None,
+        logprobs: bool = False,
     ):
         """Completions; with W ranks each generates every W-th slice of ``unit`` sequences."""
-        backend = self.models.generator(path, self.tok)
+        backend = self.models.generator(path, self.tok, logprobs=logprobs)
         return self.dist.shard_map(
             lambda sl: backend.generate(prompt_ids[sl], seeds[sl], params),
             len(prompt_ids),
@@ -114,8 +117,9 @@ class SelfPlayRun:
         """Sequence log-probs under the model at ``path``, micro-batches sharded over ranks."""
         bs = self.cfg.training.micro_batch_size
         model, pad = self._model(path), self.tok.pad_token_id
+        packing = use_packing(model, self.cfg.training.packing, pad)
         return self.dist.shard_map(
-            lambda sl: batched_sequence_logprobs(model, prompts[sl], resps[sl], pad, bs),
+            lambda sl: batched_sequence_logprobs(model, prompts[sl], resps[sl], pad, bs, packing),
             len(prompts),
             bs,
         )
@@ -129,21 +133,31 @@ class SelfPlayRun:
         seed_parts: tuple,
         params: SamplingParams,
         unit: int | None = None,
+        logprobs: bool = False,
     ) -> list[dict[str, Any]]:
-        """``k`` seeded samples per prompt index as run-dir records (seed = parts + (i, j))."""
+        """``k`` seeded samples per prompt index as run-dir records (seed = parts + (i, j));
+        with ``logprobs`` each response also carries ``logp`` = log π(response) at sampling."""
         ids = [prompt_ids[i] for i in idx for _ in range(k)]
         seeds = [derive_seed(*seed_parts, i, j) for i in idx for j in range(k)]
-        comps = self._generate(path, ids, seeds, params, unit)
+        comps = self._generate(path, ids, seeds, params, unit, logprobs)
+
+        def rec(c) -> dict[str, Any]:
+            r = {"ids": c.ids, "text": c.text, "finished": c.finished}
+            if logprobs and c.logprob is not None:
+                r["logp"] = c.logprob
+            return r
+
         return [
-            {
-                "prompt_index": i,
-                "responses": [
-                    {"ids": c.ids, "text": c.text, "finished": c.finished}
-                    for c in comps[n * k : (n + 1) * k]
-                ],
-            }
+            {"prompt_index": i, "responses": [rec(c) for c in comps[n * k : (n + 1) * k]]}
             for n, i in enumerate(idx)
         ]
+
+    def _record_logprobs(self) -> bool:
+        """``generation.logprobs``: record log π_t while sampling (HF backend; auto = float32)."""
+        g, m = self.cfg.generation, self.cfg.model
+        if g.logprobs == "off" or g.backend != "hf":
+            return False
+        return g.logprobs == "on" or resolve_dtype(m.dtype, self.device) == torch.float32
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> bool:
@@ -231,6 +245,7 @@ class SelfPlayRun:
                 (self.cfg.run.seed, "gen", t),
                 self._sampling(),
                 unit=chunk * K,
+                logprobs=self._record_logprobs(),
             )
             self.dist.main_only(append_jsonl, out, recs)
             fault_point("generate", len(done) + s + len(idx))
@@ -342,11 +357,16 @@ class SelfPlayRun:
                         "win_rate": p_hat[k],
                         "label": label,
                         "response_ids": resp[k]["ids"],
+                        "logp": resp[k].get("logp"),
                     }
                 )
         prompts = [self.train_prompts.ids[r["prompt_index"]] for r in rows]
         resps = [r["response_ids"] for r in rows]
-        lp_t = self._logprobs(self._policy_path(t), prompts, resps)
+        recorded = [r.pop("logp") for r in rows]
+        if rows and None not in recorded:  # log π_t recorded while sampling
+            lp_t = recorded
+        else:
+            lp_t = self._logprobs(self._policy_path(t), prompts, resps)
         ref_path = self._ref_path(t)
         same = ref_path == self._policy_path(t)
         lp_ref = lp_t if same else self._logprobs(ref_path, prompts, resps)
@@ -438,6 +458,7 @@ class SelfPlayRun:
         )
         state = full_state_dict(model) if is_sharded(model) else None  # a collective
         self.dist.main_only(self._save_checkpoint, t, model, state)
+        self.models.keep(str(self.rd.checkpoint(t)), model)  # = what a reload would give
         self.rd.mark_done(t, "train", {**last, "coef": data.get("coef", c.objective.coef)})
         if c.run.keep_checkpoints == "last" and t > 1 and not c.objective.magnet_refresh:
             self.dist.main_only(shutil.rmtree, self.rd.checkpoint(t - 1), ignore_errors=True)

@@ -9,6 +9,7 @@ With the vLLM backend the engine sleeps whenever a Hugging Face model needs the 
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,9 @@ class PolicyModels:
     def drop_cache(self) -> None:
         """Forget the read-only model (π_t or π_ref) and free its memory."""
         if self._cache:
+            refs = [weakref.ref(m) for m in self._cache.values()]
             self._cache.clear()
-            free_memory()
+            free_memory(refs)
 
     def get(self, path: str) -> Any:
         """The policy at ``path`` for no-grad use (the previous one is dropped unless LoRA)."""
@@ -81,11 +83,28 @@ class PolicyModels:
             enable_gradient_checkpointing(model)
         return model
 
-    def generator(self, path: str, tokenizer: Any) -> GenerationBackend:
-        """A backend sampling from the policy at ``path``."""
+    def keep(self, path: str, model: Any) -> None:
+        """Hold a just-trained policy as the read-only model at ``path`` (its checkpoint), so
+        the next generation does not reload it; skipped for LoRA, sharded or checkpointed
+        models (their training form is not the one generation wants)."""
+        if (
+            self.lora is not None
+            or hasattr(model, "_rspo_tied")  # FSDP-sharded
+            or self.cfg.training.gradient_checkpointing
+            or self.cfg.generation.backend != "hf"
+        ):
+            return
+        self.drop_cache()
+        model.eval()
+        self._cache[path] = model
+
+    def generator(self, path: str, tokenizer: Any, logprobs: bool = False) -> GenerationBackend:
+        """A backend sampling from the policy at ``path`` (HF: ``logprobs`` records log π)."""
         g = self.cfg.generation
         if g.backend == "hf" or not self._engine_serves(path):
-            return build_backend("hf", self.get(path), tokenizer, g.batch_size)
+            return build_backend(
+                "hf", self.get(path), tokenizer, g.batch_size, logprobs=logprobs, decode=g.hf_decode
+            )
         self.drop_cache()  # the engine holds its own weights
         if self.lora is not None:
             self.lora.park()  # the HF copy of the base waits in CPU RAM while vLLM runs

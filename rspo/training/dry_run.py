@@ -19,7 +19,7 @@ import torch
 
 from rspo.config import Config, ConfigError
 from rspo.distributed import init_distributed
-from rspo.modeling import batched_sequence_logprobs, load_model, load_tokenizer
+from rspo.modeling import batched_sequence_logprobs, load_model, load_tokenizer, use_packing
 from rspo.objectives import RSPOLoss
 from rspo.training.fsdp import shard_policy, training_engine
 from rspo.training.trainer import RefExample, TrainExample, accumulate_gradients, build_optimizer
@@ -104,13 +104,19 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     ref_prompts = [p for p in prompts for _ in range(K)][:n_ref]
     ref_resps = _random_ids(n_ref, R, vocab, g)
 
+    packing = use_packing(model, tr.packing, pad)  # as the run would (probed before sharding)
+
     def score() -> tuple[list[float], list[float], list[float]]:
-        lp_t = batched_sequence_logprobs(model, prompts, resps, pad, mb)
+        lp_t = batched_sequence_logprobs(model, prompts, resps, pad, mb, packing)
         ref = model
         if m.ref_path and m.ref_path != m.path:
             ref = load_model(m.ref_path, m.dtype, device, m.trust_remote_code)
-        lp_ref = batched_sequence_logprobs(ref, prompts, resps, pad, mb)
-        lr = batched_sequence_logprobs(ref, ref_prompts, ref_resps, pad, mb) if n_ref else []
+        lp_ref = batched_sequence_logprobs(ref, prompts, resps, pad, mb, packing)
+        lr = (
+            batched_sequence_logprobs(ref, ref_prompts, ref_resps, pad, mb, packing)
+            if n_ref
+            else []
+        )
         del ref
         return lp_t, lp_ref, lr
 
@@ -129,7 +135,15 @@ def dry_run(cfg: Config) -> dict[str, Any]:
             shard_policy(model)
         optimizer = build_optimizer(model, tr)
         totals = accumulate_gradients(
-            model, examples, list(range(mb)), loss_fn, mb, pad, refs, loss_fn.pairwise
+            model,
+            examples,
+            list(range(mb)),
+            loss_fn,
+            mb,
+            pad,
+            refs,
+            loss_fn.pairwise,
+            packing=packing,
         )
         if not fsdp:
             dist.all_reduce_grads(list(model.parameters()))
@@ -151,6 +165,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         "prompt_tokens": P,
         "response_tokens": R,
         "micro_batch_size": mb,
+        "packing": packing,
         "ref_sequences_in_micro_batch": n_ref,
         "generate_batch": cfg.generation.batch_size if "generate" in phases else 0,
         "memory_kind": peak.kind,

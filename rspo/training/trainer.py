@@ -18,7 +18,7 @@ import torch
 
 from rspo.config import TrainingConfig
 from rspo.distributed import DistContext
-from rspo.modeling import sequence_logprobs
+from rspo.modeling import sequence_logprobs, use_packing
 from rspo.objectives import RSPOLoss, SampleBatch
 from rspo.training.checkpoint import (
     load_model_state,
@@ -104,6 +104,7 @@ def train_policy(
         ref_by_group.setdefault(r.group, []).append(r)
 
     fsdp = training_engine(dist) == "fsdp"
+    packing = use_packing(model, cfg.packing, pad_id)  # probed before sharding
     if fsdp:  # sharded state is not saved mid-iteration: training restarts from π_t
         shard_policy(model)
     optimizer = build_optimizer(model, cfg)
@@ -128,6 +129,7 @@ def train_policy(
             pairwise,
             shard=(dist.rank, dist.world_size),
             lockstep=fsdp,
+            packing=packing,
         )
         if dist.enabled:
             if not fsdp:  # FSDP reduce-scatters (sums) gradients during backward
@@ -194,6 +196,7 @@ def accumulate_gradients(
     pairwise: bool = False,
     shard: tuple[int, int] = (0, 1),
     lockstep: bool = False,
+    packing: bool = False,
 ) -> dict[str, float]:
     """Backward the loss of the global batch ``idx`` in micro-batches; returns its metrics.
 
@@ -202,7 +205,8 @@ def accumulate_gradients(
     A prompt's π_ref samples go with the micro-batch holding its first policy sample.
     ``shard=(rank, world)``: only this rank's slice of ``idx`` is run; the metrics are its
     share (they add up over ranks). ``lockstep`` (FSDP): every rank runs as many forward and
-    backward passes as rank 0, padding with zero-weighted one-token passes.
+    backward passes as rank 0, padding with zero-weighted one-token passes. ``packing``:
+    one prefix-shared forward per micro-batch, π_ref samples packed with the policy samples.
     """
     device = next(model.parameters()).device
     ref_by_group = ref_by_group or {}
@@ -225,9 +229,17 @@ def accumulate_gradients(
     totals: dict[str, float] = {}
     for m, refs in zip(micro, ref_micro):
         ex = [examples[i] for i in m]
-        lp = sequence_logprobs(
-            model, [e.prompt_ids for e in ex], [e.response_ids for e in ex], pad_id
+        seqs: list[TrainExample | RefExample] = list(ex)
+        if packing and loss_fn.needs_ref_samples:
+            seqs += refs  # same prompts: one packed forward for both
+        lp_all = sequence_logprobs(
+            model,
+            [e.prompt_ids for e in seqs],
+            [e.response_ids for e in seqs],
+            pad_id,
+            packing,
         )
+        lp = lp_all[: len(ex)]
         dtype = lp.dtype
 
         def t(vals: list[float], dtype=dtype) -> torch.Tensor:
@@ -241,8 +253,12 @@ def accumulate_gradients(
             label=t([e.label for e in ex]) if pairwise else None,
         )
         if loss_fn.needs_ref_samples and refs:
-            batch.ref_logp_theta = sequence_logprobs(
-                model, [r.prompt_ids for r in refs], [r.response_ids for r in refs], pad_id
+            batch.ref_logp_theta = (
+                lp_all[len(ex) :]
+                if packing
+                else sequence_logprobs(
+                    model, [r.prompt_ids for r in refs], [r.response_ids for r in refs], pad_id
+                )
             )
             batch.ref_logp_ref = t([r.logp_ref for r in refs])
         loss, metrics = loss_fn(
@@ -250,8 +266,8 @@ def accumulate_gradients(
             num_samples=len(idx),
             num_ref_samples=n_ref if loss_fn.needs_ref_samples else None,
         )
-        if lockstep and loss_fn.needs_ref_samples and not refs:
-            loss = loss + _padding_pass(model, pad_id)
+        if lockstep and loss_fn.needs_ref_samples and not refs and not packing:
+            loss = loss + _padding_pass(model, pad_id)  # (packed: one forward either way)
         loss.backward()
         for k, v in metrics.items():  # "loss" adds up across micro-batches; others are averaged
             totals[k] = totals.get(k, 0.0) + float(v) * (1.0 if k == "loss" else len(m) / len(idx))
@@ -259,7 +275,7 @@ def accumulate_gradients(
         most = len(shard_positions(len(idx) // unit, unit, 0, shard[1]))
         for _ in range(len(micro), -(-most // micro_batch_size)):
             loss = _padding_pass(model, pad_id)
-            if loss_fn.needs_ref_samples:
+            if loss_fn.needs_ref_samples and not packing:
                 loss = loss + _padding_pass(model, pad_id)
             loss.backward()
     return totals

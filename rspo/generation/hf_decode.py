@@ -1,0 +1,133 @@
+"""A sampling loop over a Hugging Face model's KV cache that drops finished rows.
+
+``model.generate`` keeps every row of a batch until the last one stops, so a batch whose
+responses end after 20 tokens but one runs to 48 pays 48 full-width steps. This loop
+calls the same model forward with a ``DynamicCache`` and removes rows from the cache as
+they emit EOS (``batch_select_indices``), so a step costs only the rows still running.
+Tokens come from the same seeded sampler as the ``generate`` path; whether a model is
+driven correctly is checked once per model against ``generate`` (:func:`decode_supported`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def _cache_kwarg(model) -> str:
+    """``cache`` (transformers >= 5.24) or the older ``past_key_values``."""
+    import inspect
+
+    from rspo.modeling import forward_target
+
+    try:
+        params = inspect.signature(forward_target(model).forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def decode(
+    model, ids: torch.Tensor, attn: torch.Tensor, sampler, max_new_tokens: int, eos: int
+) -> tuple[list[list[int]], list[bool], list[float]]:
+    """Sample up to ``max_new_tokens`` per left-padded row; tokens (EOS included when
+    produced), finished flags and summed untempered log-probs per row."""
+    from transformers import DynamicCache
+
+    from rspo.modeling import _keep_kwargs
+
+    n = ids.shape[0]
+    device = ids.device
+    cache = DynamicCache(config=model.config)
+    kv = _cache_kwarg(model)
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    out = model(
+        input_ids=ids,
+        attention_mask=attn,
+        position_ids=pos,
+        **{kv: cache},
+        use_cache=True,
+        **_keep_kwargs(model, 1),
+    )
+    logits = out.logits[:, -1].float()
+    rows = torch.arange(n)  # original index of each cache row
+    next_pos = attn.sum(-1)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    finished = [False] * n
+    logp = torch.zeros(n, dtype=torch.float64)
+    for step in range(max_new_tokens):
+        pick, lp = sampler.choose(logits, rows)
+        logp[rows] += lp.cpu()
+        picked = pick.tolist()
+        for r, tok in zip(rows.tolist(), picked):
+            tokens[r].append(tok)
+            finished[r] = tok == eos
+        if step == max_new_tokens - 1:
+            break
+        keep = [j for j, tok in enumerate(picked) if tok != eos]
+        if not keep:
+            break
+        if len(keep) < len(picked):
+            sel = torch.tensor(keep, device=device)
+            cache.batch_select_indices(sel)
+            attn, next_pos, pick = attn[sel], next_pos[sel], pick[sel]
+            rows = rows[sel.cpu()]
+        attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=-1)
+        out = model(
+            input_ids=pick[:, None],
+            attention_mask=attn,
+            position_ids=next_pos[:, None],
+            **{kv: cache},
+            use_cache=True,
+        )
+        next_pos = next_pos + 1
+        logits = out.logits[:, -1].float()
+    return tokens, finished, logp.tolist()
+
+
+def decode_supported(model, eos: int, pad: int) -> bool:
+    """Whether :func:`decode` gives ``generate``'s greedy tokens on a probe (cached on the
+    model): two prompts of different lengths, one of them left-padded."""
+    cached = getattr(model, "_rspo_decode_ok", None)
+    if cached is not None:
+        return cached
+    ok = not getattr(model.config, "is_encoder_decoder", False)
+    if ok:
+        from transformers import GenerationConfig
+
+        from rspo.generation.base import SamplingParams
+        from rspo.generation.hf import SeededGumbelSampler
+
+        vocab = int(getattr(model.config, "vocab_size", 2))
+        prompts: Sequence[list[int]] = ([t % vocab for t in (3, 5, 7, 11, 13)], [17 % vocab])
+        ids = torch.full((2, 5), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, 5 - len(p) :] = torch.tensor(p)
+            attn[i, 5 - len(p) :] = 1
+        device = next(model.parameters()).device
+        ids, attn = ids.to(device), attn.to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                want = model.generate(
+                    input_ids=ids,
+                    attention_mask=attn,
+                    generation_config=GenerationConfig(
+                        do_sample=False, max_new_tokens=6, pad_token_id=pad, eos_token_id=eos
+                    ),
+                )[:, 5:].tolist()
+                want = [r[: r.index(eos) + 1] if eos in r else r for r in want]
+                sampler = SeededGumbelSampler([0, 1], SamplingParams(6, 0.0))
+                got, _, _ = decode(model, ids, attn, sampler, 6, eos)
+            ok = got == want
+        except Exception:  # noqa: BLE001 - any failure means: use generate
+            ok = False
+        model.train(was_training)
+    try:
+        model._rspo_decode_ok = ok
+    except AttributeError:  # pragma: no cover
+        pass
+    return ok

@@ -1,0 +1,224 @@
+"""Prefix-shared packing and log π recorded while sampling: same numbers as the plain forward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rspo.config import TrainingConfig, load_config
+from rspo.generation.base import SamplingParams
+from rspo.generation.hf import HFBackend
+from rspo.gym.model import build_tiny_llama
+from rspo.gym.tokenizer import build_byte_tokenizer
+from rspo.modeling import sequence_logprobs, use_packing
+from rspo.objectives import RSPOLoss
+from rspo.packing import pack, packing_supported
+from rspo.training.trainer import RefExample, TrainExample, accumulate_gradients
+
+from fixtures_lm import make_pipeline_env, tiny_run
+
+
+def _model(attn: str = "sdpa", dtype=torch.float64):
+    tok = build_byte_tokenizer()
+    m = build_tiny_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=3).to(dtype)
+    m.config._attn_implementation = attn
+    return m, tok
+
+
+def _pairs(seed: int = 0):
+    """Three prompts of different lengths, 1-4 responses each (one empty), shuffled order."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, resps = [], []
+    for i, k in enumerate((3, 1, 4)):
+        p = torch.randint(0, 256, (3 + 5 * i,), generator=g).tolist()
+        for j in range(k):
+            n = 0 if (i, j) == (2, 1) else int(torch.randint(1, 9, (1,), generator=g))
+            prompts.append(p)
+            resps.append(torch.randint(0, 256, (n,), generator=g).tolist())
+    order = torch.randperm(len(prompts), generator=g).tolist()
+    return [prompts[o] for o in order], [resps[o] for o in order]
+
+
+def test_layout_of_a_hand_built_example():
+    # prompts A = [1, 2] (two responses) and B = [3] (one): A's group is 2 + 2 + 1 = 5 tokens,
+    # B's 1 + 2 = 3; capacity = 5, so they take separate rows (first-fit decreasing)
+    b = pack([[1, 2], [3], [1, 2]], [[4, 5], [7, 8], [6]], pad_id=0)
+    assert b.input_ids.tolist() == [[1, 2, 4, 5, 6], [3, 7, 8, 0, 0]]
+    assert b.position_ids.tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 0, 0]]
+    allowed = b.allowed[0, 0].int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],  # r1[0] sees the prompt and itself
+        [1, 1, 1, 1, 0],
+        [1, 1, 0, 0, 1],  # r2[0] sees the prompt, not r1
+    ]
+    assert b.allowed[1, 0, 3].int().tolist() == [0, 0, 0, 1, 0]  # padding sees only itself
+    # token -> (row, position whose logits predict it), owner pair
+    assert b.src.tolist() == [[0, 1], [0, 2], [0, 1], [1, 0], [1, 1]]
+    assert b.target.tolist() == [4, 5, 6, 7, 8]
+    assert b.owner.tolist() == [0, 0, 2, 1, 1]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logprobs_and_gradients_equal_the_padded_forward(attn):
+    prompts, resps = _pairs()
+    grads, values = [], []
+    for packing in (False, True):
+        model, tok = _model(attn)
+        lp = sequence_logprobs(model, prompts, resps, tok.pad_token_id, packing)
+        (lp * torch.linspace(0.5, 1.5, len(lp), dtype=lp.dtype)).sum().backward()
+        values.append(lp.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert values[1][resps.index([])] == 0.0
+    # float64 model, but Llama's RMSNorm and rotary tables round through float32
+    torch.testing.assert_close(values[1], values[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+    assert grads[0].abs().sum() > 0
+
+
+def test_packing_halves_the_tokens_of_k_samples_per_prompt():
+    prompts = [[1] * 30] * 4 + [[2] * 20] * 4
+    resps = [[5] * 10] * 8
+    b = pack(prompts, resps, 0)
+    padded = len(prompts) * 40
+    assert b.input_ids.numel() == 70 * 2  # two rows: 30 + 40 and 20 + 40 (+ 10 padding)
+    assert b.input_ids.numel() / padded < 0.5
+
+
+def test_probe_rejects_a_model_that_ignores_position_ids_and_auto_falls_back():
+    class NoPositions(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, **kw):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    model, tok = _model()
+    wrapped = NoPositions(model)
+    assert packing_supported(model, tok.pad_token_id)
+    assert not packing_supported(wrapped, tok.pad_token_id)
+    assert use_packing(wrapped, "auto", tok.pad_token_id) is False
+    assert use_packing(model, "off", tok.pad_token_id) is False
+    with pytest.raises(ValueError, match="training.packing: on"):
+        use_packing(wrapped, "on", tok.pad_token_id)
+    other, _ = _model()
+    other.config._attn_implementation = "flash_attention_2"
+    assert not packing_supported(other, tok.pad_token_id)
+
+
+@pytest.mark.parametrize("spec", ["reverse_kl", "0.5*forward_kl[nll] + 0.5*reverse_kl[k2]"])
+def test_training_gradient_is_the_same_with_packing(spec):
+    g = torch.Generator().manual_seed(1)
+    ex, by_group = [], {}
+    for i in range(3):
+        prompt = list(range(65 + i, 70 + 2 * i))
+        for _ in range(3):
+            r = torch.randint(97, 123, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g)
+            ex.append(TrainExample(prompt, r.tolist(), float(torch.rand(1, generator=g)),
+                                   -3.0 * len(r), -3.1 * len(r), i))  # fmt: skip
+        by_group[i] = [RefExample(prompt, [97, 98, 99], -9.0, i)]
+    loss = RSPOLoss(eta=5.0, regularizer=spec, coef=0.3)
+    out = []
+    for packing in (False, True):
+        model, tok = _model()
+        tot = accumulate_gradients(
+            model, ex, list(range(len(ex))), loss, 4, tok.pad_token_id, by_group, packing=packing
+        )
+        out.append((tot, torch.cat([p.grad.flatten() for p in model.parameters()])))
+    assert out[1][0]["loss"] == pytest.approx(out[0][0]["loss"], rel=1e-6)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-5, atol=1e-6)
+    assert TrainingConfig().packing == "auto"
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 20), (0.0, 0)])
+def test_recorded_logprobs_equal_a_forward_and_leave_samples_unchanged(temperature, top_k):
+    model, tok = _model(dtype=torch.float32)
+    prompts = [[257, *b"Q: 2+2?"], [257, *b"Name a color:"]] * 3
+    params = SamplingParams(12, temperature, 1.0, top_k)
+    seeds = list(range(len(prompts)))
+    plain = HFBackend(model, tok, batch_size=4).generate(prompts, seeds, params)
+    rec = HFBackend(model, tok, batch_size=4, logprobs=True).generate(prompts, seeds, params)
+    assert [c.ids for c in rec] == [c.ids for c in plain]
+    assert all(c.logprob is None for c in plain)
+    fwd = sequence_logprobs(model, prompts, [c.ids for c in rec], tok.pad_token_id)
+    torch.testing.assert_close(
+        torch.tensor([c.logprob for c in rec], dtype=torch.float64),
+        fwd.detach().double(),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+
+
+def test_score_stage_uses_the_recorded_logprobs_and_matches_a_forward(tmp_path, monkeypatch):
+    from rspo.selfplay import loop as loop_mod
+
+    tmp, model_dir = make_pipeline_env(tmp_path)
+    calls = []
+    real = loop_mod.batched_sequence_logprobs
+
+    def counting(model, prompts, *a, **k):
+        calls.append(len(prompts))
+        return real(model, prompts, *a, **k)
+
+    monkeypatch.setattr(loop_mod, "batched_sequence_logprobs", counting)
+    data = {}
+    for mode in ("on", "off"):
+        calls.clear()
+        cfg = load_config(None, tiny_run(
+            tmp, model_dir, str(tmp / mode), generation={"logprobs": mode},
+            evaluation={"enabled": False}, run={"iterations": 1},
+        ))  # fmt: skip
+        loop_mod.run_selfplay(cfg, log=lambda m: None)
+        data[mode] = json.loads((tmp / mode / "iter_001/dataset.json").read_text())
+        # iteration 1: π_ref = π_t, so "off" needs one forward over the samples, "on" none
+        assert calls == ([] if mode == "on" else [len(data[mode]["examples"])])
+    on, off = data["on"]["examples"], data["off"]["examples"]
+    assert [e["response_ids"] for e in on] == [e["response_ids"] for e in off]
+    for a, b in zip(on, off):
+        assert a["logp_t"] == pytest.approx(b["logp_t"], abs=1e-4)
+        assert a["logp_ref"] == a["logp_t"]
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.8, 20, 0.9), (0.0, 0, 1.0)])
+def test_row_dropping_decode_loop_gives_generates_samples(temperature, top_k, top_p):
+    from rspo.data import load_prompts
+    from rspo.modeling import load_model, load_tokenizer
+
+    tok, model = load_tokenizer("gym"), load_model("gym")  # the shipped model stops at EOS
+    prompts = [p for p in load_prompts("gym", tok, n=12).ids for _ in range(2)]
+    params = SamplingParams(24, temperature, top_p, top_k)
+    seeds = list(range(100, 100 + len(prompts)))
+    out = {
+        mode: HFBackend(model, tok, batch_size=16, logprobs=True, decode=mode).generate(
+            prompts, seeds, params
+        )
+        for mode in ("auto", "generate")
+    }
+    assert model._rspo_decode_ok  # the probe accepted the model, so "auto" used the loop
+    a, g = out["auto"], out["generate"]
+    assert [(c.ids, c.text, c.finished) for c in a] == [(c.ids, c.text, c.finished) for c in g]
+    assert 0 < sum(c.finished for c in a) < len(a)  # rows stopped at different steps
+    assert [c.logprob for c in a] == pytest.approx([c.logprob for c in g], abs=1e-4)
+
+
+def test_decode_probe_falls_back_to_generate_when_the_loop_disagrees(monkeypatch):
+    from rspo.generation import hf, hf_decode
+
+    model, tok = _model(dtype=torch.float32)
+    real = hf_decode.decode
+
+    def off_by_one(model, ids, attn, sampler, n, eos):  # e.g. a model it drives wrongly
+        toks, fin, lps = real(model, ids, attn, sampler, n, eos)
+        return [[t + 1 for t in row] for row in toks], fin, lps
+
+    monkeypatch.setattr(hf_decode, "decode", off_by_one)
+    monkeypatch.setattr(hf, "decode", off_by_one)
+    assert not hf_decode.decode_supported(model, tok.eos_token_id, tok.pad_token_id)
+    prompts, seeds, params = [[257, 65, 66], [257, 67]], [1, 2], SamplingParams(6, 1.0)
+    got = HFBackend(model, tok, decode="auto").generate(prompts, seeds, params)
+    want = HFBackend(model, tok, decode="generate").generate(prompts, seeds, params)
+    assert [c.ids for c in got] == [c.ids for c in want]
