@@ -434,6 +434,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool) and {"on", "off"} <= set(_CHOICES.get(key, ())):
+            return "on" if value else "off"  # YAML 1.1 reads unquoted on/off as booleans
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value

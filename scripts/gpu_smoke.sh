@@ -2,7 +2,8 @@
 # GPU smoke test of rspo's scale-out paths, offline: builds a ~113M-parameter Llama locally
 # (gym byte tokenizer, random weights), then runs one self-play iteration (generate, judge,
 # score, train, evaluate on the embedded gym tasks and judges) in each mode:
-#   hf     1 process, HF generate                  vllm   1 process, vLLM (if importable)
+#   hf     1 process, HF backend                   vllm   1 process, vLLM (if importable)
+#   plain  hf without packing / decode loop / recorded log-probs (what those are worth)
 #   ddp    torchrun over all visible GPUs          fsdp2  accelerate launch + fsdp2.yaml
 # For each: wall time, per-stage times, and peak memory (`rspo train --dry-run` at the
 # run's maximum lengths, plus the largest nvidia-smi reading while the run ran).
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
     --tiny) TINY=1 ;;
     --keep) KEEP=1 ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "gpu_smoke.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -102,7 +103,7 @@ TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" 
 status=0
 if [ "$CPU" = 0 ]; then
   CUDA_VISIBLE_DEVICES=0 run hf "${RSPO[@]}" || status=1
-  if "$PY" -c "import vllm, rspo.generation.vllm_backend" 2>/dev/null; then
+  if "$PY" -c "import vllm, rspo.generation.vllm" 2>/dev/null; then
     EXTRA=(--generation.backend vllm)
     CUDA_VISIBLE_DEVICES=0 run vllm "${RSPO[@]}" || status=1
     EXTRA=()
@@ -112,6 +113,15 @@ if [ "$CPU" = 0 ]; then
 else
   run hf "${RSPO[@]}" || status=1
 fi
+# the same single-process run without rspo's speed paths (padded forwards, transformers'
+# generate, log π_t by a forward): what packing / the decode loop are worth on this device
+EXTRA=(--training.packing off --generation.hf_decode generate --generation.logprobs off)
+if [ "$CPU" = 0 ]; then
+  CUDA_VISIBLE_DEVICES=0 run plain "${RSPO[@]}" || status=1
+else
+  run plain "${RSPO[@]}" || status=1
+fi
+EXTRA=()
 run ddp "${TORCHRUN[@]}" || status=1
 if [ "$CPU" = 0 ]; then
   run fsdp2 accelerate launch --config_file "$ROOT/rspo/configs/accelerate/fsdp2.yaml" \

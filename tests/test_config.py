@@ -98,3 +98,15 @@ def test_exponent_without_dot_is_a_number():
     assert cfg.training.lr == 5e-4 and cfg.objective.eta == 100.0
     with pytest.raises(ConfigError, match="training.lr: expected a number, got 'fast'"):
         load_config(None, ["--training.lr", "fast"])
+
+
+def test_unquoted_on_off_in_yaml_or_cli_mean_the_strings(tmp_path):
+    # YAML 1.1 reads bare on/off as booleans; for the auto|on|off switches they mean the words
+    path = tmp_path / "c.yaml"
+    path.write_text("training: {packing: off}\ngeneration: {logprobs: on}\n")
+    cfg = load_config(path)
+    assert (cfg.training.packing, cfg.generation.logprobs) == ("off", "on")
+    cfg = load_config(None, ["--training.packing", "on", "--generation.logprobs", "off"])
+    assert (cfg.training.packing, cfg.generation.logprobs) == ("on", "off")
+    with pytest.raises(ConfigError, match="generation.backend: expected a string, got True"):
+        load_config(None, ["--generation.backend", "true"])  # no on/off choice: still an error

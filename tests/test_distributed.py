@@ -378,3 +378,23 @@ def test_gpu_smoke_script_parses_and_rejects_unknown_options():
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
+
+
+def test_gpu_smoke_script_names_real_rspo_modules_and_config_keys():
+    """The script only runs on a GPU machine: check here that what it imports and the
+    ``--section.key`` overrides it passes exist (a wrong module name would skip vLLM there)."""
+    import importlib.util
+    import re
+
+    from rspo.config import Config
+
+    text = (TESTS.parent / "scripts" / "gpu_smoke.sh").read_text()
+    modules = set(re.findall(r"\b(rspo(?:\.\w+)+)", text)) - {"rspo.cli"}
+    assert "rspo.generation.vllm" in modules
+    for mod in modules | {"rspo.cli"}:
+        assert importlib.util.find_spec(mod) is not None, mod
+    keys = set(re.findall(r"--(\w+)\.(\w+)", text))
+    assert ("training", "packing") in keys and len(keys) > 10
+    cfg = Config()
+    for section, key in keys:
+        assert hasattr(getattr(cfg, section), key), f"{section}.{key}"
