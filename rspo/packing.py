@@ -4,7 +4,8 @@ A padded batch of (prompt, response) pairs repeats each prompt K times and pads 
 row to the longest pair. Packing instead lays out one *group* per prompt as
 ``prompt, r_1, ..., r_K`` with position ids restarting after the prompt for every
 response and a 4-D attention mask in which a response token sees the prompt and the
-earlier tokens of its own response only. Groups are placed into rows by first-fit
+earlier tokens of its own response only. A group is split (the prompt repeated) where it
+would exceed twice the longest single pair, and groups are placed into rows by first-fit
 decreasing. The log-probabilities equal the padded computation's up to float rounding;
 on the gym's iterations it is about half the tokens (K = 2). Needs an attention
 implementation that takes a custom 4-D mask (``sdpa`` or ``eager``) and a model that
@@ -36,30 +37,44 @@ class PackedBatch:
     n: int  # number of pairs
 
 
-def _groups(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
-    """Pair indices grouped by identical prompt, in order of first appearance."""
+def _groups(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], cap: int
+) -> list[list[int]]:
+    """Pair indices grouped by identical prompt (order of first appearance); a group whose
+    prompt + responses would exceed ``cap`` tokens is split, each part repeating the prompt."""
     where: dict[tuple[int, ...], int] = {}
     groups: list[list[int]] = []
+    sizes: list[int] = []
     for i, p in enumerate(prompts):
         key = tuple(p)
-        if key not in where:
-            where[key] = len(groups)
+        g = where.get(key)
+        if g is None or sizes[g] + len(responses[i]) > cap:
+            where[key] = g = len(groups)
             groups.append([])
-        groups[where[key]].append(i)
+            sizes.append(len(p))
+        groups[g].append(i)
+        sizes[g] += len(responses[i])
     return groups
 
 
 def pack(
     prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
 ) -> PackedBatch:
-    """Lay out pairs as prefix-shared groups in rows (first-fit decreasing, deterministic)."""
+    """Lay out pairs as prefix-shared groups in rows (first-fit decreasing, deterministic).
+
+    A group holds at most twice the longest single (prompt, response) pair, so attention over
+    a packed row, which also computes the masked-out blocks, stays within about twice the
+    padded layout's per sequence: K long responses to one prompt are split into several
+    groups, each repeating the prompt. Rows are no longer than the longest group.
+    """
     if len(prompts) != len(responses):
         raise ValueError("pack: need one response per prompt")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("pack: every prompt needs at least one token")
-    groups = _groups(prompts)
+    longest = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    groups = _groups(prompts, responses, 2 * longest)
     lengths = [len(prompts[g[0]]) + sum(len(responses[i]) for i in g) for g in groups]
-    cap = max(lengths)
+    cap = max(lengths)  # rows no longer than the longest group
     rows: list[list[int]] = []  # group indices per row
     fill: list[int] = []
     for gi in sorted(range(len(groups)), key=lambda g: (-lengths[g], g)):

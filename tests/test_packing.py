@@ -222,3 +222,17 @@ def test_decode_probe_falls_back_to_generate_when_the_loop_disagrees(monkeypatch
     got = HFBackend(model, tok, decode="auto").generate(prompts, seeds, params)
     want = HFBackend(model, tok, decode="generate").generate(prompts, seeds, params)
     assert [c.ids for c in got] == [c.ids for c in want]
+
+
+def test_long_responses_to_one_prompt_are_split_so_rows_stay_within_twice_a_pair():
+    # prompt of 2, four responses of 6: one group would be 26 tokens; the cap is 2 x 8 = 16,
+    # so the prompt is repeated in two groups of two responses (2 + 12 = 14 tokens each)
+    prompts, resps = [[1, 2]] * 4, [[10 + i] * 6 for i in range(4)]
+    b = pack(prompts, resps, pad_id=0)
+    assert b.input_ids.shape == (2, 14)
+    assert [row[:2] for row in b.input_ids.tolist()] == [[1, 2], [1, 2]]
+    model, tok = _model()
+    with torch.no_grad():
+        got = sequence_logprobs(model, prompts, resps, tok.pad_token_id, packing=True)
+        want = sequence_logprobs(model, prompts, resps, tok.pad_token_id)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
