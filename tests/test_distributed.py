@@ -398,3 +398,20 @@ def test_gpu_smoke_script_names_real_rspo_modules_and_config_keys():
     cfg = Config()
     for section, key in keys:
         assert hasattr(getattr(cfg, section), key), f"{section}.{key}"
+
+
+def test_lora_under_fsdp2_and_vllm_in_several_processes_are_refused_before_any_work(runs):
+    from rspo.training.fsdp import check_launch
+
+    tmp, _, _, _ = runs
+    lora = {**_overrides(tmp, "refused_lora"), "model.lora": {"r": 4, "alpha": 8.0}}
+    cfg = load_config(None, _args(lora))
+    with pytest.raises(ConfigError, match="model.lora with FSDP2.*ddp.yaml"):
+        check_launch(cfg, "fsdp", 2)
+    check_launch(cfg, "ddp", 2)  # LoRA replicated over ranks is allowed
+    vllm_ov = {**_overrides(tmp, "refused_vllm"), "generation.backend": "vllm"}
+    vllm = load_config(None, _args(vllm_ov))
+    with pytest.raises(ConfigError, match="vllm in 2 processes.*tensor_parallel_size"):
+        check_launch(vllm, "ddp", 2)
+    check_launch(vllm, "ddp", 1)
+    assert not (tmp / "refused_lora").exists() and not (tmp / "refused_vllm").exists()

@@ -33,7 +33,7 @@ from rspo.selfplay.estimate import best_worst, win_rates
 from rspo.selfplay.models import PolicyModels
 from rspo.selfplay.rundir import RunDir
 from rspo.training.checkpoint import recover_state_dir
-from rspo.training.fsdp import full_state_dict, is_sharded, training_engine
+from rspo.training.fsdp import check_launch, full_state_dict, is_sharded, training_engine
 from rspo.training.trainer import RefExample, TrainExample, train_policy
 from rspo.utils.faults import fault_point
 from rspo.utils.io import (
@@ -167,7 +167,8 @@ class SelfPlayRun:
         here, before the run directory is created or touched. True when resuming.
         """
         c = self.cfg
-        training_engine(self.dist)  # a DeepSpeed or FSDP1 launch is refused before any work
+        engine = training_engine(self.dist)  # DeepSpeed or FSDP1 is refused before any work
+        check_launch(c, engine, self.dist.world_size)
         if c.run.num_threads:
             torch.set_num_threads(c.run.num_threads)
         seed_everything(c.run.seed)

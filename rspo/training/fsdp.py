@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from rspo.config import ConfigError
+from rspo.config import Config, ConfigError
 from rspo.distributed import DistContext, launcher_engine
 
 
@@ -35,6 +35,25 @@ def training_engine(dist: DistContext) -> str:
             )
         return "fsdp" if dist.enabled else "ddp"
     return "ddp"
+
+
+def check_launch(cfg: Config, engine: str, world_size: int) -> None:
+    """Refuse combinations not built yet, before any work: LoRA under FSDP2, and the vLLM
+    backend in several processes (every engine would take the first visible GPU)."""
+    if engine == "fsdp" and cfg.model.lora is not None:
+        raise ConfigError(
+            "model.lora with FSDP2-sharded training (ACCELERATE_USE_FSDP) is not supported yet; "
+            "LoRA trains a small adapter on a frozen base, so launch with "
+            "rspo/configs/accelerate/ddp.yaml or plain torchrun (replicated), or QLoRA "
+            "(model.load_in_4bit) for a base that does not fit one GPU"
+        )
+    if cfg.generation.backend == "vllm" and world_size > 1:
+        raise ConfigError(
+            f"generation.backend vllm in {world_size} processes is not supported yet (each "
+            "process would start its own engine on the first visible GPU); run one process "
+            "and spread the engine with generation.vllm_kwargs: {tensor_parallel_size: N}, "
+            "or use generation.backend hf under torchrun/accelerate"
+        )
 
 
 def tied_duplicates(model: torch.nn.Module) -> list[str]:
