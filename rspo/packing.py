@@ -174,19 +174,34 @@ def packed_sequence_logprobs(
     return out.index_add(0, b.owner.to(device), lp)
 
 
+def has_sliding_window(model: torch.nn.Module) -> bool:
+    """Whether some attention layer sees only a window of recent tokens (Mistral v0.1, Gemma
+    2/3, ...): a custom 4-D mask replaces the model's own window, and the probe's short
+    sequences could not show the difference, so such models are not packed."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return False
+    cfg = getattr(cfg, "get_text_config", lambda: cfg)()
+    if any("sliding" in str(t) for t in (getattr(cfg, "layer_types", None) or ())):
+        return True
+    window = getattr(cfg, "sliding_window", None)
+    return bool(window) and getattr(cfg, "use_sliding_window", True) is not False
+
+
 def packing_supported(
     model: torch.nn.Module, pad_id: int, rtol: float = 1e-5, atol: float = 1e-4
 ) -> bool:
     """Whether packed log-probs match the padded forward on a small probe (cached on the model).
 
     Catches models that take positions from the attention mask instead of ``position_ids``
-    or ignore custom masks. The probe has two prompts of different lengths with three and
-    two responses, so both the shared prefix and the row packing are exercised.
+    or ignore custom masks; models with sliding-window attention are refused outright. The
+    probe has two prompts of different lengths with three and two responses, so both the
+    shared prefix and the row packing are exercised.
     """
     cached = getattr(model, "_rspo_packing_ok", None)
     if cached is not None:
         return cached
-    ok = _attention_implementation(model) in MASKABLE
+    ok = _attention_implementation(model) in MASKABLE and not has_sliding_window(model)
     if ok:
         from rspo.modeling import sequence_logprobs
 

@@ -236,3 +236,55 @@ def test_long_responses_to_one_prompt_are_split_so_rows_stay_within_twice_a_pair
         got = sequence_logprobs(model, prompts, resps, tok.pad_token_id, packing=True)
         want = sequence_logprobs(model, prompts, resps, tok.pad_token_id)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_sliding_window_models_are_not_packed():
+    # a custom 4-D mask would replace the model's window; short probes cannot see that
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from rspo.packing import has_sliding_window
+
+    def mistral(window):
+        cfg = MistralConfig(vocab_size=300, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                            sliding_window=window)  # fmt: skip
+        return MistralForCausalLM(cfg)
+
+    windowed, full = mistral(16), mistral(None)
+    assert has_sliding_window(windowed) and not has_sliding_window(full)
+    assert not packing_supported(windowed, 0) and packing_supported(full, 0)
+    with pytest.raises(ValueError, match="training.packing: on"):
+        use_packing(windowed, "on", 0)
+
+
+def test_the_models_generation_config_does_not_change_samples_or_recorded_logprobs():
+    # checkpoints often ship generation_config.json with e.g. repetition_penalty; generate
+    # merges it in, which would sample from something other than π and record its log-probs
+    from rspo.data import load_prompts
+    from rspo.modeling import load_model, load_tokenizer
+
+    tok, model = load_tokenizer("gym"), load_model("gym")
+    prompts = [p for p in load_prompts("gym", tok, n=6).ids for _ in range(2)]
+    params, seeds = SamplingParams(20, 1.0), list(range(12))
+
+    def run():
+        model.__dict__.pop("_rspo_decode_ok", None)
+        return {
+            mode: HFBackend(model, tok, 12, logprobs=True, decode=mode).generate(
+                prompts, seeds, params
+            )
+            for mode in ("auto", "generate")
+        }
+
+    plain = run()
+    model.generation_config.repetition_penalty = 1.3
+    model.generation_config.no_repeat_ngram_size = 2
+    penalised = run()
+    assert model.generation_config.repetition_penalty == 1.3  # restored after each call
+    for mode in ("auto", "generate"):
+        assert [c.ids for c in penalised[mode]] == [c.ids for c in plain[mode]]
+    fwd = sequence_logprobs(
+        model, prompts, [c.ids for c in penalised["generate"]], tok.pad_token_id
+    )
+    rec = torch.tensor([c.logprob for c in penalised["generate"]], dtype=torch.float64)
+    torch.testing.assert_close(rec, fwd.detach().double(), rtol=1e-5, atol=1e-4)

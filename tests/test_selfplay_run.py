@@ -112,6 +112,29 @@ def test_rerun_is_a_noop_and_changed_config_is_refused(setup, reference_run):
         run_selfplay(changed, log=lambda m: None)
 
 
+def test_a_run_made_before_a_config_key_existed_still_resumes(setup, reference_run, tmp_path):
+    # a run directory written by an older rspo lacks keys added since (here: three of them);
+    # missing keys count as their defaults, so the finished run is still recognised
+    import shutil
+
+    import yaml
+
+    tmp, model = setup
+    cfg, rows = reference_run
+    old = tmp_path / "old_run"
+    shutil.copytree(cfg.run.output, old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["training"]["packing"], saved["generation"]["logprobs"]
+    del saved["generation"]["hf_decode"]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    again = load_config(None, _cfg(tmp, model, str(old)))
+    assert run_selfplay(again, log=lambda m: None) == rows  # recognised as finished
+    saved["training"]["packing"] = "off"  # but a stored non-default value still counts
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="training.packing"):
+        run_selfplay(again, log=lambda m: None)
+
+
 def _cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run(

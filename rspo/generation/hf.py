@@ -11,6 +11,7 @@ Decoding runs in rspo's loop over the model's KV cache that drops finished rows
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -34,6 +35,22 @@ def filter_logits(
         sorted_lp = sorted_lp.masked_fill(drop, float("-inf"))
         logp = torch.full_like(logp, float("-inf")).scatter(-1, idx, sorted_lp)
     return logp
+
+
+@contextmanager
+def plain_generation_config(model):
+    """Hide the model's ``generation_config`` (repetition penalty, bad words, min length...)
+    from ``generate``, which would otherwise merge it into ours: self-play must sample from
+    π itself, with only rspo's temperature/top-k/top-p, and record π's own log-probs."""
+    saved = getattr(model, "generation_config", None)
+    if saved is None:
+        yield
+        return
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class SeededGumbelSampler(LogitsProcessor):
@@ -176,12 +193,13 @@ class HFBackend(GenerationBackend):
         processors = LogitsProcessorList()
         if params.temperature > 0 or self.logprobs:
             processors.append(sampler)
-        seqs = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=attn.to(device),
-            generation_config=gen_cfg,
-            logits_processor=processors,
-        )[:, width:].tolist()
+        with plain_generation_config(model):
+            seqs = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=attn.to(device),
+                generation_config=gen_cfg,
+                logits_processor=processors,
+            )[:, width:].tolist()
         resps = []
         for row in seqs:
             finished = eos in row

@@ -97,7 +97,7 @@ def decode_supported(model, eos: int, pad: int) -> bool:
         from transformers import GenerationConfig
 
         from rspo.generation.base import SamplingParams
-        from rspo.generation.hf import SeededGumbelSampler
+        from rspo.generation.hf import SeededGumbelSampler, plain_generation_config
 
         vocab = int(getattr(model.config, "vocab_size", 2))
         prompts: Sequence[list[int]] = ([t % vocab for t in (3, 5, 7, 11, 13)], [17 % vocab])
@@ -111,7 +111,7 @@ def decode_supported(model, eos: int, pad: int) -> bool:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), plain_generation_config(model):
                 want = model.generate(
                     input_ids=ids,
                     attention_mask=attn,

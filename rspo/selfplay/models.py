@@ -96,6 +96,9 @@ class PolicyModels:
             return
         self.drop_cache()
         model.eval()
+        for probe in ("_rspo_packing_ok", "_rspo_decode_ok"):  # re-probed, as after a reload
+            if probe in model.__dict__:
+                delattr(model, probe)
         self._cache[path] = model
 
     def generator(self, path: str, tokenizer: Any, logprobs: bool = False) -> GenerationBackend:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from rspo.config import Config, ConfigError, diff_configs
+from rspo.config import Config, ConfigError, deep_merge, diff_configs
 from rspo.utils.io import atomic_write_json, atomic_write_text, read_json
 
 #: keys that may change between a run and its resumption
@@ -56,6 +56,8 @@ class RunDir:
         cfg_path = self.root / "config.yaml"
         if cfg_path.exists() and not fresh:
             old = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+            # keys added to rspo after the run was made count as their defaults
+            old = deep_merge(Config().to_dict(), old)
             diff = [k for k in diff_configs(old, cfg.to_dict()) if k not in RESUMABLE_KEYS]
             if diff:
                 raise ConfigError(

@@ -105,6 +105,8 @@ def train_policy(
 
     fsdp = training_engine(dist) == "fsdp"
     packing = use_packing(model, cfg.packing, pad_id)  # probed before sharding
+    if dist.enabled:  # all ranks must agree: a packed micro-batch is one forward, not two
+        packing = dist.sum_floats({"p": float(packing)})["p"] == dist.world_size
     if fsdp:  # sharded state is not saved mid-iteration: training restarts from π_t
         shard_policy(model)
     optimizer = build_optimizer(model, cfg)
