@@ -82,7 +82,9 @@ def _args(ov: dict[str, object]) -> list[str]:
     return out
 
 
-def _torchrun(tmp: Path, out: str, env_extra: dict[str, str] | None = None):
+def _torchrun(
+    tmp: Path, out: str, env_extra: dict[str, str] | None = None, extra: list[str] | None = None
+):
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
@@ -93,7 +95,7 @@ def _torchrun(tmp: Path, out: str, env_extra: dict[str, str] | None = None):
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "rspo.cli", "train", *_args(_overrides(tmp, out))]
+    cmd += ["-m", "rspo.cli", "train", *_args(_overrides(tmp, out)), *(extra or [])]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -415,3 +417,26 @@ def test_lora_under_fsdp2_and_vllm_in_several_processes_are_refused_before_any_w
         check_launch(vllm, "ddp", 2)
     check_launch(vllm, "ddp", 1)
     assert not (tmp / "refused_lora").exists() and not (tmp / "refused_vllm").exists()
+
+
+def test_lora_over_two_ranks_trains_like_one_process(runs):
+    """LoRA is replicated over ranks (its sharded form is refused): same adapter updates and
+    metrics as one process, one adapter-only checkpoint written by rank 0."""
+    tmp = runs[0]
+    lora = ["--model.lora", '{"r": 4, "alpha": 8.0}']
+    run_selfplay(load_config(None, _args(_overrides(tmp, "lora_one")) + lora), log=lambda m: None)
+    two = _torchrun(tmp, "lora_two", extra=lora)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for t in (1, 2):
+        ck = [tmp / run / f"iter_{t:03d}/checkpoint" for run in ("lora_one", "lora_two")]
+        assert sorted(p.name for p in ck[1].glob("*.safetensors")) == ["adapter_model.safetensors"]
+        w1, w2 = (load_file(str(c / "adapter_model.safetensors")) for c in ck)
+        assert set(w1) == set(w2) and w1
+        assert any("lora_B" in k and float(w1[k].abs().sum()) > 0 for k in w1)  # B starts at 0
+        diff = sum(float(((w2[k] - w1[k]) ** 2).sum()) for k in w1) ** 0.5
+        norm = sum(float((w1[k] ** 2).sum()) for k in w1) ** 0.5
+        assert diff < 1e-4 * norm
+    m1, m2 = _jsonl(tmp / "lora_one/metrics.jsonl"), _jsonl(tmp / "lora_two/metrics.jsonl")
+    assert [r["iteration"] for r in m2] == [0, 1, 2]
+    for a, b in zip(m1, m2):
+        assert b["win_rate"] == pytest.approx(a["win_rate"], abs=1e-6)
