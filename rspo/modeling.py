@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -270,16 +270,36 @@ def forward_target(model: torch.nn.Module) -> torch.nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def _keep_kwargs(model: torch.nn.Module, n: int) -> dict:
-    """``logits_to_keep=n`` where the model's forward takes it (skips the LM head elsewhere)."""
+def forward_accepts(model: torch.nn.Module, name: str) -> bool:
+    """Whether keyword ``name`` reaches the model's forward (``logits_to_keep``, ``cache``)."""
     import inspect
 
     fwd = getattr(forward_target(model), "forward", None)
     try:
-        ok = fwd is not None and "logits_to_keep" in inspect.signature(fwd).parameters
+        return fwd is not None and name in inspect.signature(fwd).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
-        ok = False
-    return {"logits_to_keep": n} if ok else {}
+        return False
+
+
+def cached_probe(model: torch.nn.Module, name: str, check: Callable[[], bool]) -> bool:
+    """``check()`` once per model object, the answer kept on the model as ``_rspo_<name>_ok``
+    (a probe of what the model supports; :func:`forget_probes` clears them)."""
+    attr = f"_rspo_{name}_ok"
+    cached = getattr(model, attr, None)
+    if cached is None:
+        cached = check()
+        try:
+            setattr(model, attr, cached)
+        except AttributeError:  # pragma: no cover - exotic module types
+            pass
+    return cached
+
+
+def forget_probes(model: torch.nn.Module) -> None:
+    """Drop the answers of :func:`cached_probe`, so the model is probed again (as after a
+    reload)."""
+    for attr in [a for a in model.__dict__ if a.startswith("_rspo_") and a.endswith("_ok")]:
+        delattr(model, attr)
 
 
 def sequence_logprobs(
@@ -304,7 +324,8 @@ def sequence_logprobs(
     ids, attn, tgt = _pack(prompt_ids, response_ids, pad_id, device)
     first = max(0, min(len(p) for p in prompt_ids) - 1)  # earliest position predicting a response
     keep = ids.shape[1] - first
-    logits = model(input_ids=ids, attention_mask=attn, **_keep_kwargs(model, keep)).logits
+    kw = {"logits_to_keep": keep} if forward_accepts(model, "logits_to_keep") else {}
+    logits = model(input_ids=ids, attention_mask=attn, **kw).logits
     logits = logits[:, -keep:-1] if logits.shape[1] == keep else logits[:, first:-1]
     logp = token_logprobs(logits, ids[:, first + 1 :])
     return (logp * tgt[:, first + 1 :]).sum(-1)

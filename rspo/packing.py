@@ -39,9 +39,10 @@ class PackedBatch:
 
 def _groups(
     prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], cap: int
-) -> list[list[int]]:
-    """Pair indices grouped by identical prompt (order of first appearance); a group whose
-    prompt + responses would exceed ``cap`` tokens is split, each part repeating the prompt."""
+) -> tuple[list[list[int]], list[int]]:
+    """Pair indices grouped by identical prompt (order of first appearance), and each group's
+    length in tokens; a group whose prompt + responses would exceed ``cap`` tokens is split,
+    each part repeating the prompt."""
     where: dict[tuple[int, ...], int] = {}
     groups: list[list[int]] = []
     sizes: list[int] = []
@@ -54,7 +55,7 @@ def _groups(
             sizes.append(len(p))
         groups[g].append(i)
         sizes[g] += len(responses[i])
-    return groups
+    return groups, sizes
 
 
 def pack(
@@ -72,8 +73,7 @@ def pack(
     if any(len(p) == 0 for p in prompts):
         raise ValueError("pack: every prompt needs at least one token")
     longest = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    groups = _groups(prompts, responses, 2 * longest)
-    lengths = [len(prompts[g[0]]) + sum(len(responses[i]) for i in g) for g in groups]
+    groups, lengths = _groups(prompts, responses, 2 * longest)
     cap = max(lengths)  # rows no longer than the longest group
     rows: list[list[int]] = []  # group indices per row
     fill: list[int] = []
@@ -146,7 +146,7 @@ def packed_sequence_logprobs(
     Same values as :func:`rspo.modeling.sequence_logprobs` up to rounding; gradients flow
     when called outside ``torch.no_grad``.
     """
-    from rspo.modeling import _keep_kwargs, token_logprobs
+    from rspo.modeling import forward_accepts, token_logprobs
 
     impl = _attention_implementation(model)
     if impl not in MASKABLE:
@@ -164,12 +164,12 @@ def packed_sequence_logprobs(
         )
     # the LM head only where a response token is predicted (not on prompt-only positions)
     used = torch.unique(b.src[:, 1])
-    keep = _keep_kwargs(model, 1) and {"logits_to_keep": used.to(device)}
+    keep = forward_accepts(model, "logits_to_keep")
     logits = model(
         input_ids=b.input_ids.to(device),
         position_ids=b.position_ids.to(device),
         attention_mask=mask,
-        **(keep or {}),
+        **({"logits_to_keep": used.to(device)} if keep else {}),
     ).logits
     col = b.src[:, 1].contiguous()
     if keep and logits.shape[1] == len(used) != b.input_ids.shape[1]:
@@ -207,32 +207,30 @@ def packing_supported(
     probe has two prompts of different lengths with three and two responses, so both the
     shared prefix and the row packing are exercised.
     """
-    cached = getattr(model, "_rspo_packing_ok", None)
-    if cached is not None:
-        return cached
-    ok = _attention_implementation(model) in MASKABLE and not has_sliding_window(model)
-    if ok:
-        from rspo.modeling import sequence_logprobs
+    from rspo.modeling import cached_probe
 
-        vocab = int(getattr(model.config, "vocab_size", 2))
-        tok = [t % vocab for t in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)]
-        prompts = [tok[:3], tok[:3], tok[:3], tok[2:8], tok[2:8]]
-        resps = [tok[4:12], tok[1:8], tok[3:11], tok[:2], tok[5:12]]
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                ref = sequence_logprobs(model, prompts, resps, pad_id).double()
-                got = packed_sequence_logprobs(model, prompts, resps, pad_id).double()
-        except Exception:  # noqa: BLE001 - a model that cannot take packed input: pad instead
-            ref = got = None
-        model.train(was_training)
-        wide = next(model.parameters()).dtype in (torch.float32, torch.float64)
-        scale = 1.0 if wide else 1e3  # bf16/fp16: rounding differs by ~1e-2 per token
-        tol = {"rtol": rtol * scale, "atol": atol * scale}
-        ok = got is not None and bool(torch.allclose(got, ref, **tol))
+    return cached_probe(model, "packing", lambda: _probe(model, pad_id, rtol, atol))
+
+
+def _probe(model: torch.nn.Module, pad_id: int, rtol: float, atol: float) -> bool:
+    if _attention_implementation(model) not in MASKABLE or has_sliding_window(model):
+        return False
+    from rspo.modeling import sequence_logprobs
+
+    vocab = int(getattr(model.config, "vocab_size", 2))
+    tok = [t % vocab for t in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)]
+    prompts = [tok[:3], tok[:3], tok[:3], tok[2:8], tok[2:8]]
+    resps = [tok[4:12], tok[1:8], tok[3:11], tok[:2], tok[5:12]]
+    was_training = model.training
+    model.eval()
     try:
-        model._rspo_packing_ok = ok
-    except AttributeError:  # pragma: no cover - exotic module types
-        pass
-    return ok
+        with torch.no_grad():
+            ref = sequence_logprobs(model, prompts, resps, pad_id).double()
+            got = packed_sequence_logprobs(model, prompts, resps, pad_id).double()
+    except Exception:  # noqa: BLE001 - a model that cannot take packed input: pad instead
+        return False
+    finally:
+        model.train(was_training)
+    wide = next(model.parameters()).dtype in (torch.float32, torch.float64)
+    scale = 1.0 if wide else 1e3  # bf16/fp16: rounding differs by ~1e-2 per token
+    return bool(torch.allclose(got, ref, rtol=rtol * scale, atol=atol * scale))

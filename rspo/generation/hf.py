@@ -53,6 +53,22 @@ def plain_generation_config(model):
         model.generation_config = saved
 
 
+def left_pad(prompt_ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded to the longest, and their attention mask (for generation)."""
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, p in enumerate(prompt_ids):
+        ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        attn[i, width - len(p) :] = 1
+    return ids, attn
+
+
+def until_eos(row: list[int], eos: int) -> list[int]:
+    """``row`` up to and including its first EOS (all of it when there is none)."""
+    return row[: row.index(eos) + 1] if eos in row else row
+
+
 class SeededGumbelSampler(LogitsProcessor):
     """Adds per-row Gumbel noise from per-row generators so argmax == a seeded sample.
 
@@ -99,20 +115,23 @@ class SeededGumbelSampler(LogitsProcessor):
         logp = filter_logits(scores, p.temperature, p.top_k, p.top_p)
         return logp + self._gumbel(logp.shape[-1], logp.device, rows)
 
+    @staticmethod
+    def _raw_logprob(scores: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+        """Untempered log-probability of the picked tokens, float64."""
+        raw = torch.log_softmax(scores.float(), dim=-1)
+        return raw.gather(-1, pick[:, None]).squeeze(-1).double()
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         out = self._perturb(scores, None)
-        if self.record:
-            pick = out.argmax(-1, keepdim=True)  # what greedy generate takes next
-            raw = torch.log_softmax(scores.float(), dim=-1)
-            self.steps.append(raw.gather(-1, pick).squeeze(-1).double().cpu())
+        if self.record:  # the argmax is what greedy generate takes next
+            self.steps.append(self._raw_logprob(scores, out.argmax(-1)).cpu())
         return out
 
     def choose(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Next tokens of the still-running ``rows`` (original indices) and their untempered
         log-probabilities, for a decode loop that drops finished rows."""
         pick = self._perturb(scores, rows).argmax(-1)
-        raw = torch.log_softmax(scores.float(), dim=-1)
-        return pick, raw.gather(-1, pick[:, None]).squeeze(-1).double()
+        return pick, self._raw_logprob(scores, pick)
 
     def sequence_logprobs(self, lengths: Sequence[int]) -> list[float]:
         """Sum of the recorded log-probs over each row's first ``lengths[i]`` steps."""
@@ -162,59 +181,42 @@ class HFBackend(GenerationBackend):
         model, tok = self.model, self.tok
         model.eval()
         device = next(model.parameters()).device
-        width = max(len(p) for p in prompt_ids)
-        ids = torch.full((len(prompt_ids), width), tok.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, p in enumerate(prompt_ids):
-            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-            attn[i, width - len(p) :] = 1
-        eos = tok.eos_token_id
+        eos, pad = tok.eos_token_id, tok.pad_token_id
+        ids, attn = (x.to(device) for x in left_pad(prompt_ids, pad))
+        sampler = SeededGumbelSampler(seeds, params, record=self.logprobs)
+        if self.decode == "auto" and decode_supported(model, eos, pad):
+            toks, fin, lps = decode(model, ids, attn, sampler, params.max_new_tokens, eos)
+        else:
+            toks, fin, lps = self._generate_hf(ids, attn, sampler, params)
+        return [
+            Completion(
+                ids=t,
+                text=tok.decode(t[:-1] if f else t, skip_special_tokens=True),
+                finished=f,
+                logprob=lp if self.logprobs else None,
+            )
+            for t, f, lp in zip(toks, fin, lps)
+        ]
+
+    def _generate_hf(self, ids, attn, sampler, params: SamplingParams):
+        """``model.generate`` with the sampler as logits processor; same outputs as ``decode``."""
+        eos = self.tok.eos_token_id
         gen_cfg = GenerationConfig(
             do_sample=False,
             max_new_tokens=params.max_new_tokens,
-            pad_token_id=tok.pad_token_id,
+            pad_token_id=self.tok.pad_token_id,
             eos_token_id=eos,
         )
-        sampler = SeededGumbelSampler(seeds, params, record=self.logprobs)
-        pad = tok.pad_token_id
-        if self.decode == "auto" and decode_supported(model, eos, pad):
-            toks, fin, lps = decode(
-                model, ids.to(device), attn.to(device), sampler, params.max_new_tokens, eos
-            )
-            return [
-                Completion(
-                    ids=t,
-                    text=tok.decode(t[:-1] if f else t, skip_special_tokens=True),
-                    finished=f,
-                    logprob=lp if self.logprobs else None,
-                )
-                for t, f, lp in zip(toks, fin, lps)
-            ]
         processors = LogitsProcessorList()
         if params.temperature > 0 or self.logprobs:
             processors.append(sampler)
-        with plain_generation_config(model):
-            seqs = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=attn.to(device),
+        with plain_generation_config(self.model):
+            seqs = self.model.generate(
+                input_ids=ids,
+                attention_mask=attn,
                 generation_config=gen_cfg,
                 logits_processor=processors,
-            )[:, width:].tolist()
-        resps = []
-        for row in seqs:
-            finished = eos in row
-            resp = row[: row.index(eos) + 1] if finished else row  # unfinished rows ran every step
-            resps.append((resp, finished))
-        lps = sampler.sequence_logprobs([len(r) for r, _ in resps]) if self.logprobs else None
-        out = []
-        for i, (resp, finished) in enumerate(resps):
-            text_ids = resp[:-1] if finished else resp
-            out.append(
-                Completion(
-                    ids=resp,
-                    text=tok.decode(text_ids, skip_special_tokens=True),
-                    finished=finished,
-                    logprob=lps[i] if lps is not None else None,
-                )
-            )
-        return out
+            )[:, ids.shape[1] :].tolist()
+        toks = [until_eos(row, eos) for row in seqs]  # unfinished rows ran every step
+        fin = [eos in t for t in toks]
+        return toks, fin, sampler.sequence_logprobs([len(t) for t in toks])

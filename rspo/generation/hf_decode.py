@@ -10,22 +10,7 @@ driven correctly is checked once per model against ``generate`` (:func:`decode_s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-
-
-def _cache_kwarg(model) -> str:
-    """``cache`` (transformers >= 5.24) or the older ``past_key_values``."""
-    import inspect
-
-    from rspo.modeling import forward_target
-
-    try:
-        params = inspect.signature(forward_target(model).forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def decode(
@@ -35,12 +20,14 @@ def decode(
     produced), finished flags and summed untempered log-probs per row."""
     from transformers import DynamicCache
 
-    from rspo.modeling import _keep_kwargs
+    from rspo.modeling import forward_accepts
 
     n = ids.shape[0]
     device = ids.device
     cache = DynamicCache(config=model.config)
-    kv = _cache_kwarg(model)
+    # transformers >= 5.24 calls it ``cache``; older versions ``past_key_values``
+    kv = "cache" if forward_accepts(model, "cache") else "past_key_values"
+    keep = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(
         input_ids=ids,
@@ -48,7 +35,7 @@ def decode(
         position_ids=pos,
         **{kv: cache},
         use_cache=True,
-        **_keep_kwargs(model, 1),
+        **keep,
     )
     logits = out.logits[:, -1].float()
     rows = torch.arange(n)  # original index of each cache row
@@ -89,45 +76,38 @@ def decode(
 def decode_supported(model, eos: int, pad: int) -> bool:
     """Whether :func:`decode` gives ``generate``'s greedy tokens on a probe (cached on the
     model): two prompts of different lengths, one of them left-padded."""
-    cached = getattr(model, "_rspo_decode_ok", None)
-    if cached is not None:
-        return cached
-    ok = not getattr(model.config, "is_encoder_decoder", False)
-    if ok:
-        from transformers import GenerationConfig
+    from rspo.modeling import cached_probe
 
-        from rspo.generation.base import SamplingParams
-        from rspo.generation.hf import SeededGumbelSampler, plain_generation_config
+    return cached_probe(model, "decode", lambda: _probe(model, eos, pad))
 
-        vocab = int(getattr(model.config, "vocab_size", 2))
-        prompts: Sequence[list[int]] = ([t % vocab for t in (3, 5, 7, 11, 13)], [17 % vocab])
-        ids = torch.full((2, 5), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, 5 - len(p) :] = torch.tensor(p)
-            attn[i, 5 - len(p) :] = 1
-        device = next(model.parameters()).device
-        ids, attn = ids.to(device), attn.to(device)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), plain_generation_config(model):
-                want = model.generate(
-                    input_ids=ids,
-                    attention_mask=attn,
-                    generation_config=GenerationConfig(
-                        do_sample=False, max_new_tokens=6, pad_token_id=pad, eos_token_id=eos
-                    ),
-                )[:, 5:].tolist()
-                want = [r[: r.index(eos) + 1] if eos in r else r for r in want]
-                sampler = SeededGumbelSampler([0, 1], SamplingParams(6, 0.0))
-                got, _, _ = decode(model, ids, attn, sampler, 6, eos)
-            ok = got == want
-        except Exception:  # noqa: BLE001 - any failure means: use generate
-            ok = False
-        model.train(was_training)
+
+def _probe(model, eos: int, pad: int) -> bool:
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False
+    from transformers import GenerationConfig
+
+    from rspo.generation.base import SamplingParams
+    from rspo.generation.hf import SeededGumbelSampler, left_pad, plain_generation_config, until_eos
+
+    vocab = int(getattr(model.config, "vocab_size", 2))
+    device = next(model.parameters()).device
+    prompts = [[t % vocab for t in (3, 5, 7, 11, 13)], [17 % vocab]]
+    ids, attn = (x.to(device) for x in left_pad(prompts, pad))
+    was_training = model.training
+    model.eval()
     try:
-        model._rspo_decode_ok = ok
-    except AttributeError:  # pragma: no cover
-        pass
-    return ok
+        with torch.no_grad(), plain_generation_config(model):
+            want = model.generate(
+                input_ids=ids,
+                attention_mask=attn,
+                generation_config=GenerationConfig(
+                    do_sample=False, max_new_tokens=6, pad_token_id=pad, eos_token_id=eos
+                ),
+            )[:, ids.shape[1] :].tolist()
+            sampler = SeededGumbelSampler([0, 1], SamplingParams(6, 0.0))
+            got, _, _ = decode(model, ids, attn, sampler, 6, eos)
+    except Exception:  # noqa: BLE001 - any failure means: use generate
+        return False
+    finally:
+        model.train(was_training)
+    return got == [until_eos(r, eos) for r in want]

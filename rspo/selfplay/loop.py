@@ -358,12 +358,11 @@ class SelfPlayRun:
                         "win_rate": p_hat[k],
                         "label": label,
                         "response_ids": resp[k]["ids"],
-                        "logp": resp[k].get("logp"),
                     }
                 )
         prompts = [self.train_prompts.ids[r["prompt_index"]] for r in rows]
         resps = [r["response_ids"] for r in rows]
-        recorded = [r.pop("logp") for r in rows]
+        recorded = [gens[r["prompt_index"]]["responses"][r["k"]].get("logp") for r in rows]
         if rows and None not in recorded:  # log π_t recorded while sampling
             lp_t = recorded
         else:

@@ -19,6 +19,7 @@ from rspo.config import Config
 from rspo.generation import GenerationBackend, build_backend
 from rspo.modeling import (
     enable_gradient_checkpointing,
+    forget_probes,
     free_memory,
     is_adapter_dir,
     load_model,
@@ -96,9 +97,7 @@ class PolicyModels:
             return
         self.drop_cache()
         model.eval()
-        for probe in ("_rspo_packing_ok", "_rspo_decode_ok"):  # re-probed, as after a reload
-            if probe in model.__dict__:
-                delattr(model, probe)
+        forget_probes(model)  # re-probed, as after a reload
         self._cache[path] = model
 
     def generator(self, path: str, tokenizer: Any, logprobs: bool = False) -> GenerationBackend:
