@@ -6,8 +6,10 @@ row to the longest pair. Packing instead lays out one *group* per prompt as
 response and a 4-D attention mask in which a response token sees the prompt and the
 earlier tokens of its own response only. A group is split (the prompt repeated) where it
 would exceed twice the longest single pair, and groups are placed into rows by first-fit
-decreasing. The log-probabilities equal the padded computation's up to float rounding;
-on the gym's iterations it is about half the tokens (K = 2). Needs an attention
+decreasing, at the row width (one to two longest groups) of least estimated cost: padding
+costs the linear layers, width costs attention. The log-probabilities equal the padded
+computation's up to float rounding; on the gym's iterations it is about half the tokens
+(K = 2). Needs an attention
 implementation that takes a custom 4-D mask (``sdpa`` or ``eager``) and a model that
 reads ``position_ids``; :func:`packing_supported` checks a model once against the padded
 forward.
@@ -58,26 +60,12 @@ def _groups(
     return groups, sizes
 
 
-def pack(
-    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
-) -> PackedBatch:
-    """Lay out pairs as prefix-shared groups in rows (first-fit decreasing, deterministic).
-
-    A group holds at most twice the longest single (prompt, response) pair, so attention over
-    a packed row, which also computes the masked-out blocks, stays within about twice the
-    padded layout's per sequence: K long responses to one prompt are split into several
-    groups, each repeating the prompt. Rows are no longer than the longest group.
-    """
-    if len(prompts) != len(responses):
-        raise ValueError("pack: need one response per prompt")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("pack: every prompt needs at least one token")
-    longest = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    groups, lengths = _groups(prompts, responses, 2 * longest)
-    cap = max(lengths)  # rows no longer than the longest group
-    rows: list[list[int]] = []  # group indices per row
+def _rows(lengths: Sequence[int], cap: int) -> tuple[list[list[int]], list[int]]:
+    """Groups placed into rows of at most ``cap`` tokens by first-fit decreasing: group
+    indices per row and each row's fill."""
+    rows: list[list[int]] = []
     fill: list[int] = []
-    for gi in sorted(range(len(groups)), key=lambda g: (-lengths[g], g)):
+    for gi in sorted(range(len(lengths)), key=lambda g: (-lengths[g], g)):
         for r, used in enumerate(fill):
             if used + lengths[gi] <= cap:
                 rows[r].append(gi)
@@ -86,6 +74,66 @@ def pack(
         else:
             rows.append([gi])
             fill.append(lengths[gi])
+    return rows, fill
+
+
+#: row widths tried, as multiples of the longest group
+WIDTHS = (1.0, 1.125, 1.25, 1.375, 1.5, 1.75, 2.0)
+
+
+def _layout(lengths: Sequence[int], key_cost: float) -> tuple[list[list[int]], list[int]]:
+    """The row layout of least estimated cost ``rows x width x (1 + key_cost x width)``:
+    every cell (padding included) costs the per-token linear layers, and attention adds
+    ``key_cost`` of that per key of the row. Wider rows waste less padding but attend over
+    more keys, so the width is picked among :data:`WIDTHS` x the longest group."""
+    longest = max(lengths)
+    best: tuple[float, list[list[int]], list[int]] | None = None
+    for cap in sorted({max(longest, int(longest * m)) for m in WIDTHS}):
+        rows, fill = _rows(lengths, cap)
+        width = max(fill)
+        cost = len(rows) * width * (1.0 + key_cost * width)
+        if best is None or cost < best[0] - 1e-9:
+            best = (cost, rows, fill)
+    assert best is not None
+    return best[1], best[2]
+
+
+def attention_key_cost(config) -> float:
+    """Attention cost per key relative to a token's linear layers, from a model config:
+    ``2 / (4 hidden + 3 intermediate)`` (QK^T and AV: 4 x hidden flops per key; the
+    projections and gated MLP: 2 x (4 hidden^2 + 3 hidden x intermediate) per token).
+    0 when the config does not say (rows then packed as tightly as the widths allow)."""
+    cfg = getattr(config, "get_text_config", lambda: config)()
+    h = getattr(cfg, "hidden_size", None)
+    i = getattr(cfg, "intermediate_size", None) or (4 * h if h else None)
+    return 2.0 / (4 * h + 3 * i) if h else 0.0
+
+
+def pack(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    key_cost: float | None = None,
+) -> PackedBatch:
+    """Lay out pairs as prefix-shared groups in rows (first-fit decreasing, deterministic).
+
+    A group holds at most twice the longest single (prompt, response) pair, so attention over
+    a packed row, which also computes the masked-out blocks, stays within about twice the
+    padded layout's per sequence: K long responses to one prompt are split into several
+    groups, each repeating the prompt. With ``key_cost`` (see :func:`attention_key_cost`)
+    rows are up to twice the longest group, at the width of least estimated cost; without,
+    no longer than the longest group.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError("pack: need one response per prompt")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("pack: every prompt needs at least one token")
+    longest = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    groups, lengths = _groups(prompts, responses, 2 * longest)
+    if key_cost is None:
+        rows, fill = _rows(lengths, max(lengths))
+    else:
+        rows, fill = _layout(lengths, key_cost)
     width = max(fill)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
@@ -93,7 +141,7 @@ def pack(
     src: list[tuple[int, int]] = []
     target: list[int] = []
     owner: list[int] = []
-    causal = torch.ones((cap, cap), dtype=torch.bool).tril()
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
     for r, row in enumerate(rows):
         at = 0
         for gi in row:
@@ -155,7 +203,7 @@ def packed_sequence_logprobs(
             "set training.packing: off"
         )
     device = next(model.parameters()).device
-    b = pack(prompts, responses, pad_id)
+    b = pack(prompts, responses, pad_id, attention_key_cost(model.config))
     mask: torch.Tensor = b.allowed.to(device)
     if impl == "eager":
         dtype = next(model.parameters()).dtype

@@ -88,6 +88,28 @@ def test_packing_halves_the_tokens_of_k_samples_per_prompt():
     assert b.input_ids.numel() / padded < 0.5
 
 
+def test_row_width_is_the_least_estimated_cost_among_the_candidates():
+    from rspo.packing import attention_key_cost
+
+    # four one-response groups of 10, 6, 6 and 3 tokens. Widths tried: 10, 11, 12, 13, 15,
+    # 17, 20. First-fit decreasing gives 3 rows of width 10 at caps 10 and 11 (cost 30 x
+    # (1 + 10 c)), 2 rows of width 13 at caps 13 and 15 (10 + 3 | 6 + 6: 26 x (1 + 13 c)),
+    # worse layouts at 12 (3 x 12), 17 (2 x 16) and 20 (2 x 19).
+    prompts = [[1], [2], [3], [4]]
+    resps = [[9] * 9, [9] * 5, [9] * 5, [9] * 2]
+    tight = pack(prompts, resps, 0, key_cost=0.0)  # 26 < 30
+    assert tuple(tight.input_ids.shape) == (2, 13)
+    row = tight.input_ids[0].tolist()
+    assert row[:2] == [1, 9] and row[10:13] == [4, 9, 9]  # 10 + 3 share the first row
+    short = pack(prompts, resps, 0, key_cost=0.2)  # 30 x 3 = 90 < 26 x 3.6 = 93.6
+    assert tuple(short.input_ids.shape) == (3, 10)
+    assert tuple(pack(prompts, resps, 0).input_ids.shape) == (3, 10)  # no cost: longest group
+    for b in (tight, short):  # every response token is still predicted from its own context
+        assert sorted(b.target.tolist()) == sorted(t for r in resps for t in r)
+    gym = build_tiny_llama(build_byte_tokenizer(), hidden_size=128, num_layers=1, num_heads=4)
+    assert attention_key_cost(gym.config) == pytest.approx(2 / (4 * 128 + 3 * 512))
+
+
 def test_probe_rejects_a_model_that_ignores_position_ids_and_auto_falls_back():
     class NoPositions(torch.nn.Module):
         def __init__(self, inner):
@@ -203,6 +225,35 @@ def test_row_dropping_decode_loop_gives_generates_samples(temperature, top_k, to
     assert [(c.ids, c.text, c.finished) for c in a] == [(c.ids, c.text, c.finished) for c in g]
     assert 0 < sum(c.finished for c in a) < len(a)  # rows stopped at different steps
     assert [c.logprob for c in a] == pytest.approx([c.logprob for c in g], abs=1e-4)
+
+
+def test_a_prompt_sampled_k_times_is_prefilled_once_with_the_same_samples():
+    from rspo.generation.hf_decode import _shared_rows, decode_supported
+    from rspo.modeling import load_model, load_tokenizer
+
+    ids = torch.tensor([[0, 5, 6], [7, 8, 9], [0, 5, 6], [1, 5, 6], [7, 8, 9]])
+    attn = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]])
+    first, copies = _shared_rows(ids, attn)  # row 3 differs from row 0 only under the mask
+    assert first.tolist() == [0, 1, 3] and copies.tolist() == [0, 1, 0, 2, 1]
+
+    tok, model = load_tokenizer("gym"), load_model("gym")
+    assert decode_supported(model, tok.eos_token_id, tok.pad_token_id)
+    base = [[257, 72, 105], [257, 65], [257, 80, 81, 82]]
+    prompts = [base[i % 3] for i in range(9)]  # three prompts, three samples each, interleaved
+    rows: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    params, seeds = SamplingParams(16, 1.0), list(range(9))
+    try:
+        got = HFBackend(model, tok, logprobs=True, decode="auto").generate(prompts, seeds, params)
+    finally:
+        hook.remove()
+    assert rows[0] == 3 and max(rows[1:]) <= 9  # prefill: one row per distinct prompt
+    want = HFBackend(model, tok, logprobs=True, decode="generate").generate(prompts, seeds, params)
+    assert [c.ids for c in got] == [c.ids for c in want]
+    assert len({tuple(c.ids) for c in got}) > 3  # copies of a prompt drew different samples
+    assert [c.logprob for c in got] == pytest.approx([c.logprob for c in want], abs=1e-4)
 
 
 def test_decode_probe_falls_back_to_generate_when_the_loop_disagrees(monkeypatch):

@@ -6,6 +6,8 @@ calls the same model forward with a ``DynamicCache`` and removes rows from the c
 they emit EOS (``batch_select_indices``), so a step costs only the rows still running.
 Tokens come from the same seeded sampler as the ``generate`` path; whether a model is
 driven correctly is checked once per model against ``generate`` (:func:`decode_supported`).
+A prompt that appears several times in a batch (K samples per prompt) is prefilled once
+and its cache rows copied.
 """
 
 from __future__ import annotations
@@ -28,16 +30,21 @@ def decode(
     # transformers >= 5.24 calls it ``cache``; older versions ``past_key_values``
     kv = "cache" if forward_accepts(model, "cache") else "past_key_values"
     keep = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
-    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    # a prompt sampled K times is prefilled once and its cache rows repeated
+    first, copies = _shared_rows(ids, attn)
+    pos = (attn[first].cumsum(-1) - 1).clamp_min(0)
     out = model(
-        input_ids=ids,
-        attention_mask=attn,
+        input_ids=ids[first],
+        attention_mask=attn[first],
         position_ids=pos,
         **{kv: cache},
         use_cache=True,
         **keep,
     )
     logits = out.logits[:, -1].float()
+    if len(first) < n:
+        cache.batch_select_indices(copies)
+        logits = logits[copies]
     rows = torch.arange(n)  # original index of each cache row
     next_pos = attn.sum(-1)
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -73,9 +80,24 @@ def decode(
     return tokens, finished, logp.tolist()
 
 
+def _shared_rows(ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the first occurrence of each distinct (ids, mask) row, and for every row
+    the position of its distinct row among them."""
+    seen: dict[tuple[int, ...], int] = {}
+    first: list[int] = []
+    copies: list[int] = []
+    for i, (row, mask) in enumerate(zip(ids.tolist(), attn.tolist())):
+        key = tuple(t if m else -1 for t, m in zip(row, mask))
+        j = seen.setdefault(key, len(first))
+        if j == len(first):
+            first.append(i)
+        copies.append(j)
+    return (torch.tensor(first, device=ids.device), torch.tensor(copies, device=ids.device))
+
+
 def decode_supported(model, eos: int, pad: int) -> bool:
     """Whether :func:`decode` gives ``generate``'s greedy tokens on a probe (cached on the
-    model): two prompts of different lengths, one of them left-padded."""
+    model): prompts of different lengths, one left-padded, one repeated (shared prefill)."""
     from rspo.modeling import cached_probe
 
     return cached_probe(model, "decode", lambda: _probe(model, eos, pad))
@@ -91,7 +113,7 @@ def _probe(model, eos: int, pad: int) -> bool:
 
     vocab = int(getattr(model.config, "vocab_size", 2))
     device = next(model.parameters()).device
-    prompts = [[t % vocab for t in (3, 5, 7, 11, 13)], [17 % vocab]]
+    prompts = [[t % vocab for t in (3, 5, 7, 11, 13)], [17 % vocab], [17 % vocab]]
     ids, attn = (x.to(device) for x in left_pad(prompts, pad))
     was_training = model.training
     model.eval()
@@ -104,7 +126,7 @@ def _probe(model, eos: int, pad: int) -> bool:
                     do_sample=False, max_new_tokens=6, pad_token_id=pad, eos_token_id=eos
                 ),
             )[:, ids.shape[1] :].tolist()
-            sampler = SeededGumbelSampler([0, 1], SamplingParams(6, 0.0))
+            sampler = SeededGumbelSampler([0, 1, 2], SamplingParams(6, 0.0))
             got, _, _ = decode(model, ids, attn, sampler, 6, eos)
     except Exception:  # noqa: BLE001 - any failure means: use generate
         return False
