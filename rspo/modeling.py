@@ -281,25 +281,60 @@ def forward_accepts(model: torch.nn.Module, name: str) -> bool:
         return False
 
 
-def cached_probe(model: torch.nn.Module, name: str, check: Callable[[], bool]) -> bool:
-    """``check()`` once per model object, the answer kept on the model as ``_rspo_<name>_ok``
-    (a probe of what the model supports; :func:`forget_probes` clears them)."""
+#: probe answers by model structure (see :func:`_probe_key`), shared by reloads of one model
+_PROBED: dict[tuple, bool] = {}
+
+
+def _probe_key(model: torch.nn.Module, name: str, extra: tuple) -> tuple | None:
+    """What a probe's answer depends on: the model class, its config (not the path it came
+    from), dtype, device, attention implementation and the probe's arguments. None when the
+    model has no config to key on (then only the model object caches)."""
+    cfg = getattr(model, "config", None)
+    param = next(model.parameters(), None)
+    if cfg is None or not hasattr(cfg, "to_dict") or param is None:
+        return None
+    fields = {
+        k: v for k, v in cfg.to_dict().items() if k not in ("_name_or_path", "transformers_version")
+    }
+    return (
+        name,
+        type(model),
+        json.dumps(fields, sort_keys=True, default=str),
+        getattr(cfg, "_attn_implementation", None),
+        param.dtype,
+        param.device,
+        extra,
+    )
+
+
+def cached_probe(
+    model: torch.nn.Module, name: str, check: Callable[[], bool], extra: tuple = ()
+) -> bool:
+    """``check()`` once per model structure (class, config, dtype, device, ``extra``), the
+    answer also kept on the model as ``_rspo_<name>_ok``: a probe of what the model supports,
+    which a reload of the same checkpoint or the next iteration's checkpoint need not repeat
+    (:func:`forget_probes` clears it)."""
     attr = f"_rspo_{name}_ok"
-    cached = getattr(model, attr, None)
+    key = _probe_key(model, name, extra)
+    cached = getattr(model, attr, None) if key is None else _PROBED.get(key)
     if cached is None:
         cached = check()
-        try:
-            setattr(model, attr, cached)
-        except AttributeError:  # pragma: no cover - exotic module types
-            pass
+        if key is not None:
+            _PROBED[key] = cached
+    try:
+        setattr(model, attr, cached)  # a record of the answer, for inspection
+    except AttributeError:  # pragma: no cover - exotic module types
+        pass
     return cached
 
 
 def forget_probes(model: torch.nn.Module) -> None:
-    """Drop the answers of :func:`cached_probe`, so the model is probed again (as after a
-    reload)."""
+    """Drop the answers of :func:`cached_probe` for this model and every model of its
+    structure, so it is probed again."""
     for attr in [a for a in model.__dict__ if a.startswith("_rspo_") and a.endswith("_ok")]:
         delattr(model, attr)
+    for key in [k for k in _PROBED if _probe_key(model, k[0], k[-1]) == k]:
+        del _PROBED[key]
 
 
 def sequence_logprobs(

@@ -257,7 +257,9 @@ def packing_supported(
     """
     from rspo.modeling import cached_probe
 
-    return cached_probe(model, "packing", lambda: _probe(model, pad_id, rtol, atol))
+    return cached_probe(
+        model, "packing", lambda: _probe(model, pad_id, rtol, atol), (pad_id, rtol, atol)
+    )
 
 
 def _probe(model: torch.nn.Module, pad_id: int, rtol: float, atol: float) -> bool:

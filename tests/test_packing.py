@@ -12,7 +12,7 @@ from rspo.generation.base import SamplingParams
 from rspo.generation.hf import HFBackend
 from rspo.gym.model import build_tiny_llama
 from rspo.gym.tokenizer import build_byte_tokenizer
-from rspo.modeling import sequence_logprobs, use_packing
+from rspo.modeling import cached_probe, forget_probes, sequence_logprobs, use_packing
 from rspo.objectives import RSPOLoss
 from rspo.packing import pack, packing_supported
 from rspo.training.trainer import RefExample, TrainExample, accumulate_gradients
@@ -130,6 +130,25 @@ def test_probe_rejects_a_model_that_ignores_position_ids_and_auto_falls_back():
     other, _ = _model()
     other.config._attn_implementation = "flash_attention_2"
     assert not packing_supported(other, tok.pad_token_id)
+
+
+def test_a_probe_runs_once_per_model_structure_not_per_reload():
+    calls: list[str] = []
+
+    def check(tag: str):
+        return lambda: calls.append(tag) or True
+
+    a, _ = _model(dtype=torch.float32)
+    forget_probes(a)
+    assert cached_probe(a, "t", check("a")) and calls == ["a"]
+    b = build_tiny_llama(build_byte_tokenizer(), hidden_size=32, num_layers=2, num_heads=2, seed=9)
+    b.config._attn_implementation = "sdpa"  # same structure, other weights (a checkpoint)
+    assert cached_probe(b, "t", check("b")) and calls == ["a"]
+    assert cached_probe(b, "t", check("b"), extra=(1,)) and calls == ["a", "b"]  # other args
+    assert cached_probe(b.double(), "t", check("c")) and calls == ["a", "b", "c"]  # dtype
+    forget_probes(a)
+    a2, _ = _model(dtype=torch.float32)
+    assert cached_probe(a2, "t", check("d")) and calls == ["a", "b", "c", "d"]
 
 
 @pytest.mark.parametrize("spec", ["reverse_kl", "0.5*forward_kl[nll] + 0.5*reverse_kl[k2]"])
@@ -268,6 +287,7 @@ def test_decode_probe_falls_back_to_generate_when_the_loop_disagrees(monkeypatch
 
     monkeypatch.setattr(hf_decode, "decode", off_by_one)
     monkeypatch.setattr(hf, "decode", off_by_one)
+    forget_probes(model)  # an earlier test may have probed this structure with the real loop
     assert not hf_decode.decode_supported(model, tok.eos_token_id, tok.pad_token_id)
     prompts, seeds, params = [[257, 65, 66], [257, 67]], [1, 2], SamplingParams(6, 1.0)
     got = HFBackend(model, tok, decode="auto").generate(prompts, seeds, params)
@@ -319,7 +339,7 @@ def test_the_models_generation_config_does_not_change_samples_or_recorded_logpro
     params, seeds = SamplingParams(20, 1.0), list(range(12))
 
     def run():
-        model.__dict__.pop("_rspo_decode_ok", None)
+        forget_probes(model)  # probe again under the changed generation_config
         return {
             mode: HFBackend(model, tok, 12, logprobs=True, decode=mode).generate(
                 prompts, seeds, params

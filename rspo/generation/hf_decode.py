@@ -100,7 +100,7 @@ def decode_supported(model, eos: int, pad: int) -> bool:
     model): prompts of different lengths, one left-padded, one repeated (shared prefill)."""
     from rspo.modeling import cached_probe
 
-    return cached_probe(model, "decode", lambda: _probe(model, eos, pad))
+    return cached_probe(model, "decode", lambda: _probe(model, eos, pad), (eos, pad))
 
 
 def _probe(model, eos: int, pad: int) -> bool:

@@ -19,7 +19,6 @@ from rspo.config import Config
 from rspo.generation import GenerationBackend, build_backend
 from rspo.modeling import (
     enable_gradient_checkpointing,
-    forget_probes,
     free_memory,
     is_adapter_dir,
     load_model,
@@ -97,7 +96,6 @@ class PolicyModels:
             return
         self.drop_cache()
         model.eval()
-        forget_probes(model)  # re-probed, as after a reload
         self._cache[path] = model
 
     def generator(self, path: str, tokenizer: Any, logprobs: bool = False) -> GenerationBackend:
