@@ -5,6 +5,7 @@
 #   hf     1 process, HF backend                   vllm   1 process, vLLM (if importable)
 #   plain  hf without packing / decode loop / recorded log-probs (what those are worth)
 #   ddp    torchrun over all visible GPUs          fsdp2  accelerate launch + fsdp2.yaml
+#   zero3  accelerate launch + zero3.yaml (DeepSpeed ZeRO-3, if importable)
 # For each: wall time, per-stage times, and peak memory (`rspo train --dry-run` at the
 # run's maximum lengths, plus the largest nvidia-smi reading while the run ran).
 #
@@ -129,7 +130,18 @@ if [ "$CPU" = 0 ]; then
 else  # accelerate launch --cpu runs one process; set what fsdp2.yaml sets, under torchrun
   ACCELERATE_USE_FSDP=true FSDP_VERSION=2 run fsdp2 "${TORCHRUN[@]}" || status=1
 fi
+if "$PY" -c "import deepspeed, rspo.training.deepspeed" 2>/dev/null; then
+  if [ "$CPU" = 0 ]; then
+    run zero3 accelerate launch --config_file "$ROOT/rspo/configs/accelerate/zero3.yaml" \
+      --num_processes "$NPROC" -m rspo.cli || status=1
+  else  # what zero3.yaml sets, under torchrun
+    ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_ZERO_STAGE=3 DS_ACCELERATOR=cpu \
+      run zero3 "${TORCHRUN[@]}" || status=1
+  fi
+else
+  echo "== zero3: skipped (deepspeed not importable: pip install -e '.[deepspeed]')" | tee -a "$SUMMARY"
+fi
 
-echo "== summary ($NPROC processes for ddp/fsdp2; $SUMMARY)"
+echo "== summary ($NPROC processes for ddp/fsdp2/zero3; $SUMMARY)"
 cat "$SUMMARY"
 exit "$status"

@@ -143,20 +143,28 @@ def test_fsdp2_sharded_training_matches_one_process(runs):
     assert set(ck) == set(load_file(str(tmp / "model/model.safetensors")))  # tied head dropped
 
 
-def test_dry_run_under_fsdp2_reports_every_ranks_peak(runs):
+ENGINES = {
+    "fsdp2": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
+    "deepspeed-zero2": {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"},
+}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_dry_run_under_a_sharded_engine_reports_every_ranks_peak(runs, engine):
+    if engine.startswith("deepspeed"):
+        pytest.importorskip("deepspeed", reason="the [deepspeed] extra is not installed")
     tmp, _, _, _ = runs
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
-        "ACCELERATE_USE_FSDP": "true",
-        "FSDP_VERSION": "2",
+        **ENGINES[engine],
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += ["-m", "rspo.cli", "train", "--dry-run", *_args(_overrides(tmp, "dry"))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(proc.stdout)  # printed once, by rank 0
-    assert rep["engine"] == "fsdp2" and rep["world_size"] == 2
+    assert rep["engine"] == engine and rep["world_size"] == 2
     assert (
         len(rep["peak_memory_bytes_per_rank"]) == 2 and min(rep["peak_memory_bytes_per_rank"]) > 0
     )
@@ -164,11 +172,67 @@ def test_dry_run_under_fsdp2_reports_every_ranks_peak(runs):
     assert not (tmp / "dry").exists()
 
 
-def test_deepspeed_and_fsdp1_launches_are_refused_before_any_work(runs, monkeypatch):
+@pytest.mark.parametrize("stage", ["3", "2"])
+def test_deepspeed_zero_training_matches_one_process(runs, stage):
+    """The accelerate zero3.yaml path (and ZeRO-2): DeepSpeed partitions the policy's training
+    state over 2 ranks; 2 micro-batches per rank and step accumulate."""
+    pytest.importorskip("deepspeed", reason="the [deepspeed] extra is not installed")
+    tmp, one, _, _ = runs
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": stage}
+    out = f"ds{stage}"
+    ds = _torchrun(tmp, out, {**env, "DS_ACCELERATOR": "cpu"})
+    assert ds.returncode == 0, ds.stderr[-3000:]
+    line = f"data parallel: 2 ranks (gloo), cpu on rank 0, deepspeed-zero{stage} training"
+    assert line in ds.stdout
+    for rel in EXACT:
+        assert (one / rel).read_bytes() == (tmp / out / rel).read_bytes(), rel
+    _assert_same_training(tmp, one, tmp / out)
+    ck = load_file(str(tmp / out / "iter_002/checkpoint/model.safetensors"))
+    assert set(ck) == set(load_file(str(tmp / "model/model.safetensors")))  # tied head dropped
+
+
+def test_deepspeed_config_takes_zero_from_the_launcher_and_the_rest_from_rspo(
+    tmp_path, monkeypatch
+):
+    from rspo.config import TrainingConfig
+    from rspo.training.deepspeed import deepspeed_config
+
+    tr = TrainingConfig(micro_batch_size=4, max_grad_norm=0.5)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")
+    c = deepspeed_config(tr, 8, torch.bfloat16)
+    assert c["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+    assert c["train_batch_size"] == 32 and c["train_micro_batch_size_per_gpu"] == 4
+    assert c["gradient_clipping"] == 0.5 and c["bf16"] == {"enabled": True}
+    assert c["gradient_accumulation_steps"] == 1 and c["managed_gradient_accumulation"] is False
+    # a DeepSpeed JSON (deepspeed_config_file) keeps its ZeRO tuning; rspo's keys win
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE")
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 7},
+                             "train_batch_size": "auto", "bf16": {"enabled": "auto"}}))  # fmt: skip
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(f))
+    c = deepspeed_config(tr, 2, torch.float32)
+    assert c["zero_optimization"] == {"stage": 3, "stage3_prefetch_bucket_size": 7}
+    assert c["train_batch_size"] == 8 and c["bf16"] == {"enabled": False}
+    f.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
+    with pytest.raises(ConfigError, match=r"ds.json: optimizer are set by rspo"):
+        deepspeed_config(tr, 2, torch.float32)
+    f.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"ds.json: cannot read it as JSON"):
+        deepspeed_config(tr, 2, torch.float32)
+
+
+def test_deepspeed_without_the_package_and_fsdp1_are_refused_before_any_work(runs, monkeypatch):
     tmp, _, _, _ = runs
     cfg = load_config(None, _args(_overrides(tmp, "refused")))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ConfigError, match="fsdp2.yaml"):
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import fails as when not installed
+    with pytest.raises(ConfigError, match=r"rspo\[deepspeed\].*fsdp2.yaml"):
+        run_selfplay(cfg, log=lambda m: None)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "4")
+    with pytest.raises(ConfigError, match="zero_stage '4'"):
         run_selfplay(cfg, log=lambda m: None)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
@@ -392,7 +456,7 @@ def test_gpu_smoke_script_names_real_rspo_modules_and_config_keys():
 
     text = (TESTS.parent / "scripts" / "gpu_smoke.sh").read_text()
     modules = set(re.findall(r"\b(rspo(?:\.\w+)+)", text)) - {"rspo.cli"}
-    assert "rspo.generation.vllm" in modules
+    assert "rspo.generation.vllm" in modules and "rspo.training.deepspeed" in modules
     for mod in modules | {"rspo.cli"}:
         assert importlib.util.find_spec(mod) is not None, mod
     keys = set(re.findall(r"--(\w+)\.(\w+)", text))
@@ -402,7 +466,7 @@ def test_gpu_smoke_script_names_real_rspo_modules_and_config_keys():
         assert hasattr(getattr(cfg, section), key), f"{section}.{key}"
 
 
-def test_lora_under_fsdp2_and_vllm_in_several_processes_are_refused_before_any_work(runs):
+def test_lora_sharded_and_vllm_in_several_processes_are_refused_before_any_work(runs):
     from rspo.training.fsdp import check_launch
 
     tmp, _, _, _ = runs
@@ -410,6 +474,8 @@ def test_lora_under_fsdp2_and_vllm_in_several_processes_are_refused_before_any_w
     cfg = load_config(None, _args(lora))
     with pytest.raises(ConfigError, match="model.lora with FSDP2.*ddp.yaml"):
         check_launch(cfg, "fsdp", 2)
+    with pytest.raises(ConfigError, match="model.lora with DeepSpeed.*ddp.yaml"):
+        check_launch(cfg, "deepspeed", 2)
     check_launch(cfg, "ddp", 2)  # LoRA replicated over ranks is allowed
     vllm_ov = {**_overrides(tmp, "refused_vllm"), "generation.backend": "vllm"}
     vllm = load_config(None, _args(vllm_ov))

@@ -33,7 +33,14 @@ from rspo.selfplay.estimate import best_worst, win_rates
 from rspo.selfplay.models import PolicyModels
 from rspo.selfplay.rundir import RunDir
 from rspo.training.checkpoint import recover_state_dir
-from rspo.training.fsdp import check_launch, full_state_dict, is_sharded, training_engine
+from rspo.training.fsdp import (
+    check_launch,
+    engine_label,
+    full_state_dict,
+    is_sharded,
+    release,
+    training_engine,
+)
 from rspo.training.trainer import RefExample, TrainExample, train_policy
 from rspo.utils.faults import fault_point
 from rspo.utils.io import (
@@ -167,7 +174,7 @@ class SelfPlayRun:
         here, before the run directory is created or touched. True when resuming.
         """
         c = self.cfg
-        engine = training_engine(self.dist)  # DeepSpeed or FSDP1 is refused before any work
+        engine = training_engine(self.dist)  # FSDP1 or DeepSpeed missing: refused before any work
         check_launch(c, engine, self.dist.world_size)
         if c.run.num_threads:
             torch.set_num_threads(c.run.num_threads)
@@ -431,7 +438,7 @@ class SelfPlayRun:
         model = self.models.trainable(self._policy_path(t))
         logf = self.rd.iter_dir(t) / "train_log.jsonl"
         saved = recover_state_dir(self.rd.iter_dir(t) / "train_state")
-        if training_engine(self.dist) == "fsdp":  # FSDP training restarts from π_t
+        if training_engine(self.dist) != "ddp":  # sharded training restarts from π_t
             saved = None
         resumed = read_json(saved / "trainer_state.json")["step"] if saved else 0
         self.dist.main_only(_truncate_log, logf, resumed)
@@ -458,6 +465,7 @@ class SelfPlayRun:
         )
         state = full_state_dict(model) if is_sharded(model) else None  # a collective
         self.dist.main_only(self._save_checkpoint, t, model, state)
+        release(model)  # a DeepSpeed engine's buffers and optimizer state
         self.models.keep(str(self.rd.checkpoint(t)), model)  # = what a reload would give
         self.rd.mark_done(t, "train", {**last, "coef": data.get("coef", c.objective.coef)})
         if c.run.keep_checkpoints == "last" and t > 1 and not c.objective.magnet_refresh:
@@ -496,7 +504,7 @@ class SelfPlayRun:
             self.log(f"resuming run in {self.rd.root}")
         if self.dist.enabled:
             backend = torch.distributed.get_backend()
-            engine = {"ddp": "replicated", "fsdp": "fsdp2-sharded"}[training_engine(self.dist)]
+            engine = engine_label(training_engine(self.dist))
             self.log(
                 f"data parallel: {self.dist.world_size} ranks ({backend}), {self.device} on "
                 f"rank 0, {engine} training"

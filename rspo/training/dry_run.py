@@ -21,6 +21,7 @@ from rspo.config import Config, ConfigError
 from rspo.distributed import init_distributed
 from rspo.modeling import batched_sequence_logprobs, load_model, load_tokenizer, use_packing
 from rspo.objectives import RSPOLoss
+from rspo.training.deepspeed import DeepSpeedPolicy, zero_stage
 from rspo.training.fsdp import shard_policy, training_engine
 from rspo.training.trainer import RefExample, TrainExample, accumulate_gradients, build_optimizer
 
@@ -69,7 +70,8 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     """Generate, score and take one optimizer step at maximum lengths; return memory and times."""
     dist = init_distributed(cfg.model.device)
     device = dist.device(cfg.model.device)
-    fsdp = training_engine(dist) == "fsdp"
+    engine = training_engine(dist)
+    fsdp = engine == "fsdp"
     m, o, tr = cfg.model, cfg.objective, cfg.training
     peak, phases = _Peak(device), {}
 
@@ -134,6 +136,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         if fsdp:
             shard_policy(model)
         optimizer = build_optimizer(model, tr)
+        ds = DeepSpeedPolicy(model, optimizer, tr, dist) if engine == "deepspeed" else None
         totals = accumulate_gradients(
             model,
             examples,
@@ -144,7 +147,12 @@ def dry_run(cfg: Config) -> dict[str, Any]:
             refs,
             loss_fn.pairwise,
             packing=packing,
+            backward=ds.backward if ds is not None else None,
         )
+        if ds is not None:
+            ds.step()
+            ds.release()
+            return totals
         if not fsdp:
             dist.all_reduce_grads(list(model.parameters()))
         if tr.max_grad_norm:
@@ -160,7 +168,9 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     return {
         "device": str(device),
         "world_size": dist.world_size,
-        "engine": "fsdp2" if fsdp else "ddp",
+        "engine": f"deepspeed-zero{zero_stage()}"
+        if engine == "deepspeed"
+        else engine.replace("fsdp", "fsdp2"),
         "dtype": m.dtype,
         "prompt_tokens": P,
         "response_tokens": R,

@@ -1,4 +1,5 @@
-"""Fully sharded training of the policy with torch FSDP2 (``accelerate launch`` + fsdp2.yaml).
+"""Fully sharded training of the policy with torch FSDP2 (``accelerate launch`` + fsdp2.yaml),
+and the choice of training engine (DDP, FSDP2, DeepSpeed: :mod:`rspo.training.deepspeed`).
 
 While π_{t+1} trains, its parameters, gradients and optimizer state are split over the
 ranks (ZeRO-3 style): each decoder layer and the root module are ``fully_shard``-ed.
@@ -18,14 +19,15 @@ from rspo.distributed import DistContext, launcher_engine
 
 
 def training_engine(dist: DistContext) -> str:
-    """``ddp`` (replicated model, summed gradients) or ``fsdp`` (FSDP2); refuses DeepSpeed."""
+    """``ddp`` (replicated model, summed gradients), ``fsdp`` (FSDP2) or ``deepspeed``
+    (ZeRO stage 1-3; needs the ``[deepspeed]`` extra), from the accelerate launch config."""
     engine = launcher_engine()
     if engine == "deepspeed":
-        raise ConfigError(
-            "launched with a DeepSpeed accelerate config (ACCELERATE_USE_DEEPSPEED=true): rspo "
-            "does not drive DeepSpeed; for ZeRO-3-style sharding launch with "
-            "rspo/configs/accelerate/fsdp2.yaml (torch FSDP2) instead"
-        )
+        from rspo.training.deepspeed import import_deepspeed, zero_stage
+
+        zero_stage()  # a bad stage or a missing package fails here, before any work
+        import_deepspeed()
+        return "deepspeed" if dist.enabled else "ddp"
     if engine == "fsdp":
         version = os.environ.get("FSDP_VERSION", "1")
         if version != "2":
@@ -37,12 +39,22 @@ def training_engine(dist: DistContext) -> str:
     return "ddp"
 
 
+def engine_label(engine: str) -> str:
+    """How the run log names a training engine."""
+    if engine == "deepspeed":
+        from rspo.training.deepspeed import zero_stage
+
+        return f"deepspeed-zero{zero_stage()}"
+    return {"ddp": "replicated", "fsdp": "fsdp2-sharded"}[engine]
+
+
 def check_launch(cfg: Config, engine: str, world_size: int) -> None:
-    """Refuse combinations not built yet, before any work: LoRA under FSDP2, and the vLLM
+    """Refuse combinations not built yet, before any work: LoRA under FSDP2/DeepSpeed, the vLLM
     backend in several processes (every engine would take the first visible GPU)."""
-    if engine == "fsdp" and cfg.model.lora is not None:
+    if engine in ("fsdp", "deepspeed") and cfg.model.lora is not None:
+        what = "FSDP2 (ACCELERATE_USE_FSDP)" if engine == "fsdp" else "DeepSpeed"
         raise ConfigError(
-            "model.lora with FSDP2-sharded training (ACCELERATE_USE_FSDP) is not supported yet; "
+            f"model.lora with {what}-sharded training is not supported yet; "
             "LoRA trains a small adapter on a frozen base, so launch with "
             "rspo/configs/accelerate/ddp.yaml or plain torchrun (replicated), or QLoRA "
             "(model.load_in_4bit) for a base that does not fit one GPU"
@@ -87,7 +99,7 @@ def shard_policy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether ``model`` was sharded by :func:`shard_policy`."""
+    """Whether ``model`` was sharded by :func:`shard_policy` or trains under DeepSpeed."""
     return hasattr(model, "_rspo_tied")
 
 
@@ -95,9 +107,24 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded weights on rank 0's CPU (empty on other ranks); every rank must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    sd = get_model_state_dict(
-        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
+    from rspo.training.deepspeed import deepspeed_of
+
+    ds = deepspeed_of(model)
+    if ds is not None:
+        sd = ds.full_state_dict()
+    else:
+        sd = get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     for name in getattr(model, "_rspo_tied", ()):
         sd.pop(name, None)
     return sd
+
+
+def release(model: torch.nn.Module) -> None:
+    """Free what a DeepSpeed engine holds for ``model`` once its weights are saved."""
+    from rspo.training.deepspeed import deepspeed_of
+
+    ds = deepspeed_of(model)
+    if ds is not None:
+        ds.release()

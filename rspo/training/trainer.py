@@ -26,6 +26,7 @@ from rspo.training.checkpoint import (
     recover_state_dir,
     save_train_state,
 )
+from rspo.training.deepspeed import DeepSpeedPolicy
 from rspo.training.fsdp import shard_policy, training_engine
 from rspo.utils.seeds import derive_seed
 
@@ -103,15 +104,18 @@ def train_policy(
     for r in ref_examples:
         ref_by_group.setdefault(r.group, []).append(r)
 
-    fsdp = training_engine(dist) == "fsdp"
+    engine = training_engine(dist)
+    fsdp = engine == "fsdp"
+    sharded = engine in ("fsdp", "deepspeed")  # every rank must run the same passes
     packing = use_packing(model, cfg.packing, pad_id)  # probed before sharding
     if dist.enabled:  # all ranks must agree: a packed micro-batch is one forward, not two
         packing = dist.sum_floats({"p": float(packing)})["p"] == dist.world_size
     if fsdp:  # sharded state is not saved mid-iteration: training restarts from π_t
         shard_policy(model)
     optimizer = build_optimizer(model, cfg)
+    ds = DeepSpeedPolicy(model, optimizer, cfg, dist) if engine == "deepspeed" else None
     start = 0
-    found = None if fsdp or state_dir is None else recover_state_dir(state_dir)
+    found = None if sharded or state_dir is None else recover_state_dir(state_dir)
     if found is not None:
         load_model_state(found, model)
         start = load_train_state(found, optimizer)["step"]
@@ -130,14 +134,17 @@ def train_policy(
             ref_by_group,
             pairwise,
             shard=(dist.rank, dist.world_size),
-            lockstep=fsdp,
+            lockstep=sharded,
             packing=packing,
+            backward=ds.backward if ds is not None else None,
         )
         if dist.enabled:
-            if not fsdp:  # FSDP reduce-scatters (sums) gradients during backward
+            if not sharded:  # FSDP and DeepSpeed reduce-scatter (sum) during backward
                 dist.all_reduce_grads(list(model.parameters()))
             totals = dist.sum_floats(totals)
-        if fsdp:  # DTensor norm over all shards; inf = measure without clipping
+        if ds is not None:  # clips, steps and zeroes the partitioned gradients
+            gnorm = ds.step()
+        elif fsdp:  # DTensor norm over all shards; inf = measure without clipping
             gnorm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), cfg.max_grad_norm or float("inf")
             ).full_tensor()
@@ -149,8 +156,9 @@ def train_policy(
                     sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None)
                 )
             )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if ds is None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         last = {"step": step + 1, **totals, "grad_norm": float(gnorm)}
         if not math.isfinite(last.get("loss", 0.0)):
             raise FloatingPointError(
@@ -161,7 +169,7 @@ def train_policy(
         if (
             state_dir is not None
             and dist.is_main
-            and not fsdp
+            and not sharded
             and cfg.save_steps
             and (step + 1) % cfg.save_steps == 0
             and step + 1 < len(steps)
@@ -170,7 +178,7 @@ def train_policy(
         if on_step is not None:
             on_step(step + 1)
     model.eval()
-    if not fsdp:
+    if not sharded:
         dist.check_in_sync(model, "trained policy")
     return last
 
@@ -199,6 +207,7 @@ def accumulate_gradients(
     shard: tuple[int, int] = (0, 1),
     lockstep: bool = False,
     packing: bool = False,
+    backward: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
     """Backward the loss of the global batch ``idx`` in micro-batches; returns its metrics.
 
@@ -206,10 +215,12 @@ def accumulate_gradients(
     accumulated gradient equals the full-batch gradient whatever ``micro_batch_size`` is.
     A prompt's π_ref samples go with the micro-batch holding its first policy sample.
     ``shard=(rank, world)``: only this rank's slice of ``idx`` is run; the metrics are its
-    share (they add up over ranks). ``lockstep`` (FSDP): every rank runs as many forward and
-    backward passes as rank 0, padding with zero-weighted one-token passes. ``packing``:
-    one prefix-shared forward per micro-batch, π_ref samples packed with the policy samples.
+    share (they add up over ranks). ``lockstep`` (FSDP, DeepSpeed): every rank runs as many
+    forward and backward passes as rank 0, padding with zero-weighted one-token passes.
+    ``packing``: one prefix-shared forward per micro-batch, π_ref samples packed with the
+    policy samples. ``backward``: how a loss is back-propagated (default ``loss.backward()``).
     """
+    backward = backward or torch.Tensor.backward
     device = next(model.parameters()).device
     ref_by_group = ref_by_group or {}
     unit = 2 if pairwise else 1
@@ -270,7 +281,7 @@ def accumulate_gradients(
         )
         if lockstep and loss_fn.needs_ref_samples and not refs and not packing:
             loss = loss + _padding_pass(model, pad_id)  # (packed: one forward either way)
-        loss.backward()
+        backward(loss)
         for k, v in metrics.items():  # "loss" adds up across micro-batches; others are averaged
             totals[k] = totals.get(k, 0.0) + float(v) * (1.0 if k == "loss" else len(m) / len(idx))
     if lockstep:  # rank 0 holds the longest slice
@@ -279,7 +290,7 @@ def accumulate_gradients(
             loss = _padding_pass(model, pad_id)
             if loss_fn.needs_ref_samples and not packing:
                 loss = loss + _padding_pass(model, pad_id)
-            loss.backward()
+            backward(loss)
     return totals
 
 
