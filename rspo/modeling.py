@@ -293,13 +293,19 @@ def _probe_key(model: torch.nn.Module, name: str, extra: tuple) -> tuple | None:
     param = next(model.parameters(), None)
     if cfg is None or not hasattr(cfg, "to_dict") or param is None:
         return None
-    fields = {
-        k: v for k, v in cfg.to_dict().items() if k not in ("_name_or_path", "transformers_version")
-    }
+    try:
+        fields = {
+            k: v
+            for k, v in cfg.to_dict().items()
+            if k not in ("_name_or_path", "transformers_version")
+        }
+        text = json.dumps(fields, sort_keys=True, default=str)
+    except (TypeError, ValueError):  # e.g. mixed key types: key on the object only
+        return None
     return (
         name,
         type(model),
-        json.dumps(fields, sort_keys=True, default=str),
+        text,
         getattr(cfg, "_attn_implementation", None),
         param.dtype,
         param.device,

@@ -81,16 +81,29 @@ def _rows(lengths: Sequence[int], cap: int) -> tuple[list[list[int]], list[int]]
 WIDTHS = (1.0, 1.125, 1.25, 1.375, 1.5, 1.75, 2.0)
 
 
+#: a wider layout may hold at most this much more attention (rows x width^2: the 4-D mask,
+#: and the scores of implementations that materialise them) than the tightest layout
+ATTENTION_SLACK = 1.25
+
+
 def _layout(lengths: Sequence[int], key_cost: float) -> tuple[list[list[int]], list[int]]:
     """The row layout of least estimated cost ``rows x width x (1 + key_cost x width)``:
     every cell (padding included) costs the per-token linear layers, and attention adds
     ``key_cost`` of that per key of the row. Wider rows waste less padding but attend over
-    more keys, so the width is picked among :data:`WIDTHS` x the longest group."""
+    more keys, so the width is picked among :data:`WIDTHS` x the longest group. The chosen
+    layout never has more cells than the tightest one (so no more activation memory), and
+    at most :data:`ATTENTION_SLACK` x its rows x width^2."""
     longest = max(lengths)
     best: tuple[float, list[list[int]], list[int]] | None = None
+    limit = 0.0
     for cap in sorted({max(longest, int(longest * m)) for m in WIDTHS}):
         rows, fill = _rows(lengths, cap)
         width = max(fill)
+        square = len(rows) * width * width
+        if best is None:  # the tightest layout (cap = longest group)
+            limit = ATTENTION_SLACK * square
+        elif square > limit:
+            continue
         cost = len(rows) * width * (1.0 + key_cost * width)
         if best is None or cost < best[0] - 1e-9:
             best = (cost, rows, fill)
@@ -99,14 +112,28 @@ def _layout(lengths: Sequence[int], key_cost: float) -> tuple[list[list[int]], l
 
 
 def attention_key_cost(config) -> float:
-    """Attention cost per key relative to a token's linear layers, from a model config:
-    ``2 / (4 hidden + 3 intermediate)`` (QK^T and AV: 4 x hidden flops per key; the
-    projections and gated MLP: 2 x (4 hidden^2 + 3 hidden x intermediate) per token).
-    0 when the config does not say (rows then packed as tightly as the widths allow)."""
+    """Attention cost per key relative to the linear layers' cost per token, from a model
+    config: QK^T and AV take 2 x heads x head_dim multiply-adds per key; the q/k/v/o
+    projections and a gated MLP take hidden x (2 x heads x head_dim + 2 x kv_heads x head_dim
+    + 3 x intermediate) per token (MoE: the experts a token uses). The LM head is left out:
+    it runs only where a response token is predicted, whatever the layout. 0 when the config
+    does not say (rows then packed as tightly as the widths allow)."""
     cfg = getattr(config, "get_text_config", lambda: config)()
-    h = getattr(cfg, "hidden_size", None)
-    i = getattr(cfg, "intermediate_size", None) or (4 * h if h else None)
-    return 2.0 / (4 * h + 3 * i) if h else 0.0
+    try:
+        h = int(cfg.hidden_size)
+        heads = int(getattr(cfg, "num_attention_heads", None) or 1)
+        head_dim = int(getattr(cfg, "head_dim", None) or h // heads)
+        kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
+        moe = getattr(cfg, "moe_intermediate_size", None)
+        if moe:
+            inter = int(moe) * int(getattr(cfg, "num_experts_per_tok", None) or 1)
+        else:
+            inter = int(getattr(cfg, "intermediate_size", None) or 4 * h)
+    except (AttributeError, TypeError, ValueError):  # e.g. per-layer lists: no estimate
+        return 0.0
+    q = heads * head_dim
+    linear = h * (2 * q + 2 * kv * head_dim + 3 * inter)
+    return 2.0 * q / linear if linear > 0 else 0.0
 
 
 def pack(
@@ -117,12 +144,11 @@ def pack(
 ) -> PackedBatch:
     """Lay out pairs as prefix-shared groups in rows (first-fit decreasing, deterministic).
 
-    A group holds at most twice the longest single (prompt, response) pair, so attention over
-    a packed row, which also computes the masked-out blocks, stays within about twice the
-    padded layout's per sequence: K long responses to one prompt are split into several
-    groups, each repeating the prompt. With ``key_cost`` (see :func:`attention_key_cost`)
-    rows are up to twice the longest group, at the width of least estimated cost; without,
-    no longer than the longest group.
+    A group holds at most twice the longest single (prompt, response) pair: K long responses
+    to one prompt are split into several groups, each repeating the prompt. Attention over a
+    packed row also computes the masked-out blocks. With ``key_cost`` (see
+    :func:`attention_key_cost`) rows are up to twice the longest group, at the width of least
+    estimated cost (:func:`_layout`); without, no longer than the longest group.
     """
     if len(prompts) != len(responses):
         raise ValueError("pack: need one response per prompt")
@@ -277,6 +303,8 @@ def _probe(model: torch.nn.Module, pad_id: int, rtol: float, atol: float) -> boo
         with torch.no_grad():
             ref = sequence_logprobs(model, prompts, resps, pad_id).double()
             got = packed_sequence_logprobs(model, prompts, resps, pad_id).double()
+    except (torch.OutOfMemoryError, MemoryError):
+        raise  # not an answer about the model (and not to be cached as one)
     except Exception:  # noqa: BLE001 - a model that cannot take packed input: pad instead
         return False
     finally:

@@ -10,6 +10,7 @@ sample, so one rank contributes no gradient).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -191,34 +192,68 @@ def test_deepspeed_zero_training_matches_one_process(runs, stage):
     assert set(ck) == set(load_file(str(tmp / "model/model.safetensors")))  # tied head dropped
 
 
+def test_deepspeed_release_frees_the_engine_and_leaves_no_hooks():
+    pytest.importorskip("deepspeed", reason="the [deepspeed] extra is not installed")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+        "ACCELERATE_USE_DEEPSPEED": "true",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [str(TESTS / "deepspeed_release.py")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "released:" in proc.stdout
+
+
 def test_deepspeed_config_takes_zero_from_the_launcher_and_the_rest_from_rspo(
     tmp_path, monkeypatch
 ):
     from rspo.config import TrainingConfig
-    from rspo.training.deepspeed import deepspeed_config
+    from rspo.training.deepspeed import deepspeed_config, zero_stage
+    from rspo.training.fsdp import training_engine
 
     tr = TrainingConfig(micro_batch_size=4, max_grad_norm=0.5)
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")
     c = deepspeed_config(tr, 8, torch.bfloat16)
-    assert c["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+    assert c["zero_optimization"] == {
+        "stage": 2,
+        "offload_optimizer": {"device": "cpu"},
+        "memory_efficient_linear": False,  # or stage 3 patches F.linear process-wide
+    }
     assert c["train_batch_size"] == 32 and c["train_micro_batch_size_per_gpu"] == 4
     assert c["gradient_clipping"] == 0.5 and c["bf16"] == {"enabled": True}
+    assert c["data_types"] == {"grad_accum_dtype": "fp32"}  # bf16 weights, fp32 gradient sums
     assert c["gradient_accumulation_steps"] == 1 and c["managed_gradient_accumulation"] is False
-    # a DeepSpeed JSON (deepspeed_config_file) keeps its ZeRO tuning; rspo's keys win
+    if importlib.util.find_spec("deepspeed") is not None:  # offload needs several processes
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+        with pytest.raises(ConfigError, match="offload in a single process"):
+            training_engine(DistContext())
+        monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    # a DeepSpeed JSON (deepspeed_config_file) keeps its ZeRO tuning and stage; rspo's keys win
     monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     monkeypatch.delenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE")
     f = tmp_path / "ds.json"
-    f.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 7},
+    f.write_text(json.dumps({"zero_optimization": {"stage": 2, "stage3_prefetch_bucket_size": 7},
                              "train_batch_size": "auto", "bf16": {"enabled": "auto"}}))  # fmt: skip
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(f))
     c = deepspeed_config(tr, 2, torch.float32)
-    assert c["zero_optimization"] == {"stage": 3, "stage3_prefetch_bucket_size": 7}
-    assert c["train_batch_size"] == 8 and c["bf16"] == {"enabled": False}
-    f.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
-    with pytest.raises(ConfigError, match=r"ds.json: optimizer are set by rspo"):
-        deepspeed_config(tr, 2, torch.float32)
+    assert c["zero_optimization"]["stage"] == zero_stage() == 2  # the run log names stage 2
+    assert c["zero_optimization"]["stage3_prefetch_bucket_size"] == 7
+    assert c["train_batch_size"] == 8 and c["bf16"] == {"enabled": False} and "data_types" not in c
+    for bad, match in [
+        ({"optimizer": {"type": "Adam"}}, r"ds.json: optimizer are set by rspo"),
+        ({"zero_optimization": {"stage": 1, "overlap_comm": True}}, "stage 1 with overlap_comm"),
+        ({"zero_optimization": {"stage": 0}}, "zero_stage '0'"),
+    ]:
+        f.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=match):
+            deepspeed_config(tr, 2, torch.float32)
     f.write_text("{not json")
     with pytest.raises(ConfigError, match=r"ds.json: cannot read it as JSON"):
         deepspeed_config(tr, 2, torch.float32)

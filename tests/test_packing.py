@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from transformers import LlamaConfig
 
 from rspo.config import TrainingConfig, load_config
 from rspo.generation.base import SamplingParams
@@ -108,6 +109,23 @@ def test_row_width_is_the_least_estimated_cost_among_the_candidates():
         assert sorted(b.target.tolist()) == sorted(t for r in resps for t in r)
     gym = build_tiny_llama(build_byte_tokenizer(), hidden_size=128, num_layers=1, num_heads=4)
     assert attention_key_cost(gym.config) == pytest.approx(2 / (4 * 128 + 3 * 512))
+    # GQA with its own head_dim: 2 x 8 x 64 per key / 96 x (2 x 512 + 2 x 2 x 64 + 3 x 256)
+    gqa = LlamaConfig(hidden_size=96, num_attention_heads=8, head_dim=64, num_key_value_heads=2,
+                      intermediate_size=256)  # fmt: skip
+    assert attention_key_cost(gqa) == pytest.approx(1024 / (96 * (1024 + 256 + 768)))
+
+
+def test_a_wider_layout_may_not_hold_much_more_attention_than_the_tightest(monkeypatch):
+    import rspo.packing as packing
+
+    # groups of 10, 4, 4, 4, 4, 4 tokens. Tightest (cap 10): 10 | 4 4 | 4 4 | 4 = 4 x 10
+    # (40 cells, rows x width^2 = 400). Cap 12: 10 | 4 4 4 | 4 4 = 3 x 12 (36 cells, 432).
+    # Cap 17: 10 4 | 4 4 4 4 = 2 x 16 (32 cells, but 512 > 1.25 x 400): not allowed.
+    prompts = [[i + 1] for i in range(6)]
+    resps = [[9] * 9] + [[9] * 3] * 5
+    assert tuple(pack(prompts, resps, 0, key_cost=0.0).input_ids.shape) == (3, 12)
+    monkeypatch.setattr(packing, "ATTENTION_SLACK", 2.0)
+    assert tuple(pack(prompts, resps, 0, key_cost=0.0).input_ids.shape) == (2, 16)
 
 
 def test_probe_rejects_a_model_that_ignores_position_ids_and_auto_falls_back():
@@ -293,6 +311,7 @@ def test_decode_probe_falls_back_to_generate_when_the_loop_disagrees(monkeypatch
     got = HFBackend(model, tok, decode="auto").generate(prompts, seeds, params)
     want = HFBackend(model, tok, decode="generate").generate(prompts, seeds, params)
     assert [c.ids for c in got] == [c.ids for c in want]
+    forget_probes(model)  # the patched loop's answer must not outlive this test
 
 
 def test_long_responses_to_one_prompt_are_split_so_rows_stay_within_twice_a_pair():

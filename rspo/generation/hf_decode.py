@@ -96,8 +96,9 @@ def _shared_rows(ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def decode_supported(model, eos: int, pad: int) -> bool:
-    """Whether :func:`decode` gives ``generate``'s greedy tokens on a probe (cached on the
-    model): prompts of different lengths, one left-padded, one repeated (shared prefill)."""
+    """Whether :func:`decode` gives ``generate``'s greedy tokens on a probe (answered once per
+    model structure): prompts of different lengths, one left-padded, one repeated (shared
+    prefill)."""
     from rspo.modeling import cached_probe
 
     return cached_probe(model, "decode", lambda: _probe(model, eos, pad), (eos, pad))
@@ -128,6 +129,8 @@ def _probe(model, eos: int, pad: int) -> bool:
             )[:, ids.shape[1] :].tolist()
             sampler = SeededGumbelSampler([0, 1, 2], SamplingParams(6, 0.0))
             got, _, _ = decode(model, ids, attn, sampler, 6, eos)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise  # not an answer about the model (and not to be cached as one)
     except Exception:  # noqa: BLE001 - any failure means: use generate
         return False
     finally:

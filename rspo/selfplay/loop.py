@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from rspo.distributed import DistContext, init_distributed
 from rspo.generation import SamplingParams
 from rspo.modeling import (
     batched_sequence_logprobs,
+    free_memory,
     load_tokenizer,
     resolve_dtype,
     resolve_model_path,
@@ -465,8 +467,12 @@ class SelfPlayRun:
         )
         state = full_state_dict(model) if is_sharded(model) else None  # a collective
         self.dist.main_only(self._save_checkpoint, t, model, state)
-        release(model)  # a DeepSpeed engine's buffers and optimizer state
-        self.models.keep(str(self.rd.checkpoint(t)), model)  # = what a reload would give
+        if is_sharded(model):  # FSDP2 / DeepSpeed: free it all before the next generation
+            gone = [*release(model), weakref.ref(model)]  # DeepSpeed: engine, optimizer
+            del model
+            free_memory(gone)  # sharded modules and engines hold reference cycles
+        else:
+            self.models.keep(str(self.rd.checkpoint(t)), model)  # = what a reload would give
         self.rd.mark_done(t, "train", {**last, "coef": data.get("coef", c.objective.coef)})
         if c.run.keep_checkpoints == "last" and t > 1 and not c.objective.magnet_refresh:
             self.dist.main_only(shutil.rmtree, self.rd.checkpoint(t - 1), ignore_errors=True)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,11 @@ def import_deepspeed() -> Any:
 
 
 def zero_stage() -> int:
-    """The ZeRO stage the launcher asked for (``ACCELERATE_DEEPSPEED_ZERO_STAGE``, default 3)."""
-    raw = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    """The ZeRO stage asked for: ``ACCELERATE_DEEPSPEED_ZERO_STAGE``, else the stage of the
+    ``deepspeed_config_file`` JSON, else 3."""
+    raw = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    if raw is None:
+        raw = str(_user_config().get("zero_optimization", {}).get("stage", 3))
     if raw not in ("1", "2", "3"):
         raise ConfigError(f"accelerate config: zero_stage {raw!r} is not supported; use 1, 2 or 3")
     return int(raw)
@@ -81,7 +85,7 @@ def _user_config() -> dict[str, Any]:
         conf = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"deepspeed_config_file {path}: cannot read it as JSON ({e})") from e
-    if not isinstance(conf, dict):
+    if not isinstance(conf, dict) or not isinstance(conf.get("zero_optimization", {}), dict):
         raise ConfigError(f"deepspeed_config_file {path}: expected a JSON object")
     clash = [k for k in ("optimizer", "scheduler") if k in conf]
     if clash:
@@ -97,13 +101,23 @@ def deepspeed_config(cfg: TrainingConfig, world_size: int, dtype: torch.dtype) -
     JSON), everything about batches, clipping and precision from rspo."""
     user = _user_config()
     zero = dict(user.get("zero_optimization", {}))
-    from_env = "ACCELERATE_DEEPSPEED_ZERO_STAGE" in os.environ
-    zero["stage"] = zero_stage() if from_env else int(zero.get("stage", 3))
+    zero["stage"] = zero_stage()
     for kind in ("optimizer", "param"):
         device = os.environ.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{kind.upper()}_DEVICE", "none")
         if device not in ("none", ""):
             zero[f"offload_{kind}"] = {"device": device}
+    if zero["stage"] == 1 and zero.get("overlap_comm"):
+        raise ConfigError(
+            "DeepSpeed zero_stage 1 with overlap_comm: true cannot accumulate several "
+            "micro-batches per step as rspo does; use stage 2 or 3, or overlap_comm: false"
+        )
+    # stage 3 would otherwise replace torch.nn.functional.linear for the whole process
+    zero.setdefault("memory_efficient_linear", False)
     conf = {k: v for k, v in user.items() if k not in OWNED}
+    bf16 = dtype == torch.bfloat16
+    if bf16:  # accumulate and reduce gradients in float32 (the loss is rounding-sensitive)
+        conf.setdefault("data_types", {"grad_accum_dtype": "fp32"})
+        conf.setdefault("communication_data_type", "fp32")
     conf.update(
         {
             "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
@@ -114,7 +128,7 @@ def deepspeed_config(cfg: TrainingConfig, world_size: int, dtype: torch.dtype) -
             "gradient_clipping": float(cfg.max_grad_norm or 0.0),
             "zero_optimization": zero,
             # weights in model.dtype; bf16 keeps fp32 master weights in the optimizer
-            "bf16": {"enabled": dtype == torch.bfloat16},
+            "bf16": {"enabled": bf16},
             "fp16": {"enabled": False},
             "zero_allow_untested_optimizer": True,  # rspo's AdamW / RMSprop
             "zero_force_ds_cpu_optimizer": False,  # offload with a torch optimizer
@@ -123,6 +137,34 @@ def deepspeed_config(cfg: TrainingConfig, world_size: int, dtype: torch.dtype) -
         }
     )
     return conf
+
+
+def offload_requested() -> bool:
+    """Whether the launcher asked DeepSpeed to offload optimizer state or parameters."""
+    env = any(
+        os.environ.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{k}_DEVICE", "none") not in ("none", "")
+        for k in ("OPTIMIZER", "PARAM")
+    )
+    zero = _user_config().get("zero_optimization", {})
+    return env or any(
+        (zero.get(f"offload_{k}") or {}).get("device", "none") != "none"
+        for k in ("optimizer", "param")
+    )
+
+
+class EngineForward:
+    """The trained module as rspo's forwards see it (config, parameters, signature), called
+    through the DeepSpeed engine: ``engine.forward`` is where DeepSpeed starts a micro-step
+    and hooks the backward prologue (accumulation boundary, offload, micro-step count)."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._engine(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine.module, name)
 
 
 class DeepSpeedPolicy:
@@ -144,14 +186,7 @@ class DeepSpeedPolicy:
         tied = tied_duplicates(model)
         self.engine, _, _, _ = ds.initialize(model=model, optimizer=optimizer, config=self.config)
         self.stage = int(self.config["zero_optimization"]["stage"])
-        # rspo calls the module, not engine.forward, whose first act is this: without it the
-        # ZeRO optimizer's micro-step count stays 0 and each micro-batch's gradient replaces
-        # the previous one instead of adding to it
-        opt = self.engine.optimizer
-        clear = getattr(opt, "clear_backward_seen_flag", None)
-        self._hook = (
-            model.register_forward_pre_hook(lambda *_: clear()) if callable(clear) else None
-        )
+        self.forward_model = EngineForward(self.engine)  # what the forwards must call
         model._rspo_tied = tied  # read back by full_state_dict (and marks the model sharded)
         model._rspo_deepspeed = self
 
@@ -173,17 +208,56 @@ class DeepSpeedPolicy:
             sd = self.engine.module.state_dict()
         if self.engine.global_rank != 0:
             return {}
-        return {k: v.detach().to("cpu", copy=True) for k, v in (sd or {}).items()}
+        return {k: v.detach().to("cpu") for k, v in (sd or {}).items()}
 
-    def release(self) -> None:
-        """Free the engine's buffers and optimizer state (the module is not reused)."""
-        if self._hook is not None:
-            self._hook.remove()
-        self.engine.destroy()
-        module = self.engine.module
-        for attr in ("_rspo_deepspeed",):
-            module.__dict__.pop(attr, None)
-        self.engine = None  # type: ignore[assignment]
+    def release(self) -> list[weakref.ref]:
+        """Remove the engine's hooks, destroy it (optimizer state, buffers) and clear
+        DeepSpeed's global references to it; weak references to the engine and its optimizer
+        come back, for :func:`rspo.modeling.free_memory` once the module is dropped too
+        (parameters keep DeepSpeed attributes that reach the optimizer)."""
+        engine = self.engine
+        module = engine.module
+        module.__dict__.pop("_rspo_deepspeed", None)
+        for name in ("module_forward_pre_hook", "module_forward_post_hook"):
+            handle = getattr(engine, name, None)
+            if handle is not None:  # their closures hold the engine
+                handle.remove()
+        engine.destroy()  # stage 3: also removes the parameter hooks of every submodule
+        _drop_global_references()
+        refs = [weakref.ref(engine)]
+        if engine.optimizer is not None:
+            refs.append(weakref.ref(engine.optimizer))
+        self.engine = self.forward_model = None  # type: ignore[assignment]
+        return refs
+
+
+def _drop_global_references() -> None:
+    """DeepSpeed (0.19) keeps the last engine's modules reachable from module globals: the
+    ZeRO-3 forward-module stack and an ``lru_cache`` on a parameter-coordinator method. Clear
+    them, so a dropped engine and its optimizer state can be freed."""
+    try:
+        from deepspeed.runtime.zero import parameter_offload
+        from deepspeed.runtime.zero.partitioned_param_coordinator import (
+            PartitionedParameterCoordinator,
+        )
+    except ImportError:  # pragma: no cover - other DeepSpeed layouts
+        return
+    stack = getattr(parameter_offload, "FWD_MODULE_STACK", None)
+    if isinstance(stack, list):
+        stack.clear()
+    for attr in vars(PartitionedParameterCoordinator).values():
+        todo, depth = [attr], 0
+        while todo and depth < 3:  # the cache sits inside a profiling wrapper's closure
+            nxt = []
+            for fn in todo:
+                if hasattr(fn, "cache_clear"):
+                    fn.cache_clear()
+                    continue
+                for cell in getattr(fn, "__closure__", None) or ():
+                    with contextlib.suppress(ValueError):  # an empty cell
+                        nxt.append(cell.cell_contents)
+                nxt += [w for w in (getattr(fn, "__wrapped__", None),) if w is not None]
+            todo, depth = [f for f in nxt if callable(f)], depth + 1
 
 
 def deepspeed_of(model: torch.nn.Module) -> DeepSpeedPolicy | None:

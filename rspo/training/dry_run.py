@@ -138,7 +138,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         optimizer = build_optimizer(model, tr)
         ds = DeepSpeedPolicy(model, optimizer, tr, dist) if engine == "deepspeed" else None
         totals = accumulate_gradients(
-            model,
+            ds.forward_model if ds is not None else model,
             examples,
             list(range(mb)),
             loss_fn,

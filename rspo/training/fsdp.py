@@ -23,10 +23,17 @@ def training_engine(dist: DistContext) -> str:
     (ZeRO stage 1-3; needs the ``[deepspeed]`` extra), from the accelerate launch config."""
     engine = launcher_engine()
     if engine == "deepspeed":
-        from rspo.training.deepspeed import import_deepspeed, zero_stage
+        from rspo.training.deepspeed import import_deepspeed, offload_requested, zero_stage
 
         zero_stage()  # a bad stage or a missing package fails here, before any work
         import_deepspeed()
+        if not dist.enabled and offload_requested():
+            raise ConfigError(
+                "DeepSpeed offload in a single process is not supported: rspo drives DeepSpeed "
+                "only with several processes (one process trains the whole model in place); "
+                "launch 2 or more processes, or use model.lora / model.load_in_4bit (QLoRA) or "
+                "training.gradient_checkpointing to fit one GPU"
+            )
         return "deepspeed" if dist.enabled else "ddp"
     if engine == "fsdp":
         version = os.environ.get("FSDP_VERSION", "1")
@@ -59,6 +66,10 @@ def check_launch(cfg: Config, engine: str, world_size: int) -> None:
             "rspo/configs/accelerate/ddp.yaml or plain torchrun (replicated), or QLoRA "
             "(model.load_in_4bit) for a base that does not fit one GPU"
         )
+    if engine == "deepspeed":  # a bad deepspeed_config_file fails now, not after generation
+        from rspo.training.deepspeed import deepspeed_config
+
+        deepspeed_config(cfg.training, world_size, torch.float32)
     if cfg.generation.backend == "vllm" and world_size > 1:
         raise ConfigError(
             f"generation.backend vllm in {world_size} processes is not supported yet (each "
@@ -121,10 +132,10 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
-def release(model: torch.nn.Module) -> None:
-    """Free what a DeepSpeed engine holds for ``model`` once its weights are saved."""
+def release(model: torch.nn.Module) -> list:
+    """Undo a DeepSpeed engine around ``model`` once its weights are saved; weak references
+    to what must die with the module (for :func:`rspo.modeling.free_memory`)."""
     from rspo.training.deepspeed import deepspeed_of
 
     ds = deepspeed_of(model)
-    if ds is not None:
-        ds.release()
+    return ds.release() if ds is not None else []

@@ -125,7 +125,7 @@ def train_policy(
     for step in range(start, len(steps)):
         idx = [u * unit + j for u in steps[step] for j in range(unit)]
         totals = accumulate_gradients(
-            model,
+            ds.forward_model if ds is not None else model,
             examples,
             idx,
             loss_fn,
