@@ -173,14 +173,18 @@ def test_dry_run_under_a_sharded_engine_reports_every_ranks_peak(runs, engine):
     assert not (tmp / "dry").exists()
 
 
-@pytest.mark.parametrize("stage", ["3", "2"])
+@pytest.mark.parametrize("stage", ["3", "2", "3-offload"])
 def test_deepspeed_zero_training_matches_one_process(runs, stage):
-    """The accelerate zero3.yaml path (and ZeRO-2): DeepSpeed partitions the policy's training
-    state over 2 ranks; 2 micro-batches per rank and step accumulate."""
+    """The accelerate zero3.yaml path (and ZeRO-2, and ZeRO-3 with the optimizer state
+    offloaded to the CPU): DeepSpeed partitions the policy's training state over 2 ranks;
+    2 micro-batches per rank and step accumulate."""
     pytest.importorskip("deepspeed", reason="the [deepspeed] extra is not installed")
     tmp, one, _, _ = runs
+    stage, _, offload = stage.partition("-")
     env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": stage}
-    out = f"ds{stage}"
+    if offload:
+        env["ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"] = "cpu"
+    out = f"ds{stage}{offload}"
     ds = _torchrun(tmp, out, {**env, "DS_ACCELERATOR": "cpu"})
     assert ds.returncode == 0, ds.stderr[-3000:]
     line = f"data parallel: 2 ranks (gloo), cpu on rank 0, deepspeed-zero{stage} training"
