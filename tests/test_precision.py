@@ -157,8 +157,9 @@ def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch
     base = str(model_dir)
     trains = [e for e in events if e[0] == "train"]
     assert [len(e[2]) for e in trains] == [1, 1]  # the trained copy only
-    # iteration 2 trains from π_2 = checkpoint 1 after scoring it and π_ref: neither is held
-    assert trains[1][2] == [ck1]
+    # iteration 2 trains the policy trained in iteration 1 (kept, not reloaded from
+    # checkpoint 1), after π_ref's log-probs: π_ref is not held
+    assert trains[1][2] == [base] and not any(p == ck1 for p, _ in loaded)
     assert any(p == base for p, _ in loaded[1:])  # π_ref was loaded again for iteration 2...
     gens = [e for e in events if e[0] == "generate"]
     assert gens and all(e[2] == [True] for e in gens)  # ...but only the sampled policy lives

@@ -1,8 +1,11 @@
 """Which models a self-play run holds in memory, and when.
 
-At most one read-only model is resident (the one last asked for: π_t for generation and
-scoring, then π_ref for its log-probs); it is dropped before training loads its model, so
-training and the next generation never hold π_ref once its log-probs are stored. With LoRA
+The policy trained in iteration t − 1 stays resident: it samples iteration t, stays beside
+π_ref while π_ref's log-probs are computed (two models without gradients, less than the
+training step's weights + gradients + optimizer state), and is the model iteration t trains,
+with no reload. Any other read-only model (π_ref; π_t on a resumed run) is dropped when
+another is asked for, and π_ref before training and before generation, so training and
+generation never hold π_ref once its log-probs are stored. With LoRA
 there is one model in all: π_t, π_ref (adapter disabled) and the trained policy share it.
 With the vLLM backend the engine sleeps whenever a Hugging Face model needs the GPU.
 """
@@ -39,6 +42,7 @@ class PolicyModels:
 
             self.lora = LoraPolicy(cfg.model, cfg.run.seed, device)
         self._cache: dict[str, Any] = {}
+        self._kept: str | None = None  # the trained policy held from training to training
         self._vllm: Any = None
         if cfg.generation.backend == "vllm":
             from rspo.generation.vllm import import_vllm
@@ -56,27 +60,38 @@ class PolicyModels:
             held.append(self.lora.model)
         return held
 
-    def drop_cache(self) -> None:
-        """Forget the read-only model (π_t or π_ref) and free its memory."""
-        if self._cache:
-            refs = [weakref.ref(m) for m in self._cache.values()]
-            self._cache.clear()
+    def drop_cache(self, keep: str | None = None) -> None:
+        """Forget the read-only models (π_t, π_ref) but the one at ``keep``; free their memory."""
+        gone = [p for p in self._cache if p != keep]
+        if gone:
+            refs = [weakref.ref(self._cache.pop(p)) for p in gone]
+            if self._kept in gone:
+                self._kept = None
             free_memory(refs)
 
     def get(self, path: str) -> Any:
-        """The policy at ``path`` for no-grad use (the previous one is dropped unless LoRA)."""
+        """The policy at ``path`` for no-grad use. The previous model is dropped (unless LoRA),
+        except the kept trained policy, which stays beside π_ref while scoring; asking for the
+        kept policy (generation) drops everything else."""
         self._sleep_engine()
         if self.lora is not None and self.lora.serves(path):
             self.drop_cache()
             return self.lora.get(path)
         if path not in self._cache:
-            self.drop_cache()
+            self.drop_cache(keep=self._kept)
             self._cache[path] = self._load(path)
+        elif path == self._kept:
+            self.drop_cache(keep=path)
         return self._cache[path]
 
     def trainable(self, path: str) -> Any:
-        """A model initialised to the policy at ``path``, to be trained (nothing else held)."""
+        """A model initialised to the policy at ``path``, to be trained (nothing else held):
+        the kept trained policy itself when it is that policy (no reload), else a fresh load."""
         self._sleep_engine()
+        if path == self._kept and path in self._cache:
+            self.drop_cache(keep=path)
+            self._kept = None
+            return self._cache.pop(path)  # equal to the checkpoint it was saved as
         self.drop_cache()
         model = self.lora.trainable(path) if self.lora is not None else self._load(path)
         if self.cfg.training.gradient_checkpointing:
@@ -84,9 +99,10 @@ class PolicyModels:
         return model
 
     def keep(self, path: str, model: Any) -> None:
-        """Hold a just-trained policy as the read-only model at ``path`` (its checkpoint), so
-        the next generation does not reload it; skipped for LoRA, sharded or checkpointed
-        models (their training form is not the one generation wants)."""
+        """Hold a just-trained policy as the read-only model at ``path`` (its checkpoint): the
+        next generation samples from it and the next training starts from it without
+        reloading; skipped for LoRA, sharded or checkpointed models (their training form is
+        not the one generation wants)."""
         if (
             self.lora is not None
             or hasattr(model, "_rspo_tied")  # FSDP-sharded
@@ -97,6 +113,7 @@ class PolicyModels:
         self.drop_cache()
         model.eval()
         self._cache[path] = model
+        self._kept = path
 
     def generator(self, path: str, tokenizer: Any, logprobs: bool = False) -> GenerationBackend:
         """A backend sampling from the policy at ``path`` (HF: ``logprobs`` records log π)."""
