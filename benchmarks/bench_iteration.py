@@ -458,8 +458,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     rep.note(
         "rspo's iteration includes its run-directory work (JSONL records, sqlite judge cache, "
-        "loading pi_ref and pi_t for training, saving the new checkpoint) that makes it "
-        "resumable; TRL keeps the model in memory and saves nothing (save_strategy='no')."
+        "loading pi_ref for scoring, saving the new checkpoint; the trained policy stays in "
+        "memory for the next generation and training) that makes it resumable; TRL keeps the "
+        "model in memory and saves nothing (save_strategy='no')."
     )
     return rep.finish(args.json)
 
