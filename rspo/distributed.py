@@ -213,6 +213,14 @@ def _picklable(e: Exception) -> Exception:
 _CONTEXT: DistContext | None = None
 
 
+def quiet_deepspeed_on_cpu(device: torch.device) -> None:
+    """On a CPU run, tell DeepSpeed its accelerator up front (``DS_ACCELERATOR=cpu``, unless
+    set): transformers' ``save_pretrained`` imports deepspeed whenever it is installed, and
+    DeepSpeed's accelerator detection would print a warning into rspo's stdout."""
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def init_distributed(device: str = "auto") -> DistContext:
     """The process's :class:`DistContext`; joins the process group on first use if WORLD_SIZE > 1.
 

@@ -545,3 +545,25 @@ def test_lora_over_two_ranks_trains_like_one_process(runs):
     assert [r["iteration"] for r in m2] == [0, 1, 2]
     for a, b in zip(m1, m2):
         assert b["win_rate"] == pytest.approx(a["win_rate"], abs=1e-6)
+
+
+def test_cpu_runs_keep_deepspeeds_accelerator_warning_out_of_stdout(monkeypatch):
+    """transformers' save_pretrained imports deepspeed whenever it is installed; on CPU its
+    accelerator detection would print into rspo's stdout (tables, JSON reports)."""
+    from rspo.distributed import quiet_deepspeed_on_cpu
+
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    quiet_deepspeed_on_cpu(torch.device("meta"))
+    assert "DS_ACCELERATOR" not in os.environ
+    quiet_deepspeed_on_cpu(torch.device("cpu"))
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    if importlib.util.find_spec("deepspeed") is None:
+        return
+    code = (
+        "import torch, deepspeed; from deepspeed.accelerator import get_accelerator; "
+        "print(get_accelerator().device_name())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "cpu" and "Setting accelerator" not in out.stdout

@@ -19,7 +19,7 @@ import torch
 
 from rspo.config import Config
 from rspo.data import PromptSet, load_prompts
-from rspo.distributed import DistContext, init_distributed
+from rspo.distributed import DistContext, init_distributed, quiet_deepspeed_on_cpu
 from rspo.generation import SamplingParams
 from rspo.modeling import (
     batched_sequence_logprobs,
@@ -72,6 +72,7 @@ class SelfPlayRun:
         self.dist = init_distributed(self.cfg.model.device)
         self.rd = RunDir(self.cfg.run.output, writer=self.dist.is_main)
         self.device = self.dist.device(self.cfg.model.device)
+        quiet_deepspeed_on_cpu(self.device)
         self.models = PolicyModels(self.cfg, self.device)
         if not self.dist.is_main:
             self.log = lambda m: None

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from rspo.config import Config, ConfigError
-from rspo.distributed import init_distributed
+from rspo.distributed import init_distributed, quiet_deepspeed_on_cpu
 from rspo.modeling import batched_sequence_logprobs, load_model, load_tokenizer, use_packing
 from rspo.objectives import RSPOLoss
 from rspo.training.deepspeed import DeepSpeedPolicy, zero_stage
@@ -70,6 +70,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     """Generate, score and take one optimizer step at maximum lengths; return memory and times."""
     dist = init_distributed(cfg.model.device)
     device = dist.device(cfg.model.device)
+    quiet_deepspeed_on_cpu(device)
     engine = training_engine(dist)
     fsdp = engine == "fsdp"
     m, o, tr = cfg.model, cfg.objective, cfg.training
