@@ -342,6 +342,24 @@ def test_two_rank_run_killed_in_training_resumes_in_one_process(runs):
                 assert b[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
 
 
+def test_deepspeed_run_killed_in_training_resumes_from_its_saved_state(runs):
+    """SIGKILL after step 3 of iteration 1's ZeRO-3 training (state saved at step 2): the
+    relaunch loads DeepSpeed's partitioned state and continues at step 3; same numbers."""
+    pytest.importorskip("deepspeed", reason="the [deepspeed] extra is not installed")
+    tmp, one, _, _ = runs
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+    killed = _torchrun(tmp, "ds_killed", {**env, "DS_ACCELERATOR": "cpu", "RSPO_FAULT": "train:3"})
+    assert killed.returncode != 0
+    state = tmp / "ds_killed" / "iter_001" / "train_state" / "deepspeed"
+    assert (state / "latest").read_text().strip() == "step_2"
+    assert [p.name for p in state.glob("step_*")] == ["step_2"]
+    again = _torchrun(tmp, "ds_killed", {**env, "DS_ACCELERATOR": "cpu"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "iteration 1: training resumes after step 2 (saved state)" in again.stdout
+    assert not state.exists()  # dropped with the iteration's checkpoint
+    _assert_same_training(tmp, one, tmp / "ds_killed")
+
+
 # ---------------------------------------------------------------- single-process pieces
 
 

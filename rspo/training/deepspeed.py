@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import weakref
 from pathlib import Path
@@ -152,6 +153,26 @@ def offload_requested() -> bool:
     )
 
 
+#: subdirectory of an iteration's ``train_state`` holding DeepSpeed's training state
+STATE = "deepspeed"
+
+
+def saved_step(state_dir: Path | None, world_size: int) -> int:
+    """The optimizer step of the last DeepSpeed training state in ``state_dir`` written by a
+    run with ``world_size`` processes (partitioned state needs the same split), else 0."""
+    if state_dir is None:
+        return 0
+    d = Path(state_dir) / STATE
+    try:
+        meta = json.loads((d / "rspo.json").read_text())
+        tag = (d / "latest").read_text().strip()
+    except (OSError, json.JSONDecodeError):
+        return 0
+    if meta.get("world_size") != world_size or not tag.startswith("step_"):
+        return 0
+    return int(tag.removeprefix("step_")) if (d / tag).is_dir() else 0
+
+
 class EngineForward:
     """The trained module as rspo's forwards see it (config, parameters, signature), called
     through the DeepSpeed engine: ``engine.forward`` is where DeepSpeed starts a micro-step
@@ -189,6 +210,28 @@ class DeepSpeedPolicy:
         self.forward_model = EngineForward(self.engine)  # what the forwards must call
         model._rspo_tied = tied  # read back by full_state_dict (and marks the model sharded)
         model._rspo_deepspeed = self
+
+    def resume(self, state_dir: Path) -> int:
+        """Load the last saved training state (every rank); the step to continue from."""
+        step = saved_step(state_dir, self.world)
+        if step:
+            self.engine.load_checkpoint(
+                str(Path(state_dir) / STATE), tag=f"step_{step}", load_lr_scheduler_states=False
+            )
+        return step
+
+    def save(self, state_dir: Path, step: int, is_main: bool) -> None:
+        """Save the partitioned training state after ``step`` (every rank writes its part;
+        DeepSpeed's ``latest`` moves only when all are written), then drop older states."""
+        d = Path(state_dir) / STATE
+        if is_main:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "rspo.json").write_text(json.dumps({"world_size": self.world}))
+        self.engine.save_checkpoint(str(d), tag=f"step_{step}", client_state={"step": step})
+        if is_main:
+            for old in d.glob("step_*"):
+                if old.name != f"step_{step}":
+                    shutil.rmtree(old, ignore_errors=True)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward through the engine; scaled so the ranks' gradients sum, not average."""

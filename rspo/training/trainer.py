@@ -119,6 +119,8 @@ def train_policy(
     if found is not None:
         load_model_state(found, model)
         start = load_train_state(found, optimizer)["step"]
+    if ds is not None and state_dir is not None:  # DeepSpeed's own partitioned state
+        start = ds.resume(state_dir)
     steps = _batches(len(examples) // unit, unit, cfg, seed)
     model.train()
     last: dict[str, float] = {}
@@ -168,13 +170,14 @@ def train_policy(
             log(last)
         if (
             state_dir is not None
-            and dist.is_main
-            and not sharded
             and cfg.save_steps
             and (step + 1) % cfg.save_steps == 0
             and step + 1 < len(steps)
         ):
-            save_train_state(state_dir, model, optimizer, step + 1, {})
+            if ds is not None:  # a collective: every rank saves its partition
+                ds.save(state_dir, step + 1, dist.is_main)
+            elif dist.is_main and not sharded:
+                save_train_state(state_dir, model, optimizer, step + 1, {})
         if on_step is not None:
             on_step(step + 1)
     model.eval()
