@@ -351,8 +351,12 @@ def test_deepspeed_run_killed_in_training_resumes_from_its_saved_state(runs):
     killed = _torchrun(tmp, "ds_killed", {**env, "DS_ACCELERATOR": "cpu", "RSPO_FAULT": "train:3"})
     assert killed.returncode != 0
     state = tmp / "ds_killed" / "iter_001" / "train_state" / "deepspeed"
-    assert (state / "latest").read_text().strip() == "step_2"
+    assert json.loads((state / "rspo.json").read_text()) == {"step": 2, "world_size": 2, "stage": 3}
     assert [p.name for p in state.glob("step_*")] == ["step_2"]
+    from rspo.training.deepspeed import saved_step
+
+    assert saved_step(state.parent, 2, 3) == 2
+    assert saved_step(state.parent, 1, 3) == saved_step(state.parent, 2, 2) == 0  # other split
     again = _torchrun(tmp, "ds_killed", {**env, "DS_ACCELERATOR": "cpu"})
     assert again.returncode == 0, again.stderr[-3000:]
     assert "iteration 1: training resumes after step 2 (saved state)" in again.stdout
@@ -570,7 +574,8 @@ def test_cpu_runs_keep_deepspeeds_accelerator_warning_out_of_stdout(monkeypatch)
     accelerator detection would print into rspo's stdout (tables, JSON reports)."""
     from rspo.distributed import quiet_deepspeed_on_cpu
 
-    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    monkeypatch.setenv("DS_ACCELERATOR", "")  # restored after the test
+    monkeypatch.delenv("DS_ACCELERATOR")
     quiet_deepspeed_on_cpu(torch.device("meta"))
     assert "DS_ACCELERATOR" not in os.environ
     quiet_deepspeed_on_cpu(torch.device("cpu"))

@@ -35,7 +35,7 @@ from rspo.selfplay.estimate import best_worst, win_rates
 from rspo.selfplay.models import PolicyModels
 from rspo.selfplay.rundir import RunDir
 from rspo.training.checkpoint import recover_state_dir
-from rspo.training.deepspeed import saved_step
+from rspo.training.deepspeed import saved_step, zero_stage
 from rspo.training.fsdp import (
     check_launch,
     engine_label,
@@ -447,7 +447,9 @@ class SelfPlayRun:
             saved = None
         resumed = read_json(saved / "trainer_state.json")["step"] if saved else 0
         if engine == "deepspeed":  # DeepSpeed saves its partitioned state itself
-            resumed = saved_step(self.rd.iter_dir(t) / "train_state", self.dist.world_size)
+            resumed = self.dist.from_main(
+                saved_step, self.rd.iter_dir(t) / "train_state", self.dist.world_size, zero_stage()
+            )
         self.dist.main_only(_truncate_log, logf, resumed)
         if resumed:
             self.log(f"iteration {t}: training resumes after step {resumed} (saved state)")

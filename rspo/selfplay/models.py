@@ -1,7 +1,8 @@
 """Which models a self-play run holds in memory, and when.
 
 The policy trained in iteration t − 1 stays resident: it samples iteration t, stays beside
-π_ref while π_ref's log-probs are computed (two models without gradients, less than the
+π_ref while π_ref's log-probs are computed and while π_ref samples responses for the
+forward-KL ``nll`` estimator (two models without gradients, plus a KV cache: less than the
 training step's weights + gradients + optimizer state), and is the model iteration t trains,
 with no reload. Any other read-only model (π_ref; π_t on a resumed run) is dropped when
 another is asked for, and π_ref before training and before generation, so training and

@@ -157,20 +157,21 @@ def offload_requested() -> bool:
 STATE = "deepspeed"
 
 
-def saved_step(state_dir: Path | None, world_size: int) -> int:
-    """The optimizer step of the last DeepSpeed training state in ``state_dir`` written by a
-    run with ``world_size`` processes (partitioned state needs the same split), else 0."""
+def saved_step(state_dir: Path | None, world_size: int, stage: int) -> int:
+    """The optimizer step of the last complete DeepSpeed training state in ``state_dir``
+    written with ``world_size`` processes at ZeRO ``stage`` (partitions need the same split),
+    else 0. ``rspo.json`` names it and is written only once every rank has saved."""
     if state_dir is None:
         return 0
     d = Path(state_dir) / STATE
     try:
         meta = json.loads((d / "rspo.json").read_text())
-        tag = (d / "latest").read_text().strip()
-    except (OSError, json.JSONDecodeError):
+        step = int(meta["step"])
+    except (OSError, ValueError, KeyError, TypeError):
         return 0
-    if meta.get("world_size") != world_size or not tag.startswith("step_"):
+    if meta.get("world_size") != world_size or meta.get("stage") != stage:
         return 0
-    return int(tag.removeprefix("step_")) if (d / tag).is_dir() else 0
+    return step if (d / f"step_{step}").is_dir() else 0
 
 
 class EngineForward:
@@ -211,26 +212,29 @@ class DeepSpeedPolicy:
         model._rspo_tied = tied  # read back by full_state_dict (and marks the model sharded)
         model._rspo_deepspeed = self
 
-    def resume(self, state_dir: Path) -> int:
-        """Load the last saved training state (every rank); the step to continue from."""
-        step = saved_step(state_dir, self.world)
-        if step:
-            self.engine.load_checkpoint(
-                str(Path(state_dir) / STATE), tag=f"step_{step}", load_lr_scheduler_states=False
-            )
-        return step
+    def resume(self, state_dir: Path, step: int) -> None:
+        """Load the training state saved after ``step`` (every rank; see :func:`saved_step`)."""
+        tag = f"step_{step}"
+        path, client = self.engine.load_checkpoint(
+            str(Path(state_dir) / STATE), tag=tag, load_lr_scheduler_states=False
+        )
+        if path is None or (client or {}).get("step") != step:
+            raise RuntimeError(f"{Path(state_dir) / STATE / tag}: DeepSpeed state did not load")
 
     def save(self, state_dir: Path, step: int, is_main: bool) -> None:
-        """Save the partitioned training state after ``step`` (every rank writes its part;
-        DeepSpeed's ``latest`` moves only when all are written), then drop older states."""
+        """Save the partitioned training state after ``step``: every rank writes its part;
+        once all have (DeepSpeed's closing barrier) rank 0 records it in ``rspo.json``
+        (atomically) and drops older states. A kill mid-save leaves the previous state."""
+        from rspo.utils.io import atomic_write_json
+
         d = Path(state_dir) / STATE
+        tag = f"step_{step}"
+        self.engine.save_checkpoint(str(d), tag=tag, client_state={"step": step}, save_latest=False)
         if is_main:
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "rspo.json").write_text(json.dumps({"world_size": self.world}))
-        self.engine.save_checkpoint(str(d), tag=f"step_{step}", client_state={"step": step})
-        if is_main:
+            meta = {"step": step, "world_size": self.world, "stage": self.stage}
+            atomic_write_json(d / "rspo.json", meta)
             for old in d.glob("step_*"):
-                if old.name != f"step_{step}":
+                if old.name != tag:
                     shutil.rmtree(old, ignore_errors=True)
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -26,7 +26,7 @@ from rspo.training.checkpoint import (
     recover_state_dir,
     save_train_state,
 )
-from rspo.training.deepspeed import DeepSpeedPolicy
+from rspo.training.deepspeed import DeepSpeedPolicy, saved_step
 from rspo.training.fsdp import shard_policy, training_engine
 from rspo.utils.seeds import derive_seed
 
@@ -120,7 +120,9 @@ def train_policy(
         load_model_state(found, model)
         start = load_train_state(found, optimizer)["step"]
     if ds is not None and state_dir is not None:  # DeepSpeed's own partitioned state
-        start = ds.resume(state_dir)
+        start = dist.from_main(saved_step, state_dir, dist.world_size, ds.stage)
+        if start:
+            ds.resume(state_dir, start)
     steps = _batches(len(examples) // unit, unit, cfg, seed)
     model.train()
     last: dict[str, float] = {}
