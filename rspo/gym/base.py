@@ -175,6 +175,9 @@ def build_base_model(
                 info[f"{split}_t{temp:g}"] = {k: round(v, 4) for k, v in stats.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from rspo.distributed import quiet_deepspeed_on_cpu
+
+    quiet_deepspeed_on_cpu(next(model.parameters()).device)  # save_pretrained may import it
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     (out / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
