@@ -316,15 +316,16 @@ def _probe_key(model: torch.nn.Module, name: str, extra: tuple) -> tuple | None:
 def cached_probe(
     model: torch.nn.Module, name: str, check: Callable[[], bool], extra: tuple = ()
 ) -> bool:
-    """``check()`` once per model structure (class, config, dtype, device, ``extra``), the
-    answer also kept on the model as ``_rspo_<name>_ok``: a probe of what the model supports,
+    """``check()`` once per model structure (class, config, dtype, device, ``extra``; run by
+    :func:`_run_probe`), the answer also kept on the model as ``_rspo_<name>_ok``: a probe of
+    what the model supports,
     which a reload of the same checkpoint or the next iteration's checkpoint need not repeat
     (:func:`forget_probes` clears it)."""
     attr = f"_rspo_{name}_ok"
     key = _probe_key(model, name, extra)
     cached = getattr(model, attr, None) if key is None else _PROBED.get(key)
     if cached is None:
-        cached = check()
+        cached = _run_probe(model, check)
         if key is not None:
             _PROBED[key] = cached
     try:
@@ -332,6 +333,23 @@ def cached_probe(
     except AttributeError:  # pragma: no cover - exotic module types
         pass
     return cached
+
+
+def _run_probe(model: torch.nn.Module, check: Callable[[], bool]) -> bool:
+    """``check()`` in eval mode without gradients, the training flag restored after. An
+    exception means the model does not support what is probed (False), except running out
+    of memory: that says nothing about the model (and must not be cached as an answer)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return bool(check())
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
+    except Exception:  # noqa: BLE001 - e.g. a model that cannot take the probed input
+        return False
+    finally:
+        model.train(was_training)
 
 
 def forget_probes(model: torch.nn.Module) -> None:

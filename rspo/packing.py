@@ -274,7 +274,7 @@ def has_sliding_window(model: torch.nn.Module) -> bool:
 def packing_supported(
     model: torch.nn.Module, pad_id: int, rtol: float = 1e-5, atol: float = 1e-4
 ) -> bool:
-    """Whether packed log-probs match the padded forward on a small probe (cached on the model).
+    """Whether packed log-probs match the padded forward on a small probe (once per structure).
 
     Catches models that take positions from the attention mask instead of ``position_ids``
     or ignore custom masks; models with sliding-window attention are refused outright. The
@@ -297,18 +297,9 @@ def _probe(model: torch.nn.Module, pad_id: int, rtol: float, atol: float) -> boo
     tok = [t % vocab for t in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)]
     prompts = [tok[:3], tok[:3], tok[:3], tok[2:8], tok[2:8]]
     resps = [tok[4:12], tok[1:8], tok[3:11], tok[:2], tok[5:12]]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ref = sequence_logprobs(model, prompts, resps, pad_id).double()
-            got = packed_sequence_logprobs(model, prompts, resps, pad_id).double()
-    except (torch.OutOfMemoryError, MemoryError):
-        raise  # not an answer about the model (and not to be cached as one)
-    except Exception:  # noqa: BLE001 - a model that cannot take packed input: pad instead
-        return False
-    finally:
-        model.train(was_training)
+    # (run by cached_probe: eval mode, no grad; an exception = cannot take packed input)
+    ref = sequence_logprobs(model, prompts, resps, pad_id).double()
+    got = packed_sequence_logprobs(model, prompts, resps, pad_id).double()
     wide = next(model.parameters()).dtype in (torch.float32, torch.float64)
     scale = 1.0 if wide else 1e3  # bf16/fp16: rounding differs by ~1e-2 per token
     return bool(torch.allclose(got, ref, rtol=rtol * scale, atol=atol * scale))
