@@ -97,16 +97,23 @@ def _user_config() -> dict[str, Any]:
     return conf
 
 
-def deepspeed_config(cfg: TrainingConfig, world_size: int, dtype: torch.dtype) -> dict[str, Any]:
-    """The DeepSpeed config of one training run: ZeRO section from the launcher (or its
-    JSON), everything about batches, clipping and precision from rspo."""
-    user = _user_config()
+def _zero_section(user: dict[str, Any]) -> dict[str, Any]:
+    """The ``zero_optimization`` section: the user's JSON, with the launcher's stage and
+    offload devices (``ACCELERATE_DEEPSPEED_*``) over it."""
     zero = dict(user.get("zero_optimization", {}))
     zero["stage"] = zero_stage()
     for kind in ("optimizer", "param"):
         device = os.environ.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{kind.upper()}_DEVICE", "none")
         if device not in ("none", ""):
             zero[f"offload_{kind}"] = {"device": device}
+    return zero
+
+
+def deepspeed_config(cfg: TrainingConfig, world_size: int, dtype: torch.dtype) -> dict[str, Any]:
+    """The DeepSpeed config of one training run: ZeRO section from the launcher (or its
+    JSON), everything about batches, clipping and precision from rspo."""
+    user = _user_config()
+    zero = _zero_section(user)
     if zero["stage"] == 1 and zero.get("overlap_comm"):
         raise ConfigError(
             "DeepSpeed zero_stage 1 with overlap_comm: true cannot accumulate several "
@@ -142,12 +149,8 @@ def deepspeed_config(cfg: TrainingConfig, world_size: int, dtype: torch.dtype) -
 
 def offload_requested() -> bool:
     """Whether the launcher asked DeepSpeed to offload optimizer state or parameters."""
-    env = any(
-        os.environ.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{k}_DEVICE", "none") not in ("none", "")
-        for k in ("OPTIMIZER", "PARAM")
-    )
-    zero = _user_config().get("zero_optimization", {})
-    return env or any(
+    zero = _zero_section(_user_config())
+    return any(
         (zero.get(f"offload_{k}") or {}).get("device", "none") != "none"
         for k in ("optimizer", "param")
     )
