@@ -342,26 +342,67 @@ def test_two_rank_run_killed_in_training_resumes_in_one_process(runs):
                 assert b[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
 
 
-def test_deepspeed_run_killed_in_training_resumes_from_its_saved_state(runs):
-    """SIGKILL after step 3 of iteration 1's ZeRO-3 training (state saved at step 2): the
-    relaunch loads DeepSpeed's partitioned state and continues at step 3; same numbers."""
-    pytest.importorskip("deepspeed", reason="the [deepspeed] extra is not installed")
-    tmp, one, _, _ = runs
-    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
-    killed = _torchrun(tmp, "ds_killed", {**env, "DS_ACCELERATOR": "cpu", "RSPO_FAULT": "train:3"})
-    assert killed.returncode != 0
-    state = tmp / "ds_killed" / "iter_001" / "train_state" / "deepspeed"
-    assert json.loads((state / "rspo.json").read_text()) == {"step": 2, "world_size": 2, "stage": 3}
-    assert [p.name for p in state.glob("step_*")] == ["step_2"]
-    from rspo.training.deepspeed import saved_step
+SHARDED = {
+    "fsdp2": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
+    **{
+        f"zero{stage}": {  # stage 2 links per-parameter fragments, stage 3 gathers partitions
+            "ACCELERATE_USE_DEEPSPEED": "true",
+            "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage),
+            "DS_ACCELERATOR": "cpu",
+        }
+        for stage in (2, 3)
+    },
+}
 
-    assert saved_step(state.parent, 2, 3) == 2
-    assert saved_step(state.parent, 1, 3) == saved_step(state.parent, 2, 2) == 0  # other split
-    again = _torchrun(tmp, "ds_killed", {**env, "DS_ACCELERATOR": "cpu"})
+
+def _killed_after_step_2_save(tmp: Path, out: str, engine: str) -> Path:
+    """Run under ``engine`` (2 ranks) and SIGKILL it after step 3 of iteration 1's training;
+    the state saved after step 2 (full weights and optimizer state, written by rank 0)."""
+    if engine.startswith("zero"):
+        pytest.importorskip("deepspeed", reason="the [deepspeed] extra is not installed")
+    killed = _torchrun(tmp, out, {**SHARDED[engine], "RSPO_FAULT": "train:3"})
+    assert killed.returncode != 0
+    state = tmp / out / "iter_001" / "train_state"
+    assert sorted(p.name for p in state.iterdir()) == [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ]
+    assert json.loads((state / "trainer_state.json").read_text())["step"] == 2
+    opt = load_file(str(state / "optimizer.safetensors"))
+    n = len(load_file(str(tmp / "model/model.safetensors")))  # one per parameter (tied: once)
+    assert sorted(opt) == sorted(f"{i}.{k}" for i in range(n) for k in _ADAM)
+    assert opt["0.step"].item() == 2.0
+    assert not [p for p in (tmp / out).rglob("*") if p.suffix in {".pt", ".pth", ".bin", ".pkl"}]
+    return state
+
+
+_ADAM = ("exp_avg", "exp_avg_sq", "step")
+
+
+@pytest.mark.parametrize("engine", list(SHARDED))
+def test_sharded_run_killed_in_training_resumes_from_its_saved_state(runs, engine):
+    """SIGKILL after step 3 of iteration 1's sharded training: the state saved after step 2 is
+    the full weights and Adam state in safetensors (no pickle); the relaunch loads it into the
+    shards and continues at step 3 with the one-process numbers."""
+    tmp, one, _, _ = runs
+    state = _killed_after_step_2_save(tmp, f"{engine}_killed", engine)
+    again = _torchrun(tmp, f"{engine}_killed", SHARDED[engine])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "iteration 1: training resumes after step 2 (saved state)" in again.stdout
     assert not state.exists()  # dropped with the iteration's checkpoint
-    _assert_same_training(tmp, one, tmp / "ds_killed")
+    _assert_same_training(tmp, one, tmp / f"{engine}_killed")
+
+
+def test_a_zero3_training_state_resumes_in_one_process(runs):
+    """The saved state does not depend on the engine or the number of processes: a ZeRO-3
+    run killed mid-training finishes in one plain process with the one-process numbers."""
+    tmp, one, _, _ = runs
+    _killed_after_step_2_save(tmp, "zero3_then_one", "zero3")
+    logs: list[str] = []
+    run_selfplay(load_config(None, _args(_overrides(tmp, "zero3_then_one"))), log=logs.append)
+    assert "iteration 1: training resumes after step 2 (saved state)" in logs
+    _assert_same_training(tmp, one, tmp / "zero3_then_one")
 
 
 # ---------------------------------------------------------------- single-process pieces

@@ -35,7 +35,6 @@ from rspo.selfplay.estimate import best_worst, win_rates
 from rspo.selfplay.models import PolicyModels
 from rspo.selfplay.rundir import RunDir
 from rspo.training.checkpoint import recover_state_dir
-from rspo.training.deepspeed import saved_step, zero_stage
 from rspo.training.fsdp import (
     check_launch,
     engine_label,
@@ -441,15 +440,8 @@ class SelfPlayRun:
         ]
         model = self.models.trainable(self._policy_path(t))
         logf = self.rd.iter_dir(t) / "train_log.jsonl"
-        saved = recover_state_dir(self.rd.iter_dir(t) / "train_state")
-        engine = training_engine(self.dist)
-        if engine == "fsdp":  # FSDP2 training restarts from π_t
-            saved = None
+        saved = recover_state_dir(self.rd.iter_dir(t) / "train_state")  # any engine wrote it
         resumed = read_json(saved / "trainer_state.json")["step"] if saved else 0
-        if engine == "deepspeed":  # DeepSpeed saves its partitioned state itself
-            resumed = self.dist.from_main(
-                saved_step, self.rd.iter_dir(t) / "train_state", self.dist.world_size, zero_stage()
-            )
         self.dist.main_only(_truncate_log, logf, resumed)
         if resumed:
             self.log(f"iteration {t}: training resumes after step {resumed} (saved state)")

@@ -23,26 +23,53 @@ def save_train_state(
 
     With frozen parameters (LoRA) only the trainable ones are state (``trainable.safetensors``):
     the frozen base is on disk already, and saving it every ``save_steps`` would cost its size."""
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    partial = len(trainable) < sum(1 for _ in model.parameters())
+    sd = optimizer.state_dict()
+    write_train_state(
+        state_dir,
+        {n: p.detach() for n, p in trainable.items()} if partial else model,
+        sd["state"],
+        sd["param_groups"],
+        step,
+        extra,
+        trainable_only=partial,
+    )
+
+
+def write_train_state(
+    state_dir: Path,
+    weights: dict[str, torch.Tensor] | torch.nn.Module,
+    opt_state: dict[int, dict[str, Any]],
+    param_groups: list[dict[str, Any]],
+    step: int,
+    extra: dict[str, Any],
+    trainable_only: bool = False,
+) -> None:
+    """The on-disk training state, whatever engine trained: ``weights`` (a module or a
+    name -> tensor dict; with ``trainable_only`` just the trainable ones), the optimizer's
+    per-parameter state keyed by the parameter's index among the trainable ones, its groups
+    and the step. Written to a sibling dir, then swapped in: a kill mid-save leaves the
+    previous state."""
     state_dir = Path(state_dir)
     tmp = state_dir.with_name(state_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if len(trainable) < sum(1 for _ in model.parameters()):
-        tensors_t = {n: p.detach().contiguous().cpu() for n, p in trainable.items()}
-        save_file(tensors_t, str(tmp / TRAINABLE_FILE))
+    if isinstance(weights, torch.nn.Module):
+        save_model(weights, str(tmp / "model.safetensors"))
     else:
-        save_model(model, str(tmp / "model.safetensors"))
+        cpu = {n: t.detach().contiguous().cpu() for n, t in weights.items()}
+        save_file(cpu, str(tmp / (TRAINABLE_FILE if trainable_only else "model.safetensors")))
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
-    for pid, st in optimizer.state_dict()["state"].items():
+    for pid, st in opt_state.items():
         for k, v in st.items():
             if torch.is_tensor(v):
                 tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
             else:
                 scalars[f"{pid}.{k}"] = v
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    groups = [{k: v for k, v in g.items()} for g in optimizer.state_dict()["param_groups"]]
+    groups = [dict(g) for g in param_groups]
     atomic_write_json(
         tmp / "trainer_state.json",
         {"step": step, "optimizer_scalars": scalars, "param_groups": groups, **extra},
@@ -75,21 +102,25 @@ def load_model_state(state_dir: Path, model) -> None:
             p.copy_(saved[n])
 
 
+def read_train_state(state_dir: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """trainer_state.json's contents and the optimizer's per-parameter state (tensors and
+    scalars) keyed by parameter index, as :func:`write_train_state` wrote them."""
+    state_dir = Path(state_dir)
+    meta = json.loads((state_dir / "trainer_state.json").read_text())
+    tensors = load_file(str(state_dir / "optimizer.safetensors"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in [*tensors.items(), *meta["optimizer_scalars"].items()]:
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return meta, state
+
+
 def load_train_state(state_dir: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore optimizer tensors from ``state_dir``; returns trainer_state.json's contents.
 
     The caller restores the weights with ``load_model_state``.
     """
-    state_dir = Path(state_dir)
-    meta = json.loads((state_dir / "trainer_state.json").read_text())
-    tensors = load_file(str(state_dir / "optimizer.safetensors"))
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    for key, v in meta["optimizer_scalars"].items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
+    meta, state = read_train_state(state_dir)
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return meta
 

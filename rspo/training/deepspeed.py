@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
 import weakref
 from pathlib import Path
@@ -156,27 +155,6 @@ def offload_requested() -> bool:
     )
 
 
-#: subdirectory of an iteration's ``train_state`` holding DeepSpeed's training state
-STATE = "deepspeed"
-
-
-def saved_step(state_dir: Path | None, world_size: int, stage: int) -> int:
-    """The optimizer step of the last complete DeepSpeed training state in ``state_dir``
-    written with ``world_size`` processes at ZeRO ``stage`` (partitions need the same split),
-    else 0. ``rspo.json`` names it and is written only once every rank has saved."""
-    if state_dir is None:
-        return 0
-    d = Path(state_dir) / STATE
-    try:
-        meta = json.loads((d / "rspo.json").read_text())
-        step = int(meta["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-    if meta.get("world_size") != world_size or meta.get("stage") != stage:
-        return 0
-    return step if (d / f"step_{step}").is_dir() else 0
-
-
 class EngineForward:
     """The trained module as rspo's forwards see it (config, parameters, signature), called
     through the DeepSpeed engine: ``engine.forward`` is where DeepSpeed starts a micro-step
@@ -208,6 +186,10 @@ class DeepSpeedPolicy:
         dtype = next(model.parameters()).dtype
         self.config = deepspeed_config(cfg, dist.world_size, dtype)
         self.world = dist.world_size
+        # rspo's optimizer hyper-parameters, for the saved training state
+        self.groups = [
+            {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups
+        ]
         tied = tied_duplicates(model)
         self.engine, _, _, _ = ds.initialize(model=model, optimizer=optimizer, config=self.config)
         self.stage = int(self.config["zero_optimization"]["stage"])
@@ -215,30 +197,72 @@ class DeepSpeedPolicy:
         model._rspo_tied = tied  # read back by full_state_dict (and marks the model sharded)
         model._rspo_deepspeed = self
 
-    def resume(self, state_dir: Path, step: int) -> None:
-        """Load the training state saved after ``step`` (every rank; see :func:`saved_step`)."""
-        tag = f"step_{step}"
-        path, client = self.engine.load_checkpoint(
-            str(Path(state_dir) / STATE), tag=tag, load_lr_scheduler_states=False
-        )
-        if path is None or (client or {}).get("step") != step:
-            raise RuntimeError(f"{Path(state_dir) / STATE / tag}: DeepSpeed state did not load")
+    def _flat_partitions(self) -> list[torch.Tensor]:
+        """This rank's flat fp32 partitions, the tensors the wrapped torch optimizer steps
+        (stage 3 lists them in its param groups only during a step)."""
+        zero = self.engine.optimizer
+        for attr in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups"):
+            flat = getattr(zero, attr, None)
+            if flat:
+                return list(flat)
+        raise RuntimeError(f"{type(zero).__name__}: no fp32 partitions found to save or load")
 
-    def save(self, state_dir: Path, step: int, is_main: bool) -> None:
-        """Save the partitioned training state after ``step``: every rank writes its part;
-        once all have (DeepSpeed's closing barrier) rank 0 records it in ``rspo.json``
-        (atomically) and drops older states. A kill mid-save leaves the previous state."""
-        from rspo.utils.io import atomic_write_json
+    def _named(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad]
 
-        d = Path(state_dir) / STATE
-        tag = f"step_{step}"
-        self.engine.save_checkpoint(str(d), tag=tag, client_state={"step": step}, save_latest=False)
+    def save_state(self, state_dir: Path, step: int, is_main: bool) -> None:
+        """Gather the fp32 master weights and optimizer state parameter by parameter
+        (DeepSpeed's tensor-fragment API) and write them on rank 0 as one process would:
+        safetensors, no pickle, resumable with any number of processes or engine. Every
+        rank must call it."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        from rspo.training.checkpoint import write_train_state
+
+        base = self.engine.optimizer.optimizer
+        flat = [base.state[f] for f in self._flat_partitions()]
+        keys = [k for k, v in flat[0].items() if k != "step" and torch.is_tensor(v)]
+        weights = {n: b.detach().cpu() for n, b in _persistent_buffers(self.engine.module)}
+        opt: dict[int, dict[str, Any]] = {}
+        for i, (name, p) in enumerate(self._named()):
+            shape = tuple(getattr(p, "ds_shape", p.shape))
+            master = safe_get_full_fp32_param(p)  # collectives: every rank, same order
+            state = {k: safe_get_full_optimizer_state(p, k) for k in keys}
+            if is_main:
+                weights[name] = master.reshape(shape).cpu()
+                st = {k: v.reshape(shape).cpu() for k, v in state.items()}
+                opt[i] = {"step": flat[0]["step"].detach().cpu().clone(), **st}
         if is_main:
-            meta = {"step": step, "world_size": self.world, "stage": self.stage}
-            atomic_write_json(d / "rspo.json", meta)
-            for old in d.glob("step_*"):
-                if old.name != tag:
-                    shutil.rmtree(old, ignore_errors=True)
+            groups = [{**g, "params": list(range(len(opt)))} for g in self.groups]
+            write_train_state(state_dir, weights, opt, groups, step, {})
+
+    def load_state(self, found: Path) -> int:
+        """Put a saved training state's fp32 master weights and optimizer state into the
+        partitions (each rank reads what it holds, tensor by tensor); the step it was saved
+        after. The module's weights were loaded before ``deepspeed.initialize``."""
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+        from safetensors import safe_open
+
+        meta = json.loads((Path(found) / "trainer_state.json").read_text())
+        with safe_open(str(Path(found) / "optimizer.safetensors"), "pt") as o:
+            names = set(o.keys())
+            step = o.get_tensor("0.step") if "0.step" in names else torch.tensor(meta["step"])
+            keys = sorted({k.split(".", 1)[1] for k in names} - {"step"})
+            base = self.engine.optimizer.optimizer
+            for f in self._flat_partitions():  # the optimizer creates its state lazily
+                base.state[f] = {
+                    "step": step.float().clone(),
+                    **{k: torch.zeros_like(f) for k in keys},
+                }
+            link = getattr(self.engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+            if link is not None:  # stage 1/2: point each parameter's fragments at that state
+                link()
+            with safe_open(str(Path(found) / "model.safetensors"), "pt") as w:
+                for i, (name, p) in enumerate(self._named()):
+                    safe_set_full_fp32_param(p, w.get_tensor(name).float())
+                    for k in keys:
+                        safe_set_full_optimizer_state(p, o.get_tensor(f"{i}.{k}").float(), k)
+        return int(meta["step"])
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward through the engine; scaled so the ranks' gradients sum, not average."""
@@ -308,6 +332,16 @@ def _drop_global_references() -> None:
                         nxt.append(cell.cell_contents)
                 nxt += [w for w in (getattr(fn, "__wrapped__", None),) if w is not None]
             todo, depth = [f for f in nxt if callable(f)], depth + 1
+
+
+def _persistent_buffers(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Buffers a state dict holds (ZeRO replicates them; parameters are gathered apart)."""
+    out = []
+    for prefix, m in module.named_modules():
+        for name, b in m.named_buffers(recurse=False):
+            if b is not None and name not in m._non_persistent_buffers_set:
+                out.append((f"{prefix}.{name}" if prefix else name, b))
+    return out
 
 
 def deepspeed_of(model: torch.nn.Module) -> DeepSpeedPolicy | None:

@@ -11,6 +11,7 @@ ranks with a shorter slice of a global batch run zero-weighted padding passes.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -139,3 +140,61 @@ def release(model: torch.nn.Module) -> list:
 
     ds = deepspeed_of(model)
     return ds.release() if ds is not None else []
+
+
+def trainable_names(model: torch.nn.Module) -> list[str]:
+    """Names of the trainable parameters in optimizer order (the index a saved training
+    state keys their optimizer state by; sharding keeps the names)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def save_fsdp_state(
+    state_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    is_main: bool,
+) -> None:
+    """Gather the sharded weights and optimizer state to rank 0's CPU and write them as one
+    process would (:func:`rspo.training.checkpoint.write_train_state`): safetensors, and
+    resumable with any number of processes or engine. Every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    from rspo.training.checkpoint import write_train_state
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights, osd = get_state_dict(model, optimizer, options=opts)
+    if not is_main:
+        return
+    for name in getattr(model, "_rspo_tied", ()):
+        weights.pop(name, None)
+    index = {n: i for i, n in enumerate(trainable_names(model))}
+    state = {index[fqn]: st for fqn, st in osd["state"].items()}
+    groups = [{**g, "params": [index[f] for f in g["params"]]} for g in osd["param_groups"]]
+    write_train_state(state_dir, weights, state, groups, step, {})
+
+
+def load_fsdp_optimizer(
+    found: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: DistContext
+) -> int:
+    """Load a saved optimizer state into the sharded optimizer (rank 0 reads it and sends
+    each rank its shards); the step it was saved after. Weights are loaded before sharding."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    from rspo.training.checkpoint import read_train_state
+
+    osd: dict = {}
+    step = 0
+    if dist.is_main:
+        meta, state = read_train_state(found)
+        names = trainable_names(model)
+        step = int(meta["step"])
+        osd = {
+            "state": {names[i]: st for i, st in state.items()},
+            "param_groups": [
+                {**g, "params": [names[i] for i in g["params"]]} for g in meta["param_groups"]
+            ],
+        }
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_optimizer_state_dict(model, optimizer, osd, options=opts)
+    return int(dist.broadcast(step))

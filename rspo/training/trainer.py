@@ -26,8 +26,13 @@ from rspo.training.checkpoint import (
     recover_state_dir,
     save_train_state,
 )
-from rspo.training.deepspeed import DeepSpeedPolicy, saved_step
-from rspo.training.fsdp import shard_policy, training_engine
+from rspo.training.deepspeed import DeepSpeedPolicy
+from rspo.training.fsdp import (
+    load_fsdp_optimizer,
+    save_fsdp_state,
+    shard_policy,
+    training_engine,
+)
 from rspo.utils.seeds import derive_seed
 
 
@@ -110,19 +115,21 @@ def train_policy(
     packing = use_packing(model, cfg.packing, pad_id)  # probed before sharding
     if dist.enabled:  # all ranks must agree: a packed micro-batch is one forward, not two
         packing = dist.sum_floats({"p": float(packing)})["p"] == dist.world_size
-    if fsdp:  # sharded state is not saved mid-iteration: training restarts from π_t
+    found = None if state_dir is None else dist.from_main(recover_state_dir, state_dir)
+    if found is not None:  # every rank, before sharding: the saved full weights
+        load_model_state(found, model)
+    if fsdp:
         shard_policy(model)
     optimizer = build_optimizer(model, cfg)
     ds = DeepSpeedPolicy(model, optimizer, cfg, dist) if engine == "deepspeed" else None
     start = 0
-    found = None if sharded or state_dir is None else recover_state_dir(state_dir)
-    if found is not None:
-        load_model_state(found, model)
-        start = load_train_state(found, optimizer)["step"]
-    if ds is not None and state_dir is not None:  # DeepSpeed's own partitioned state
-        start = dist.from_main(saved_step, state_dir, dist.world_size, ds.stage)
-        if start:
-            ds.resume(state_dir, start)
+    if found is not None:  # one format for all engines: any of them, any world size, resumes
+        if ds is not None:
+            start = ds.load_state(found)
+        elif fsdp:
+            start = load_fsdp_optimizer(found, model, optimizer, dist)
+        else:
+            start = load_train_state(found, optimizer)["step"]
     steps = _batches(len(examples) // unit, unit, cfg, seed)
     model.train()
     last: dict[str, float] = {}
@@ -176,9 +183,11 @@ def train_policy(
             and (step + 1) % cfg.save_steps == 0
             and step + 1 < len(steps)
         ):
-            if ds is not None:  # a collective: every rank saves its partition
-                ds.save(state_dir, step + 1, dist.is_main)
-            elif dist.is_main and not sharded:
+            if ds is not None:  # collectives: gathered to rank 0, written as one process would
+                ds.save_state(state_dir, step + 1, dist.is_main)
+            elif fsdp:
+                save_fsdp_state(state_dir, model, optimizer, step + 1, dist.is_main)
+            elif dist.is_main:
                 save_train_state(state_dir, model, optimizer, step + 1, {})
         if on_step is not None:
             on_step(step + 1)
