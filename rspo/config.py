@@ -173,6 +173,9 @@ class TrainingConfig:
     save_steps: int = 20
     #: recompute activations in the backward pass (less memory, one extra forward per step)
     gradient_checkpointing: bool = False
+    #: turn off the model's dropout and MoE router noise while training (not model.lora.dropout):
+    #: log π_t is scored without them, so with them log π_θ − log π_t ≠ 0 at θ = π_t
+    disable_dropout: bool = True
     #: log-prob forwards (scoring and training) pack each prompt with all its responses in
     #: one row, the prompt computed once: auto (when a probe matches the padded forward) | on | off
     packing: str = "auto"

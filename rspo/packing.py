@@ -257,15 +257,24 @@ def packed_sequence_logprobs(
     return out.index_add(0, b.owner.to(device), lp)
 
 
-def has_sliding_window(model: torch.nn.Module) -> bool:
-    """Whether some attention layer sees only a window of recent tokens (Mistral v0.1, Gemma
-    2/3, ...): a custom 4-D mask replaces the model's own window, and the probe's short
-    sequences could not show the difference, so such models are not packed."""
+def has_local_layers(model: torch.nn.Module) -> bool:
+    """Whether some layer does not attend to the whole prefix: sliding windows (Mistral v0.1,
+    Gemma 2/3), local attention (GPT-Neo), chunked attention (Llama 4) or a non-attention
+    layer (recurrent or convolutional hybrids). A packed row's block mask replaces the
+    model's own window or chunks, a recurrent layer carries state from one packed sequence
+    into the next, and the probe's short sequences could not show either: not packed."""
     cfg = getattr(model, "config", None)
     if cfg is None:
         return False
     cfg = getattr(cfg, "get_text_config", lambda: cfg)()
-    if any("sliding" in str(t) for t in (getattr(cfg, "layer_types", None) or ())):
+    kinds = [
+        str(t)
+        for key in ("layer_types", "attention_layers", "layers_block_type")
+        for t in (getattr(cfg, key, None) or ())
+    ]
+    if any(k not in ("full_attention", "global", "attention") for k in kinds):
+        return True
+    if getattr(cfg, "attention_chunk_size", None):
         return True
     window = getattr(cfg, "sliding_window", None)
     return bool(window) and getattr(cfg, "use_sliding_window", True) is not False
@@ -277,7 +286,8 @@ def packing_supported(
     """Whether packed log-probs match the padded forward on a small probe (once per structure).
 
     Catches models that take positions from the attention mask instead of ``position_ids``
-    or ignore custom masks; models with sliding-window attention are refused outright. The
+    or ignore custom masks; models with local, chunked or non-attention layers are refused
+    outright (:func:`has_local_layers`). The
     probe has two prompts of different lengths with three and two responses, so both the
     shared prefix and the row packing are exercised.
     """
@@ -289,7 +299,7 @@ def packing_supported(
 
 
 def _probe(model: torch.nn.Module, pad_id: int, rtol: float, atol: float) -> bool:
-    if _attention_implementation(model) not in MASKABLE or has_sliding_window(model):
+    if _attention_implementation(model) not in MASKABLE or has_local_layers(model):
         return False
     from rspo.modeling import sequence_logprobs
 

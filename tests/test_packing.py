@@ -332,7 +332,7 @@ def test_sliding_window_models_are_not_packed():
     # a custom 4-D mask would replace the model's window; short probes cannot see that
     from transformers import MistralConfig, MistralForCausalLM
 
-    from rspo.packing import has_sliding_window
+    from rspo.packing import has_local_layers
 
     def mistral(window):
         cfg = MistralConfig(vocab_size=300, hidden_size=32, intermediate_size=64,
@@ -341,7 +341,7 @@ def test_sliding_window_models_are_not_packed():
         return MistralForCausalLM(cfg)
 
     windowed, full = mistral(16), mistral(None)
-    assert has_sliding_window(windowed) and not has_sliding_window(full)
+    assert has_local_layers(windowed) and not has_local_layers(full)
     assert not packing_supported(windowed, 0) and packing_supported(full, 0)
     with pytest.raises(ValueError, match="training.packing: on"):
         use_packing(windowed, "on", 0)

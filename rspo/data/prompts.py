@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,17 @@ def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[tuple[s
     return raw[:n] if n else raw
 
 
+def _token_ids(out: Any) -> list[int]:
+    """Token ids from ``apply_chat_template(tokenize=True)``: transformers 5 returns a
+    ``BatchEncoding`` (a Mapping, not a dict), older versions the list itself."""
+    ids = out["input_ids"] if isinstance(out, Mapping) else out
+    if ids and isinstance(ids[0], list):  # a batch of one
+        ids = ids[0]
+    if not all(isinstance(t, int) for t in ids):
+        raise TypeError(f"apply_chat_template returned {type(out).__name__}, not token ids")
+    return list(ids)
+
+
 def format_prompt(tok: PreTrainedTokenizerBase, prompt: Any, mode: str) -> tuple[str, list[int]]:
     """Return (judge-facing text, policy token ids); the chat template is applied per ``mode``."""
     has_template = getattr(tok, "chat_template", None) is not None
@@ -117,14 +129,14 @@ def format_prompt(tok: PreTrainedTokenizerBase, prompt: Any, mode: str) -> tuple
             return text, tok(text, add_special_tokens=True)["input_ids"]
         judge_text = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
         ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        return judge_text, list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return judge_text, _token_ids(ids)
     if use_template:
         if not has_template:
             raise ValueError("data.chat_template=always but the tokenizer has no chat template")
         ids = tok.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
         )
-        return prompt, list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return prompt, _token_ids(ids)
     return prompt, tok(prompt, add_special_tokens=True)["input_ids"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,15 @@ def write_train_state(
         tmp / "trainer_state.json",
         {"step": step, "optimizer_scalars": scalars, "param_groups": groups, **extra},
     )
+    for f in tmp.iterdir():  # on disk before the swap makes them the state
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     old = state_dir.with_name(state_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if state_dir.exists():
+    if state_dir.exists():  # else (a kill between the renames) .old is the only state: keep it
+        shutil.rmtree(old, ignore_errors=True)
         state_dir.rename(old)
     tmp.rename(state_dir)
     shutil.rmtree(old, ignore_errors=True)

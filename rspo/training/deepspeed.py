@@ -186,6 +186,7 @@ class DeepSpeedPolicy:
         dtype = next(model.parameters()).dtype
         self.config = deepspeed_config(cfg, dist.world_size, dtype)
         self.world = dist.world_size
+        self.dist = dist
         # rspo's optimizer hyper-parameters, for the saved training state
         self.groups = [
             {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups
@@ -201,7 +202,11 @@ class DeepSpeedPolicy:
         """This rank's flat fp32 partitions, the tensors the wrapped torch optimizer steps
         (stage 3 lists them in its param groups only during a step)."""
         zero = self.engine.optimizer
-        for attr in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups"):
+        for attr in (
+            "fp32_partitioned_groups_flat",  # stage 3
+            "single_partition_of_fp32_groups",  # stages 1-2
+            "fp32_groups_flat_partition",  # BF16_Optimizer (stage 1 with bf16 weights)
+        ):
             flat = getattr(zero, attr, None)
             if flat:
                 return list(flat)
@@ -210,15 +215,16 @@ class DeepSpeedPolicy:
     def _named(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad]
 
-    def save_state(self, state_dir: Path, step: int, is_main: bool) -> None:
-        """Gather the fp32 master weights and optimizer state parameter by parameter
-        (DeepSpeed's tensor-fragment API) and write them on rank 0 as one process would:
-        safetensors, no pickle, resumable with any number of processes or engine. Every
-        rank must call it."""
+    def save_state(self, state_dir: Path, step: int) -> None:
+        """Gather the fp32 master weights and optimizer state parameter by parameter, one
+        tensor at a time (DeepSpeed's tensor-fragment API), and write them on rank 0 as one
+        process would: safetensors, resumable by any engine and number of processes. Every
+        rank must call it; an error writing on rank 0 is raised on every rank."""
         from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
         from rspo.training.checkpoint import write_train_state
 
+        main = self.dist.is_main
         base = self.engine.optimizer.optimizer
         flat = [base.state[f] for f in self._flat_partitions()]
         keys = [k for k, v in flat[0].items() if k != "step" and torch.is_tensor(v)]
@@ -226,27 +232,31 @@ class DeepSpeedPolicy:
         opt: dict[int, dict[str, Any]] = {}
         for i, (name, p) in enumerate(self._named()):
             shape = tuple(getattr(p, "ds_shape", p.shape))
-            master = safe_get_full_fp32_param(p)  # collectives: every rank, same order
-            state = {k: safe_get_full_optimizer_state(p, k) for k in keys}
-            if is_main:
-                weights[name] = master.reshape(shape).cpu()
-                st = {k: v.reshape(shape).cpu() for k, v in state.items()}
-                opt[i] = {"step": flat[0]["step"].detach().cpu().clone(), **st}
-        if is_main:
-            groups = [{**g, "params": list(range(len(opt)))} for g in self.groups]
-            write_train_state(state_dir, weights, opt, groups, step, {})
+            # collectives (every rank, same order); on the CPU before the next is gathered
+            full = safe_get_full_fp32_param(p)
+            weights[name] = full.reshape(shape).cpu() if main else None
+            st = {"step": flat[0]["step"].detach().cpu().clone()}
+            for k in keys:
+                full = safe_get_full_optimizer_state(p, k)
+                st[k] = full.reshape(shape).cpu() if main else None
+            del full
+            opt[i] = st
+        groups = [{**g, "params": list(range(len(opt)))} for g in self.groups]
+        self.dist.from_main(write_train_state, state_dir, weights, opt, groups, step, {})
 
     def load_state(self, found: Path) -> int:
         """Put a saved training state's fp32 master weights and optimizer state into the
-        partitions (each rank reads what it holds, tensor by tensor); the step it was saved
-        after. The module's weights were loaded before ``deepspeed.initialize``."""
-        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+        partitions (each rank reads the saved tensors one at a time and keeps its part); the
+        step it was saved after. The module's weights were loaded before
+        ``deepspeed.initialize``. A parameter without saved state (it never had a gradient
+        when another engine saved) keeps zero moments."""
         from safetensors import safe_open
 
         meta = json.loads((Path(found) / "trainer_state.json").read_text())
         with safe_open(str(Path(found) / "optimizer.safetensors"), "pt") as o:
             names = set(o.keys())
-            step = o.get_tensor("0.step") if "0.step" in names else torch.tensor(meta["step"])
+            steps = sorted(k for k in names if k.endswith(".step"))
+            step = o.get_tensor(steps[0]) if steps else torch.tensor(meta["step"])
             keys = sorted({k.split(".", 1)[1] for k in names} - {"step"})
             base = self.engine.optimizer.optimizer
             for f in self._flat_partitions():  # the optimizer creates its state lazily
@@ -255,13 +265,14 @@ class DeepSpeedPolicy:
                     **{k: torch.zeros_like(f) for k in keys},
                 }
             link = getattr(self.engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
-            if link is not None:  # stage 1/2: point each parameter's fragments at that state
+            if link is not None:  # stages 1-2: point each parameter's fragments at that state
                 link()
             with safe_open(str(Path(found) / "model.safetensors"), "pt") as w:
                 for i, (name, p) in enumerate(self._named()):
-                    safe_set_full_fp32_param(p, w.get_tensor(name).float())
+                    _set_full(p, w.get_tensor(name).float())
                     for k in keys:
-                        safe_set_full_optimizer_state(p, o.get_tensor(f"{i}.{k}").float(), k)
+                        if f"{i}.{k}" in names:
+                            _set_full(p, o.get_tensor(f"{i}.{k}").float(), k)
         return int(meta["step"])
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -332,6 +343,27 @@ def _drop_global_references() -> None:
                         nxt.append(cell.cell_contents)
                 nxt += [w for w in (getattr(fn, "__wrapped__", None),) if w is not None]
             todo, depth = [f for f in nxt if callable(f)], depth + 1
+
+
+def _set_full(p: torch.nn.Parameter, value: torch.Tensor, key: str | None = None) -> None:
+    """This rank's part of a full fp32 master weight (``key`` None) or optimizer state.
+    At stage 3 the value is padded first: DeepSpeed 0.19's ``safe_set_full_*`` cuts the
+    unpadded value at padded partition offsets and overruns it on the last rank when the
+    parameter's size does not divide by the number of processes."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    if not hasattr(p, "ds_id"):  # stages 1-2
+        if key is None:
+            safe_set_full_fp32_param(p, value)
+        else:
+            safe_set_full_optimizer_state(p, value, key)
+        return
+    zero = p._z3_optimizer
+    part, _ = zero._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)
+    n, rank = part.numel(), zero._get_param_partition_rank(p)
+    flat = value.flatten().to(part.device)
+    flat = torch.nn.functional.pad(flat, (0, max(0, n * (rank + 1) - flat.numel())))
+    part.data.copy_(flat.narrow(0, n * rank, n))
 
 
 def _persistent_buffers(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:

@@ -153,48 +153,52 @@ def save_fsdp_state(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     step: int,
-    is_main: bool,
+    dist: DistContext,
 ) -> None:
     """Gather the sharded weights and optimizer state to rank 0's CPU and write them as one
     process would (:func:`rspo.training.checkpoint.write_train_state`): safetensors, and
-    resumable with any number of processes or engine. Every rank must call it."""
+    resumable with any number of processes or engine. Every rank must call it; an error
+    writing on rank 0 is raised on every rank."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     from rspo.training.checkpoint import write_train_state
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights, osd = get_state_dict(model, optimizer, options=opts)
-    if not is_main:
-        return
-    for name in getattr(model, "_rspo_tied", ()):
-        weights.pop(name, None)
-    index = {n: i for i, n in enumerate(trainable_names(model))}
-    state = {index[fqn]: st for fqn, st in osd["state"].items()}
-    groups = [{**g, "params": [index[f] for f in g["params"]]} for g in osd["param_groups"]]
-    write_train_state(state_dir, weights, state, groups, step, {})
+
+    def write() -> None:  # rank 0 holds the full state
+        for name in getattr(model, "_rspo_tied", ()):
+            weights.pop(name, None)
+        index = {n: i for i, n in enumerate(trainable_names(model))}
+        state = {index[fqn]: st for fqn, st in osd["state"].items()}
+        groups = [{**g, "params": [index[f] for f in g["params"]]} for g in osd["param_groups"]]
+        write_train_state(state_dir, weights, state, groups, step, {})
+
+    dist.from_main(write)
 
 
 def load_fsdp_optimizer(
     found: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: DistContext
 ) -> int:
-    """Load a saved optimizer state into the sharded optimizer (rank 0 reads it and sends
-    each rank its shards); the step it was saved after. Weights are loaded before sharding."""
+    """Load a saved optimizer state into the sharded optimizer (rank 0 reads the file, then
+    sends each rank its shards); the step it was saved after. Weights are loaded before
+    sharding. An error reading on rank 0 is raised on every rank."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     from rspo.training.checkpoint import read_train_state
 
     osd: dict = {}
-    step = 0
-    if dist.is_main:
+
+    def read() -> int:
         meta, state = read_train_state(found)
         names = trainable_names(model)
-        step = int(meta["step"])
-        osd = {
-            "state": {names[i]: st for i, st in state.items()},
-            "param_groups": [
-                {**g, "params": [names[i] for i in g["params"]]} for g in meta["param_groups"]
-            ],
-        }
+        osd["state"] = {names[i]: st for i, st in state.items()}
+        osd["param_groups"] = [
+            {**g, "params": [names[i] for i in g["params"]]} for g in meta["param_groups"]
+        ]
+        return int(meta["step"])
+
+    step = dist.from_main(read)
     opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_optimizer_state_dict(model, optimizer, osd, options=opts)
-    return int(dist.broadcast(step))
+    return step

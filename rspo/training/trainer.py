@@ -131,6 +131,8 @@ def train_policy(
         else:
             start = load_train_state(found, optimizer)["step"]
     steps = _batches(len(examples) // unit, unit, cfg, seed)
+    if cfg.disable_dropout:
+        disable_dropout(model)
     model.train()
     last: dict[str, float] = {}
     for step in range(start, len(steps)):
@@ -184,17 +186,48 @@ def train_policy(
             and step + 1 < len(steps)
         ):
             if ds is not None:  # collectives: gathered to rank 0, written as one process would
-                ds.save_state(state_dir, step + 1, dist.is_main)
+                ds.save_state(state_dir, step + 1)
             elif fsdp:
-                save_fsdp_state(state_dir, model, optimizer, step + 1, dist.is_main)
-            elif dist.is_main:
-                save_train_state(state_dir, model, optimizer, step + 1, {})
+                save_fsdp_state(state_dir, model, optimizer, step + 1, dist)
+            else:  # rank 0 writes; its error is raised everywhere
+                dist.from_main(save_train_state, state_dir, model, optimizer, step + 1, {})
         if on_step is not None:
             on_step(step + 1)
     model.eval()
     if not sharded:
         dist.check_in_sync(model, "trained policy")
     return last
+
+
+DROPOUT_MODULES = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Zero the dropout probabilities and router-noise levels inside ``model`` (modules, and
+    float attributes such as ``attention_dropout`` or ``jitter_noise`` that forwards read
+    when training), but not a LoRA adapter's own ``lora_dropout``; how many were set."""
+    n = 0
+    for name, m in model.named_modules():
+        if "lora_dropout" in name:
+            continue
+        if isinstance(m, DROPOUT_MODULES) and m.p > 0:
+            m.p, n = 0.0, n + 1
+        for attr, v in list(vars(m).items()):
+            if (
+                isinstance(v, float)
+                and v > 0
+                and any(k in attr for k in ("dropout", "pdrop", "jitter"))
+            ):
+                setattr(m, attr, 0.0)
+                n += 1
+    return n
 
 
 def shard_positions(n_units: int, unit: int, rank: int, world: int) -> list[int]:
