@@ -472,14 +472,22 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 _LEAF_DICTS = ("kwargs", "judge_kwargs", "vllm_kwargs")
 
 
+class _Entries(dict):
+    """Entries of a settings dict set one by one (``--judge.kwargs.model X``): merged into
+    the dict, where a whole dict given as the value replaces it."""
+
+
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Nested config dicts merged key by key, ``over`` winning; settings dicts are leaves."""
+    """Nested config dicts merged key by key, ``over`` winning; settings dicts are leaves
+    (replaced whole) unless ``over`` sets single entries of them."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _LEAF_DICTS:
             out[k] = deep_merge(out[k], v)
+        elif isinstance(v, _Entries) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
         else:
-            out[k] = v
+            out[k] = dict(v) if isinstance(v, _Entries) else v
     return out
 
 
@@ -504,7 +512,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            node = node.setdefault(p, _Entries() if p in _LEAF_DICTS else {})
         node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
     return out
 

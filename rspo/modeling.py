@@ -165,6 +165,26 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tok
 
 
+def check_same_tokenizer(
+    tok: PreTrainedTokenizerBase, path: str, what: str, trust_remote_code: bool = False
+) -> None:
+    """``path``'s model must read the policy's token ids (π_ref scores the policy's samples
+    token by token): its tokenizer, when the directory has one, must have the same
+    vocabulary. ``what`` names the setting in the error."""
+    p = Path(path)
+    if not (p.is_dir() and any((p / f).exists() for f in _TOKENIZER_FILES)):
+        return  # a hub id or an adapter directory without one: the base's tokenizer
+    other = _from_pretrained(AutoTokenizer, str(p), "tokenizer", trust_remote_code)
+    mine, theirs = tok.get_vocab(), other.get_vocab()
+    if mine != theirs:
+        diff = sorted(set(mine.items()) ^ set(theirs.items()), key=lambda kv: kv[1])[:3]
+        raise ValueError(
+            f"{what}={path}: its tokenizer differs from model.path's ({len(theirs)} vs "
+            f"{len(mine)} tokens; e.g. {diff}); π_ref scores the policy's token ids, so it "
+            "must share the policy's tokenizer"
+        )
+
+
 def load_model(
     path: str,
     dtype: str = "float32",

@@ -310,7 +310,40 @@ def _setup_cases(env: Env) -> list[tuple[str, dict, str]]:
             {"model.ref_path": str(env.tmp / "no_ref")},
             r"no_ref does not exist",
         ),
+        (
+            "ref_with_another_tokenizer",
+            {"model.ref_path": str(_other_vocabulary(env))},
+            r"model.ref_path=.*othervocab: its tokenizer differs from model"
+            r".path's \(260 vs 259 .*<other>",
+        ),
+        (
+            "response_beyond_the_context",
+            {"generation.max_new_tokens": 100000},
+            r"data.prompts: the longest prompt \(\d+ tokens\) \+ generation/evaluation "
+            r"max_new_tokens \(100000\).*max_position_embeddings = \d+",
+        ),
+        (
+            "gym_judge_on_other_prompts",
+            {"judge.name": "gym-proxy"},
+            r"judge.name=gym-proxy reads only the gym's prompts, but .*train.jsonl has others",
+        ),
+        (
+            "gym_accuracy_on_other_prompts",
+            {"evaluation.accuracy_fn": "rspo.gym.tasks:check_answer"},
+            r"evaluation.accuracy_fn=rspo.gym.tasks:check_answer reads only the gym's prompts",
+        ),
     ]
+
+
+def _other_vocabulary(env: Env) -> Path:
+    """The tiny model with one token added to its tokenizer (a π_ref that reads other ids)."""
+    from transformers import AutoTokenizer
+
+    d = env.model_variant("othervocab")
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.add_tokens(["<other>"])
+    tok.save_pretrained(d)
+    return d
 
 
 SETUP_IDS = [
@@ -320,6 +353,8 @@ SETUP_IDS = [
     "negative_mixture_weight", "nan_mixture_weight", "unknown_judge", "unknown_judge_setting",
     "secret_in_judge_settings", "model_without_weights", "model_without_config",
     "model_without_tokenizer", "tokenizer_without_eos", "missing_model_dir", "missing_ref_model",
+    "ref_with_another_tokenizer", "response_beyond_the_context", "gym_judge_on_other_prompts",
+    "gym_accuracy_on_other_prompts",
 ]  # fmt: skip
 
 

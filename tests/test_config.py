@@ -110,3 +110,22 @@ def test_unquoted_on_off_in_yaml_or_cli_mean_the_strings(tmp_path):
     assert (cfg.training.packing, cfg.generation.logprobs) == ("on", "off")
     with pytest.raises(ConfigError, match="generation.backend: expected a string, got True"):
         load_config(None, ["--generation.backend", "true"])  # no on/off choice: still an error
+
+
+def test_an_entry_of_a_settings_dict_overrides_only_that_entry(tmp_path):
+    """--judge.kwargs.model X changes one judge setting and keeps the file's others; a whole
+    dict given as --judge.kwargs '{...}' replaces them (settings of another judge must not
+    leak into it)."""
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "judge: {name: python, kwargs: {fn: 'a:b', batch: 4}}\n"
+        "evaluation: {judge: python, judge_kwargs: {fn: 'a:b'}}\n"
+    )
+    one = load_config(f, ["--judge.kwargs.fn", "c:d"])
+    assert one.judge.kwargs == {"fn": "c:d", "batch": 4}
+    assert type(one.judge.kwargs) is dict  # dumps as plain YAML
+    assert "fn: c:d" in one.to_yaml()
+    whole = load_config(f, ["--judge.kwargs", "{fn: 'c:d'}"])
+    assert whole.judge.kwargs == {"fn": "c:d"}
+    new = load_config(f, ["--evaluation.judge_kwargs.extra", "1"])
+    assert new.evaluation.judge_kwargs == {"fn": "a:b", "extra": 1}

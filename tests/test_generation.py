@@ -91,3 +91,41 @@ def test_unknown_backend_is_named(tiny):
     tok, model = tiny
     with pytest.raises(ValueError, match="allowed: hf, vllm"):
         build_backend("nope", model, tok)
+
+
+def test_stop_ids_are_the_tokenizers_eos_then_the_generation_configs():
+    from types import SimpleNamespace
+
+    from rspo.generation.base import stop_ids
+
+    tok = SimpleNamespace(eos_token_id=2)
+    assert stop_ids(tok) == stop_ids(tok, SimpleNamespace(eos_token_id=None)) == [2]
+    assert stop_ids(tok, SimpleNamespace(eos_token_id=7)) == [2, 7]
+    assert stop_ids(tok, SimpleNamespace(eos_token_id=[7, 2, 9])) == [2, 7, 9]
+
+
+@pytest.mark.parametrize("decode", ["auto", "generate"])
+def test_a_turn_end_in_the_generation_config_stops_responses(decode):
+    """Llama 3 / Phi-3 / Gemma chat models end a turn with a token that is only in
+    generation_config.eos_token_id: responses must stop there (finished, text without it),
+    as ``model.generate`` with the model's own generation config does."""
+    tok = build_byte_tokenizer()
+    model = build_tiny_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=3).eval()
+    prompts = [tok(s)["input_ids"] for s in ["Q: a\nA:", "Q: longer prompt\nA:", "Q: x\nA:"]]
+    params = SamplingParams(max_new_tokens=16, temperature=0.0)
+    free = build_backend("hf", model, tok, batch_size=3).generate(prompts, [0, 1, 2], params)
+    assert not any(c.finished for c in free)
+    turn_end = free[0].ids[2]  # the model's 3rd greedy token for prompt 0: a turn end now
+    model.generation_config.eos_token_id = [tok.eos_token_id, turn_end]
+    got = build_backend("hf", model, tok, batch_size=3, decode=decode).generate(
+        prompts, [0, 1, 2], params
+    )
+    for c, f, p in zip(got, free, prompts):
+        want = model.generate(input_ids=torch.tensor([p]), do_sample=False, max_new_tokens=16)[
+            0, len(p) :
+        ].tolist()
+        cut = next((i + 1 for i, t in enumerate(f.ids) if t == turn_end), len(f.ids))
+        assert c.ids == f.ids[:cut] == want[:cut]
+        assert c.finished == (turn_end in f.ids)
+        assert c.text == tok.decode(c.ids[:-1] if c.finished else c.ids, skip_special_tokens=True)
+    assert got[0].finished and got[0].ids[-1] == turn_end and len(got[0].ids) < len(free[0].ids)

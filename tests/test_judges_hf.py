@@ -199,3 +199,20 @@ def test_pairwise_lm_rejects_bad_settings(model_dirs):
         build_judge("pairwise_lm", model=str(model_dirs["lm"]), choices=("AB", "B"))
     with pytest.raises(ValueError, match=r"missing: \{response_b\}"):
         build_judge("pairwise_lm", model=str(model_dirs["lm"]), template="{prompt} {response_a}")
+
+
+def test_a_reward_model_without_its_head_is_an_error_not_a_random_head(model_dirs, tmp_path):
+    """A checkpoint whose head is saved under another name (``value_head`` instead of
+    ``score``): transformers would give the judge a random head; rspo refuses, naming it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "rm_renamed"
+    shutil.copytree(model_dirs["rm"], d)
+    w = load_file(str(d / "model.safetensors"))
+    assert "score.weight" in w
+    w["value_head.weight"] = w.pop("score.weight")
+    save_file(w, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"rm_renamed: the checkpoint has no weights for \['score"):
+        build_judge("reward_model", model=str(d))

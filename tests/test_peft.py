@@ -235,3 +235,24 @@ def test_lora_config_from_cli_overrides_and_yaml_round_trip():
     assert load_config(None, ["--model.lora", "null"]).model.lora is None
     again = load_config(None, yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
+
+
+def test_an_adapter_of_a_base_given_by_a_relative_path_loads_from_anywhere(
+    env, tmp_path, monkeypatch
+):
+    """model.path relative to the working directory: the saved adapter names its base by
+    absolute path, so the checkpoint loads after a change of directory (as `rspo eval` from
+    elsewhere would)."""
+    _, model_dir = env
+    monkeypatch.chdir(model_dir.parent)
+    m = ModelConfig(path=model_dir.name, lora=LoraConfig(r=4, alpha=8.0))
+    pol = LoraPolicy(m, seed=0, device=CPU)
+    pol.trainable(model_dir.name).save_pretrained(tmp_path / "ck", safe_serialization=True)
+    saved = json.loads((tmp_path / "ck" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(model_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    prompts, resps = _pairs()
+    base = load_model(str(model_dir)).eval()
+    assert torch.equal(
+        _lp(load_model(str(tmp_path / "ck")), prompts, resps), _lp(base, prompts, resps)
+    )

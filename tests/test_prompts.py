@@ -44,7 +44,7 @@ def test_a_text_prompt_is_wrapped_in_the_chat_template_as_one_user_turn(tok):
     assert all(isinstance(t, int) for t in ids)
 
 
-def test_chat_messages_keep_every_turn_and_the_judge_sees_the_last_user_turn(tok):
+def test_chat_messages_keep_every_turn_for_the_policy_and_the_judge(tok):
     msgs = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
@@ -52,8 +52,12 @@ def test_chat_messages_keep_every_turn_and_the_judge_sees_the_last_user_turn(tok
         {"role": "user", "content": "Bye?"},
     ]
     text, ids = format_prompt(tok, msgs, "auto")
-    assert text == "Bye?"
+    assert text == "system: Be brief.\nuser: Hi\nassistant: Hello\nuser: Bye?"
     assert ids == plain(tok, "<system>Be brief.<user>Hi<assistant>Hello<user>Bye?<assistant>")
+    assert format_prompt(tok, msgs[1:2], "auto") == ("Hi", plain(tok, "<user>Hi<assistant>"))
+    # never: no template, the turns as lines, for the policy too
+    never = format_prompt(tok, msgs, "never")
+    assert never == (text, tok(text, add_special_tokens=True)["input_ids"])
 
 
 def test_never_tokenizes_the_plain_text_with_the_tokenizers_special_tokens(tok):

@@ -226,3 +226,34 @@ def test_multi_sample_evaluation_pairs_sample_j_with_sample_j(setup):
     # the policy against itself: identical seeded samples, every pair a tie
     same = evaluate_model(load_config(None, _cfg(tmp, model, "eval_self", **extra)), str(model))
     assert same["win_rate"] == 0.5 and same["win_rate_ci"] == [0.5, 0.5]
+
+
+def test_rspo_eval_of_another_model_in_the_same_directory_does_not_reuse_outputs(setup):
+    """`rspo eval` twice with the default output dir: the second model's metrics are its
+    own (equal to a fresh directory's), π_ref's baseline is kept, and a changed config
+    replaces the baseline too."""
+    from rspo.selfplay.standalone import evaluate_model
+
+    tmp, model = setup
+    a = make_tiny_model_dir(tmp / "eval_a", seed=11)
+    b = make_tiny_model_dir(tmp / "eval_b", seed=12)
+    cfg = load_config(None, _cfg(tmp, model, "eval_twice"))
+    logs: list[str] = []
+    evaluate_model(cfg, str(a))
+    out = Path(cfg.run.output) / "eval"
+    base = (out / "eval_baseline.jsonl").read_bytes()
+    of_a = (out / "eval_outputs.jsonl").read_bytes()
+    second = evaluate_model(cfg, str(b))
+    alone = evaluate_model(cfg, str(b), str(tmp / "eval_b_alone"))
+    of_b = (out / "eval_outputs.jsonl").read_bytes()
+    assert of_b == (tmp / "eval_b_alone" / "eval_outputs.jsonl").read_bytes() != of_a
+    assert second == {**alone, "model": str(b)}
+    assert (out / "eval_baseline.jsonl").read_bytes() == base
+    again = evaluate_model(cfg, str(b))  # same model and config: read back, same numbers
+    assert again["win_rate"] == second["win_rate"]
+    changed = load_config(None, _cfg(tmp, model, "eval_twice", **{"evaluation.max_new_tokens": 4}))
+    from rspo.selfplay.standalone import _claim
+
+    _claim(out, str(b), changed, logs.append)
+    assert not (out / "eval_baseline.jsonl").exists() and not (out / "metrics.json").exists()
+    assert logs and "removed" in logs[0]

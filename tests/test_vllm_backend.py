@@ -188,6 +188,20 @@ def test_output_conversion_follows_the_hf_convention(token_ids, reason, ids, fin
     assert c.text == tok.decode(body, skip_special_tokens=True)
 
 
+def test_output_conversion_with_a_turn_end_stop_token(fake_vllm):
+    """Stop ids [EOS, T] (T from generation_config.json): cut after the first of them; a
+    dropped stop token is restored from vLLM's ``stop_reason``."""
+    tok = build_byte_tokenizer()
+    eos, t = tok.eos_token_id, 120
+    out = FakeRequestOutput([FakeCompletionOutput([104, t, 105, eos], "stop")])
+    c = to_completion(out, tok, [eos, t])
+    assert (c.ids, c.finished, c.text) == ([104, t], True, tok.decode([104]))
+    out = FakeRequestOutput([FakeCompletionOutput([104, 105], "stop", stop_reason=t)])
+    assert to_completion(out, tok, [eos, t]).ids == [104, 105, t]
+    sp = vllm_sampling_params(fake_vllm, SamplingParams(5, 0.0), 3, [eos, t])
+    assert sp.stop_token_ids == [eos, t] and sp.ignore_eos
+
+
 def test_missing_vllm_is_a_clear_error_before_the_run_directory(env, monkeypatch, tmp_path):
     tmp, model = env
     monkeypatch.setitem(sys.modules, "vllm", None)

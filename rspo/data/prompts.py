@@ -91,9 +91,10 @@ def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[tuple[s
     if path.is_dir():
         try:
             import datasets
-        except ImportError as e:
-            raise ImportError(
-                f"{path} is a directory: loading a local HF dataset needs `pip install datasets`"
+        except ImportError as e:  # an error the CLI reports without a traceback
+            raise ValueError(
+                f"{path} is a directory: loading a local HF dataset needs the `datasets` "
+                "package (pip install datasets), or give a .jsonl file"
             ) from e
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
@@ -118,26 +119,35 @@ def _token_ids(out: Any) -> list[int]:
 
 
 def format_prompt(tok: PreTrainedTokenizerBase, prompt: Any, mode: str) -> tuple[str, list[int]]:
-    """Return (judge-facing text, policy token ids); the chat template is applied per ``mode``."""
+    """Return (judge-facing text, policy token ids); the chat template is applied per ``mode``
+    (auto: when the tokenizer has one; always; never: plain text). A ``messages`` prompt
+    without a template is its turns as ``role: content`` lines."""
     has_template = getattr(tok, "chat_template", None) is not None
+    if mode == "always" and not has_template:
+        raise ValueError("data.chat_template=always but the tokenizer has no chat template")
     use_template = mode == "always" or (mode == "auto" and has_template)
     if isinstance(prompt, list):  # chat messages
-        if not has_template:
-            if mode == "always":
-                raise ValueError("data.chat_template=always but the tokenizer has no chat template")
+        judge_text = judge_view(prompt)
+        if not use_template:
             text = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-            return text, tok(text, add_special_tokens=True)["input_ids"]
-        judge_text = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+            return judge_text, tok(text, add_special_tokens=True)["input_ids"]
         ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
         return judge_text, _token_ids(ids)
     if use_template:
-        if not has_template:
-            raise ValueError("data.chat_template=always but the tokenizer has no chat template")
         ids = tok.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
         )
         return prompt, _token_ids(ids)
     return prompt, tok(prompt, add_special_tokens=True)["input_ids"]
+
+
+def judge_view(messages: list[dict[str, Any]]) -> str:
+    """What a judge reads as the prompt of a ``messages`` conversation: a lone user turn as
+    it is, anything longer (a system prompt, earlier turns) as ``role: content`` lines, so
+    the judge sees the context the policy answered in."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
 def load_prompts(

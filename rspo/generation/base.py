@@ -41,6 +41,22 @@ class Completion:
         return not self.finished
 
 
+def stop_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """Token ids that end a response: the tokenizer's EOS, then any ``eos_token_id`` of the
+    model's generation config (chat models list their turn end there: Llama 3's
+    ``<|eot_id|>``, Phi-3's ``<|end|>``, Gemma's ``<end_of_turn>``)."""
+    extra = getattr(generation_config, "eos_token_id", None)
+    if extra is None:
+        extra = []
+    elif isinstance(extra, int):
+        extra = [extra]
+    out: list[int] = []
+    for t in [tokenizer.eos_token_id, *extra]:
+        if t is not None and int(t) not in out:
+            out.append(int(t))
+    return out
+
+
 class GenerationBackend(ABC):
     """Generates completions for tokenized prompts with per-sequence seeds."""
 

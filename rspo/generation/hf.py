@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from rspo.generation.base import Completion, GenerationBackend, SamplingParams
+from rspo.generation.base import Completion, GenerationBackend, SamplingParams, stop_ids
 from rspo.generation.hf_decode import decode, decode_supported
 
 
@@ -64,9 +64,13 @@ def left_pad(prompt_ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tenso
     return ids, attn
 
 
-def until_eos(row: list[int], eos: int) -> list[int]:
-    """``row`` up to and including its first EOS (all of it when there is none)."""
-    return row[: row.index(eos) + 1] if eos in row else row
+def until_eos(row: list[int], eos: int | Sequence[int]) -> list[int]:
+    """``row`` up to and including its first stop token (all of it when there is none)."""
+    stops = {eos} if isinstance(eos, int) else set(eos)
+    for i, t in enumerate(row):
+        if t in stops:
+            return row[: i + 1]
+    return row
 
 
 class SeededGumbelSampler(LogitsProcessor):
@@ -182,12 +186,13 @@ class HFBackend(GenerationBackend):
         model.eval()
         device = next(model.parameters()).device
         eos, pad = tok.eos_token_id, tok.pad_token_id
+        stops = stop_ids(tok, getattr(model, "generation_config", None))
         ids, attn = (x.to(device) for x in left_pad(prompt_ids, pad))
         sampler = SeededGumbelSampler(seeds, params, record=self.logprobs)
         if self.decode == "auto" and decode_supported(model, eos, pad):
-            toks, fin, lps = decode(model, ids, attn, sampler, params.max_new_tokens, eos)
+            toks, fin, lps = decode(model, ids, attn, sampler, params.max_new_tokens, stops)
         else:
-            toks, fin, lps = self._generate_hf(ids, attn, sampler, params)
+            toks, fin, lps = self._generate_hf(ids, attn, sampler, params, stops)
         return [
             Completion(
                 ids=t,
@@ -198,14 +203,13 @@ class HFBackend(GenerationBackend):
             for t, f, lp in zip(toks, fin, lps)
         ]
 
-    def _generate_hf(self, ids, attn, sampler, params: SamplingParams):
+    def _generate_hf(self, ids, attn, sampler, params: SamplingParams, stops: list[int]):
         """``model.generate`` with the sampler as logits processor; same outputs as ``decode``."""
-        eos = self.tok.eos_token_id
         gen_cfg = GenerationConfig(
             do_sample=False,
             max_new_tokens=params.max_new_tokens,
             pad_token_id=self.tok.pad_token_id,
-            eos_token_id=eos,
+            eos_token_id=stops,
         )
         processors = LogitsProcessorList()
         if params.temperature > 0 or self.logprobs:
@@ -217,6 +221,6 @@ class HFBackend(GenerationBackend):
                 generation_config=gen_cfg,
                 logits_processor=processors,
             )[:, ids.shape[1] :].tolist()
-        toks = [until_eos(row, eos) for row in seqs]  # unfinished rows ran every step
-        fin = [eos in t for t in toks]
+        toks = [until_eos(row, stops) for row in seqs]  # unfinished rows ran every step
+        fin = [bool(t) and t[-1] in stops for t in toks]
         return toks, fin, sampler.sequence_logprobs([len(t) for t in toks])

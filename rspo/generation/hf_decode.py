@@ -12,18 +12,27 @@ and its cache rows copied.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
 def decode(
-    model, ids: torch.Tensor, attn: torch.Tensor, sampler, max_new_tokens: int, eos: int
+    model,
+    ids: torch.Tensor,
+    attn: torch.Tensor,
+    sampler,
+    max_new_tokens: int,
+    eos: int | Sequence[int],
 ) -> tuple[list[list[int]], list[bool], list[float]]:
-    """Sample up to ``max_new_tokens`` per left-padded row; tokens (EOS included when
-    produced), finished flags and summed untempered log-probs per row."""
+    """Sample up to ``max_new_tokens`` per left-padded row, a row ending at its first stop
+    token (``eos``: one id or several); tokens (the stop token included when produced),
+    finished flags and summed untempered log-probs per row."""
     from transformers import DynamicCache
 
     from rspo.modeling import forward_accepts
 
+    stops = {eos} if isinstance(eos, int) else set(eos)
     n = ids.shape[0]
     device = ids.device
     cache = DynamicCache(config=model.config)
@@ -56,10 +65,10 @@ def decode(
         picked = pick.tolist()
         for r, tok in zip(rows.tolist(), picked):
             tokens[r].append(tok)
-            finished[r] = tok == eos
+            finished[r] = tok in stops
         if step == max_new_tokens - 1:
             break
-        keep = [j for j, tok in enumerate(picked) if tok != eos]
+        keep = [j for j, tok in enumerate(picked) if tok not in stops]
         if not keep:
             break
         if len(keep) < len(picked):

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rspo.generation.base import Completion, GenerationBackend, SamplingParams
+from rspo.generation.base import Completion, GenerationBackend, SamplingParams, stop_ids
 
 INSTALL_HINT = (
     "generation.backend=vllm needs vLLM, which runs on CUDA GPUs: pip install 'rspo[vllm]' "
@@ -50,13 +50,17 @@ def import_vllm() -> Any:
     return vllm
 
 
-def vllm_sampling_params(vllm: Any, params: SamplingParams, seed: int, eos_token_id: int) -> Any:
+def vllm_sampling_params(
+    vllm: Any, params: SamplingParams, seed: int, eos_token_id: int | Sequence[int]
+) -> Any:
     """One ``vllm.SamplingParams`` for one sequence, matching the HF backend's semantics.
 
-    Stops at the tokenizer's EOS only (``ignore_eos`` drops vLLM's own EOS set, which may
-    hold extra ids from generation_config.json); top_k 0 = off (vLLM: -1); temperature 0 =
-    greedy; ``seed`` makes the sequence's sampling depend on its seed alone.
+    Stops at rspo's stop ids (:func:`rspo.generation.base.stop_ids`: the tokenizer's EOS and
+    generation_config.json's; ``ignore_eos`` drops vLLM's own set so both backends agree);
+    top_k 0 = off (vLLM: -1); temperature 0 = greedy; ``seed`` makes the sequence's
+    sampling depend on its seed alone.
     """
+    stops = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     return vllm.SamplingParams(
         n=1,
         temperature=params.temperature,
@@ -65,26 +69,29 @@ def vllm_sampling_params(vllm: Any, params: SamplingParams, seed: int, eos_token
         max_tokens=params.max_new_tokens,
         seed=int(seed),
         ignore_eos=True,
-        stop_token_ids=[eos_token_id],
+        stop_token_ids=stops,
         skip_special_tokens=True,
     )
 
 
-def to_completion(output: Any, tokenizer: Any) -> Completion:
-    """A vLLM ``RequestOutput`` as our Completion: ids end with EOS iff it finished.
+def to_completion(output: Any, tokenizer: Any, stops: Sequence[int] | None = None) -> Completion:
+    """A vLLM ``RequestOutput`` as our Completion: ids end with a stop token iff it finished.
 
     vLLM may or may not keep the stop token in ``token_ids``; either way the response is
-    cut after the first EOS (or EOS is appended when it stopped on it), as the HF backend
-    records it, and the text is decoded by our tokenizer without special tokens.
+    cut after the first stop token (or the one it stopped on is appended: ``stop_reason``,
+    else the tokenizer's EOS), as the HF backend records it, and the text is decoded by our
+    tokenizer without special tokens.
     """
-    eos = tokenizer.eos_token_id
+    stops = list(stops) if stops else [tokenizer.eos_token_id]
     out = output.outputs[0]
     ids = [int(i) for i in out.token_ids]
-    if eos in ids:
-        ids = ids[: ids.index(eos) + 1]
+    first = next((i for i, t in enumerate(ids) if t in stops), None)
+    if first is not None:
+        ids = ids[: first + 1]
         finished = True
     elif out.finish_reason == "stop":
-        ids.append(eos)
+        reason = getattr(out, "stop_reason", None)
+        ids.append(int(reason) if isinstance(reason, int) and reason in stops else stops[0])
         finished = True
     else:
         finished = False
@@ -92,6 +99,17 @@ def to_completion(output: Any, tokenizer: Any) -> Completion:
     return Completion(
         ids=ids, text=tokenizer.decode(text_ids, skip_special_tokens=True), finished=finished
     )
+
+
+def _generation_config(path: str) -> Any:
+    """The model's generation_config.json (for its ``eos_token_id``), or None."""
+    import json
+    from types import SimpleNamespace
+
+    try:
+        return SimpleNamespace(**json.loads((Path(path) / "generation_config.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _lora_rank(r: int) -> int:
@@ -119,6 +137,7 @@ class VLLMBackend(GenerationBackend):
         self.vllm = import_vllm()
         self.tok = tokenizer
         self.base_path = str(model_path)
+        self.generation_config = _generation_config(self.base_path)  # its stop ids
         self.lora = lora_rank is not None
         self.live_dir = Path(live_dir) if live_dir else None
         if not self.lora and self.live_dir is None:
@@ -211,8 +230,8 @@ class VLLMBackend(GenerationBackend):
         if len(prompt_ids) != len(seeds):
             raise ValueError("generate: need one seed per prompt")
         self.wake_up()
-        eos = self.tok.eos_token_id
+        stops = stop_ids(self.tok, self.generation_config)
         prompts = [{"prompt_token_ids": [int(t) for t in p]} for p in prompt_ids]
-        sps = [vllm_sampling_params(self.vllm, params, s, eos) for s in seeds]
+        sps = [vllm_sampling_params(self.vllm, params, s, stops) for s in seeds]
         outs = self.llm.generate(prompts, sps, use_tqdm=False, lora_request=self._lora_request())
-        return [to_completion(o, self.tok) for o in outs]
+        return [to_completion(o, self.tok, stops) for o in outs]

@@ -109,13 +109,25 @@ def load_model(
     trust_remote_code: bool,
     local_files_only: bool,
 ) -> Any:
-    """A judge model from safetensors via ``auto_cls``, on ``device``, in eval mode."""
-    model = auto_cls.from_pretrained(
+    """A judge model from safetensors via ``auto_cls``, on ``device``, in eval mode. Weights
+    missing from the checkpoint are an error (transformers would initialise them at random:
+    a reward head saved under another name would judge by noise)."""
+    model, info = auto_cls.from_pretrained(
         path,
         dtype=resolve_dtype(dtype),
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
         local_files_only=local_files_only,
-    ).to(device)
+        output_loading_info=True,
+    )
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ValueError(
+            f"judge model {path}: the checkpoint has no weights for {missing[:4]}"
+            f"{' ...' if len(missing) > 4 else ''} ({auto_cls.__name__} would initialise them "
+            "at random); save the judge with the head this class expects (e.g. a reward "
+            "model's `score` layer) or pick the judge type that matches the checkpoint"
+        )
+    model = model.to(device)
     model.eval()
     return model

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from rspo.config import Config
+from rspo.config import Config, ConfigError
 from rspo.data import PromptSet, load_prompts
 from rspo.distributed import DistContext, init_distributed, quiet_deepspeed_on_cpu
 from rspo.generation import SamplingParams
 from rspo.modeling import (
     batched_sequence_logprobs,
+    check_same_tokenizer,
     free_memory,
     load_tokenizer,
     resolve_dtype,
@@ -55,6 +56,56 @@ from rspo.utils.io import (
 from rspo.utils.seeds import derive_seed, seed_everything
 
 Log = Callable[[str], None]
+
+
+def _check_context(c: Config, train: PromptSet, evals: PromptSet) -> None:
+    """The longest prompt + response must fit the policy's context (max_position_embeddings,
+    when its config names one): a longer sequence would fail or be garbage mid-run."""
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(
+            resolve_model_path(c.model.path), trust_remote_code=c.model.trust_remote_code
+        )
+    except (OSError, ValueError):  # an adapter directory, a hub id offline: the load says why
+        return
+    conf = getattr(conf, "get_text_config", lambda: conf)()
+    ctx = getattr(conf, "max_position_embeddings", None)
+    new = max(c.generation.max_new_tokens, c.evaluation.max_new_tokens * c.evaluation.enabled)
+    for key, ps in (("data.prompts", train), ("data.eval_prompts", evals)):
+        longest = max((len(p) for p in ps.ids), default=0)
+        if isinstance(ctx, int) and longest + new > ctx:
+            raise ConfigError(
+                f"{key}: the longest prompt ({longest} tokens) + generation/evaluation "
+                f"max_new_tokens ({new}) = {longest + new} tokens exceeds the context of "
+                f"model.path={c.model.path} (max_position_embeddings = {ctx}); lower "
+                "max_new_tokens or data.max_prompt_length (longer prompts are then errors)"
+            )
+
+
+def _check_gym_only(c: Config, train: PromptSet, evals: PromptSet) -> None:
+    """The gym's judges and answer checker read gym prompts only: with other prompts, say
+    which setting to change before any work (not at the first judged pair)."""
+    from rspo.gym.tasks import lookup
+
+    uses = [("judge.name", c.judge.name, train)]
+    if c.evaluation.enabled:
+        uses.append(("evaluation.judge", c.evaluation.judge, evals))
+        if c.evaluation.accuracy_fn.startswith("rspo.gym."):
+            uses.append(("evaluation.accuracy_fn", c.evaluation.accuracy_fn, evals))
+    for key, value, ps in uses:
+        if not (value.startswith("gym-") or value.startswith("rspo.gym.")):
+            continue
+        for text in ps.texts:
+            try:
+                lookup(text)
+            except ValueError:
+                raise ConfigError(
+                    f"{key}={value} reads only the gym's prompts, but {ps.source} has others "
+                    f"(e.g. {text[:60]!r}); set {key} for your prompts (a reward_model, "
+                    "pairwise_lm, python or openai judge; evaluation.accuracy_fn: '' for no "
+                    "accuracy)"
+                ) from None
 
 
 @dataclass
@@ -184,7 +235,8 @@ class SelfPlayRun:
         seed_everything(c.run.seed)
         self.tok = load_tokenizer(c.model.path, c.model.trust_remote_code)
         if c.model.ref_path:
-            resolve_model_path(c.model.ref_path)
+            ref = resolve_model_path(c.model.ref_path)
+            check_same_tokenizer(self.tok, ref, "model.ref_path", c.model.trust_remote_code)
         d = c.data
         self.train_prompts: PromptSet = load_prompts(
             d.prompts,
@@ -204,6 +256,8 @@ class SelfPlayRun:
             d.chat_template,
             d.max_prompt_length,
         )
+        _check_context(c, self.train_prompts, self.eval_prompts)
+        _check_gym_only(c, self.train_prompts, self.eval_prompts)
         self.loss_fn = self._make_loss(c.objective.coef)
         from rspo.judges import build_judge
         from rspo.judges.cache import CachedJudge

@@ -3,7 +3,7 @@
 runs/NAME/config.yaml          resolved config (resume refuses a changed one)
 runs/NAME/run.json             versions and creation time
 runs/NAME/metrics.jsonl        one row per evaluated iteration (rebuilt from iter dirs)
-runs/NAME/iter_001/            generations.jsonl, judgments.jsonl, dataset.jsonl,
+runs/NAME/iter_001/            generations.jsonl, judgments.jsonl, dataset.json,
                                train_log.jsonl, checkpoint/, eval_outputs.jsonl,
                                model_outputs.json, metrics.json, *.done markers
 """

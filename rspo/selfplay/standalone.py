@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,39 @@ def evaluate_model(cfg: Config, model_path: str, out: str | None = None) -> dict
     out_dir = Path(out or Path(cfg.run.output) / "eval")
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output=str(out_dir)))
     run = SelfPlayRun(cfg, fresh=True)
+    run.dist.main_only(_claim, out_dir, model_path, cfg, run.log)
     run.setup()
     metrics = evaluate_iteration(run, 0, model_path, d=out_dir)
     metrics["model"] = model_path
     run.dist.main_only(atomic_write_json, out_dir / "metrics.json", metrics)
     return metrics
+
+
+#: what ``rspo eval`` writes for the evaluated model; π_ref's baseline depends on the config
+MODEL_FILES = ("eval_outputs.jsonl", "eval_samples.jsonl", "model_outputs.json", "metrics.json")
+CLAIM = "eval_for.json"
+
+
+def _claim(out_dir: Path, model_path: str, cfg: Config, log: Any) -> None:
+    """Make ``out_dir`` hold outputs of this model and config only: outputs another model
+    left there are removed (π_ref's baseline too when the config differs), so a resumed
+    evaluation continues its own records and never reads back another model's."""
+    want = {"model": str(Path(model_path).resolve()), "config": cfg.to_dict()}
+    want["config"]["run"] = {k: v for k, v in want["config"]["run"].items() if k != "output"}
+    want = json.loads(json.dumps(want, default=str))  # as it reads back
+    try:
+        have = json.loads((out_dir / CLAIM).read_text())
+    except (OSError, ValueError):
+        have = None
+    if have != want:
+        stale = list(MODEL_FILES)
+        if have is None or have.get("config") != want["config"]:
+            stale.append("eval_baseline.jsonl")
+        gone = [f for f in stale if (out_dir / f).exists()]
+        for f in gone:
+            (out_dir / f).unlink()
+        if gone:
+            was = (have or {}).get("model", "an unknown model or config")
+            log(f"rspo eval: {out_dir} held outputs of {was}; removed {', '.join(gone)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / CLAIM, want)

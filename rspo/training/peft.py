@@ -174,6 +174,12 @@ class _AdapterDisabled(torch.nn.Module):
             return self.peft_model.generate(*args, **kwargs)
 
 
+def _absolute(path: str) -> str:
+    """A local directory as an absolute path; a hub id unchanged."""
+    p = Path(path)
+    return str(p.resolve()) if p.is_dir() else path
+
+
 class LoraPolicy:
     """One base model with one LoRA adapter whose weights follow the requested policy path.
 
@@ -186,7 +192,8 @@ class LoraPolicy:
         self.cfg = m
         self.seed = seed
         self.device = device
-        self.base_path = resolve_model_path(m.path)
+        # absolute: adapter_config.json records it, and a checkpoint must load from anywhere
+        self.base_path = _absolute(resolve_model_path(m.path))
         if m.lora is not None:
             check_target_modules(self.base_path, m.lora, m.trust_remote_code)
         self.model: Any = None
@@ -201,7 +208,7 @@ class LoraPolicy:
     def is_base(self, path: str) -> bool:
         """Whether ``path`` names the base model (π_ref, and π_1)."""
         try:
-            return resolve_model_path(path) == self.base_path
+            return _absolute(resolve_model_path(path)) == self.base_path
         except FileNotFoundError:
             return False
 
