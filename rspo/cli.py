@@ -27,11 +27,11 @@ def _cmd_game(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _load_cfg(args: argparse.Namespace, extra: list[str]):
-    from rspo.config import load_config
+    from rspo.config import deep_merge, load_config, parse_overrides
 
-    overrides = list(extra)
+    overrides = parse_overrides(list(extra))  # a dangling --key is named, not fed --output
     if getattr(args, "output", None):
-        overrides += ["--run.output", args.output]
+        overrides = deep_merge(overrides, {"run": {"output": args.output}})
     return load_config(args.config, overrides)
 
 
@@ -72,8 +72,12 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             file=sys.stderr,
         )
         return 130
-    if rows and dist.is_main:
-        print(f"done: {len(rows)} evaluated iterations in {out}/metrics.jsonl")
+    if dist.is_main:
+        if rows:
+            print(f"done: {len(rows)} evaluated iterations in {out}/metrics.jsonl")
+        else:  # evaluation.enabled: false
+            last = out / f"iter_{cfg.run.iterations:03d}" / "checkpoint"
+            print(f"done: {cfg.run.iterations} iterations (not evaluated); last policy: {last}")
     shutdown()
     return 0
 

@@ -563,15 +563,28 @@ def load_config(
             raise ConfigError(f"{p}: malformed YAML ({e})") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
+    ov: dict[str, Any] = {}
     if overrides:
         ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         data = deep_merge(data, ov)
     try:
         return config_from_dict(data)
     except ConfigError as e:
+        named = (re.search(rf"(?<![\w.]){re.escape(k)}(?![\w.])", str(e)) for k in _dotted(ov))
+        if any(named):  # the key came from the command line
+            raise ConfigError(f"command-line override: {e}") from e
         if path is not None:
             raise ConfigError(f"{path}: {e}") from e
         raise
+
+
+def _dotted(d: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of a nested override dict (``training.lr``)."""
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out += _dotted(v, key) if isinstance(v, dict) and k not in _LEAF_DICTS else [key]
+    return out
 
 
 def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

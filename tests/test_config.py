@@ -129,3 +129,22 @@ def test_an_entry_of_a_settings_dict_overrides_only_that_entry(tmp_path):
     assert whole.judge.kwargs == {"fn": "c:d"}
     new = load_config(f, ["--evaluation.judge_kwargs.extra", "1"])
     assert new.evaluation.judge_kwargs == {"fn": "a:b", "extra": 1}
+
+
+def test_errors_say_whether_the_file_or_the_command_line_holds_the_bad_key(tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("training: {lr: 0.1}\n")
+    bad.write_text("training: {lrr: 0.1}\n")
+    with pytest.raises(
+        ConfigError, match=r"^command-line override: unknown config key training.lrr"
+    ):
+        load_config(good, ["--training.lrr", "3"])
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key training.lrr"):
+        load_config(bad, ["--training.lr", "0.2"])  # a valid override that prefixes the key
+
+
+def test_a_dangling_override_is_named_even_with_output(capsys):
+    from rspo.cli import main
+
+    assert main(["train", "--output", "/tmp/rspo-never", "--training.lr"]) == 2
+    assert "override --training.lr needs a value" in capsys.readouterr().err

@@ -171,6 +171,8 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         "world_size": dist.world_size,
         "engine": f"deepspeed-zero{zero_stage()}"
         if engine == "deepspeed"
+        else "single-process"
+        if dist.world_size == 1
         else engine.replace("fsdp", "fsdp2"),
         "dtype": m.dtype,
         "prompt_tokens": P,
