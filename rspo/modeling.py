@@ -169,19 +169,20 @@ def check_same_tokenizer(
     tok: PreTrainedTokenizerBase, path: str, what: str, trust_remote_code: bool = False
 ) -> None:
     """``path``'s model must read the policy's token ids (π_ref scores the policy's samples
-    token by token): its tokenizer, when the directory has one, must have the same
-    vocabulary. ``what`` names the setting in the error."""
+    token by token): its tokenizer, when the directory has one, must hold every policy
+    token with the same id (extra tokens of its own are fine). ``what`` names the setting in
+    the error; a hub id is not checked (no download just for this)."""
     p = Path(path)
     if not (p.is_dir() and any((p / f).exists() for f in _TOKENIZER_FILES)):
         return  # a hub id or an adapter directory without one: the base's tokenizer
     other = _from_pretrained(AutoTokenizer, str(p), "tokenizer", trust_remote_code)
     mine, theirs = tok.get_vocab(), other.get_vocab()
-    if mine != theirs:
-        diff = sorted(set(mine.items()) ^ set(theirs.items()), key=lambda kv: kv[1])[:3]
+    if not mine.items() <= theirs.items():  # extra tokens of its own are fine
+        diff = sorted(set(mine.items()) - set(theirs.items()), key=lambda kv: kv[1])[:3]
         raise ValueError(
             f"{what}={path}: its tokenizer differs from model.path's ({len(theirs)} vs "
-            f"{len(mine)} tokens; e.g. {diff}); π_ref scores the policy's token ids, so it "
-            "must share the policy's tokenizer"
+            f"{len(mine)} tokens; policy tokens it reads otherwise: {diff}); π_ref scores "
+            "the policy's token ids, so it must share the policy's tokenizer"
         )
 
 

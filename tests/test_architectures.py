@@ -490,3 +490,21 @@ def test_a_gpt2_policy_through_two_self_play_iterations(tmp_path):
     ) - torch.tensor([e["logp_t"] for e in ex])
     target = torch.tensor([e["win_rate"] - 0.5 for e in ex])
     assert len(ex) == 48 and float(torch.corrcoef(torch.stack([ratio, target]))[0, 1]) > 0.5
+
+
+def test_dropout_read_from_the_config_at_forward_time_is_off_too_and_restored():
+    """Falcon reads ``self.config.hidden_dropout`` in its forward: training.disable_dropout
+    zeroes it while training (the step is AdamW's first along the hand gradient) and puts
+    the checkpoint's value back for saving."""
+    torch.manual_seed(0)
+    ex, refs = train_data()
+    loss = RSPOLoss(eta=ETA, regularizer=SPEC, coef=COEF)
+    drop = {"hidden_dropout": 0.3, "attention_dropout": 0.3}
+    value, grads = hand_gradient(build("falcon", **drop), ex, refs)
+    model = build("falcon", **drop)
+    cfg = TrainingConfig(lr=1e-3, epochs=1, batch_size=6, micro_batch_size=3, max_grad_norm=None)
+    out = train_policy(model, ex, loss, cfg, seed=0, pad_id=PAD, ref_examples=refs)
+    assert out["loss"] == pytest.approx(value, rel=1e-5)
+    norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+    assert out["grad_norm"] == pytest.approx(norm, rel=1e-4)
+    assert (model.config.hidden_dropout, model.config.attention_dropout) == (0.3, 0.3)

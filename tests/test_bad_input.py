@@ -312,15 +312,15 @@ def _setup_cases(env: Env) -> list[tuple[str, dict, str]]:
         ),
         (
             "ref_with_another_tokenizer",
-            {"model.ref_path": str(_other_vocabulary(env))},
-            r"model.ref_path=.*othervocab: its tokenizer differs from model"
-            r".path's \(260 vs 259 .*<other>",
+            {"model.path": str(_other_vocabulary(env)), "model.ref_path": str(env.model)},
+            r"model.ref_path=.*: its tokenizer differs from model.path's \(259 vs 260 tokens; "
+            r"policy tokens it reads otherwise: \[\('<other>', 259\)\]",
         ),
         (
             "response_beyond_the_context",
             {"generation.max_new_tokens": 100000},
-            r"data.prompts: the longest prompt \(\d+ tokens\) \+ generation/evaluation "
-            r"max_new_tokens \(100000\).*max_position_embeddings = \d+",
+            r"data.prompts: the longest prompt \(\d+ tokens\) \+ generation.max_new_tokens "
+            r"\(100000\).*max_position_embeddings = \d+",
         ),
         (
             "gym_judge_on_other_prompts",
@@ -336,7 +336,8 @@ def _setup_cases(env: Env) -> list[tuple[str, dict, str]]:
 
 
 def _other_vocabulary(env: Env) -> Path:
-    """The tiny model with one token added to its tokenizer (a π_ref that reads other ids)."""
+    """The tiny model with one token added to its tokenizer (a policy whose ids π_ref, the
+    original, cannot read; the other way round is fine)."""
     from transformers import AutoTokenizer
 
     d = env.model_variant("othervocab")
@@ -631,3 +632,12 @@ def test_cli_reports_disk_full_as_error(env, capsys, monkeypatch):
     monkeypatch.setattr(rspo.utils.io, "os", DiskFull(lambda n: n == "generations.jsonl"))
     rc, err = _train(capsys, env.args("cli_enospc"))
     assert rc == 2 and re.search(r"(?m)^error: .*No space left on device: .*generations", err), err
+
+
+def test_a_reference_whose_tokenizer_extends_the_policys_is_accepted(env):
+    """π_ref reads every policy id when its tokenizer only adds tokens of its own."""
+    from rspo.modeling import check_same_tokenizer, load_tokenizer
+
+    check_same_tokenizer(load_tokenizer(str(env.model)), str(_other_vocabulary(env)), "x")
+    with pytest.raises(ValueError, match=re.escape(f"x={env.model}: ") + r".*'<other>', 259"):
+        check_same_tokenizer(load_tokenizer(str(_other_vocabulary(env))), str(env.model), "x")

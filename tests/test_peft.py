@@ -256,3 +256,24 @@ def test_an_adapter_of_a_base_given_by_a_relative_path_loads_from_anywhere(
     assert torch.equal(
         _lp(load_model(str(tmp_path / "ck")), prompts, resps), _lp(base, prompts, resps)
     )
+
+
+def test_the_lora_base_view_stops_at_the_generation_configs_turn_end(env):
+    """π_ref / π_1 in a LoRA run is the adapter-disabled view of the peft model: it must stop
+    where the peft model does (generation_config's eos ids), or the policy and its baseline
+    would be sampled under different stop rules."""
+    from rspo.generation import SamplingParams, build_backend
+    from rspo.modeling import load_tokenizer
+
+    _, model_dir = env
+    tok = load_tokenizer(str(model_dir))
+    pol = LoraPolicy(ModelConfig(path=str(model_dir), lora=LoraConfig(r=4)), seed=0, device=CPU)
+    base = pol.get(str(model_dir))
+    prompts = [tok("Q: a\nA:")["input_ids"], tok("Q: bb\nA:")["input_ids"]]
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    free = build_backend("hf", base, tok).generate(prompts, [0, 1], params)
+    turn_end = free[0].ids[1]
+    pol.model.generation_config.eos_token_id = [tok.eos_token_id, turn_end]
+    for view in (pol.get(str(model_dir)), pol.trainable(str(model_dir)).eval()):
+        got = build_backend("hf", view, tok).generate(prompts, [0, 1], params)
+        assert got[0].finished and got[0].ids == free[0].ids[: free[0].ids.index(turn_end) + 1]

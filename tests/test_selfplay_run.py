@@ -257,3 +257,14 @@ def test_rspo_eval_of_another_model_in_the_same_directory_does_not_reuse_outputs
     _claim(out, str(b), changed, logs.append)
     assert not (out / "eval_baseline.jsonl").exists() and not (out / "metrics.json").exists()
     assert logs and "removed" in logs[0]
+
+
+def test_rspo_eval_refuses_to_write_into_a_training_run(reference_run):
+    from rspo.selfplay.standalone import evaluate_model
+
+    cfg, _ = reference_run
+    run_dir = Path(cfg.run.output)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"holds a training run \(iter_00\d\).*another --out"):
+        evaluate_model(cfg, str(run_dir / "iter_001" / "checkpoint"), str(run_dir))
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before

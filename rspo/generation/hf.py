@@ -186,7 +186,10 @@ class HFBackend(GenerationBackend):
         model.eval()
         device = next(model.parameters()).device
         eos, pad = tok.eos_token_id, tok.pad_token_id
-        stops = stop_ids(tok, getattr(model, "generation_config", None))
+        gen_cfg = getattr(model, "generation_config", None)
+        if gen_cfg is None:  # the LoRA base view (adapter disabled) reads its peft model's
+            gen_cfg = getattr(getattr(model, "peft_model", None), "generation_config", None)
+        stops = stop_ids(tok, gen_cfg)
         ids, attn = (x.to(device) for x in left_pad(prompt_ids, pad))
         sampler = SeededGumbelSampler(seeds, params, record=self.logprobs)
         if self.decode == "auto" and decode_supported(model, eos, pad):

@@ -101,15 +101,22 @@ def to_completion(output: Any, tokenizer: Any, stops: Sequence[int] | None = Non
     )
 
 
-def _generation_config(path: str) -> Any:
-    """The model's generation_config.json (for its ``eos_token_id``), or None."""
-    import json
-    from types import SimpleNamespace
+def _generation_config(path: str, trust_remote_code: bool = False) -> Any:
+    """The model's generation config (for its ``eos_token_id``s) as transformers builds it:
+    generation_config.json, else config.json's ids; a local dir or the hub cache. None if
+    neither loads (stops are then the tokenizer's EOS only)."""
+    from transformers import AutoConfig, GenerationConfig
 
     try:
-        return SimpleNamespace(**json.loads((Path(path) / "generation_config.json").read_text()))
-    except (OSError, ValueError, TypeError):
+        return GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        pass
+    try:
+        conf = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
         return None
+    conf = getattr(conf, "get_text_config", lambda: conf)()
+    return GenerationConfig(eos_token_id=getattr(conf, "eos_token_id", None))
 
 
 def _lora_rank(r: int) -> int:
@@ -137,7 +144,7 @@ class VLLMBackend(GenerationBackend):
         self.vllm = import_vllm()
         self.tok = tokenizer
         self.base_path = str(model_path)
-        self.generation_config = _generation_config(self.base_path)  # its stop ids
+        self.generation_config = _generation_config(self.base_path, trust_remote_code)
         self.lora = lora_rank is not None
         self.live_dir = Path(live_dir) if live_dir else None
         if not self.lora and self.live_dir is None:

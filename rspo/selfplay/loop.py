@@ -71,15 +71,22 @@ def _check_context(c: Config, train: PromptSet, evals: PromptSet) -> None:
         return
     conf = getattr(conf, "get_text_config", lambda: conf)()
     ctx = getattr(conf, "max_position_embeddings", None)
-    new = max(c.generation.max_new_tokens, c.evaluation.max_new_tokens * c.evaluation.enabled)
-    for key, ps in (("data.prompts", train), ("data.eval_prompts", evals)):
+    scaling = getattr(conf, "rope_scaling", None) or {}
+    if isinstance(ctx, int) and isinstance(scaling, dict) and scaling.get("factor"):
+        base = scaling.get("original_max_position_embeddings") or ctx  # YaRN etc. extend it
+        ctx = max(ctx, int(base * float(scaling["factor"])))
+    sets = [("data.prompts", train, "generation.max_new_tokens", c.generation.max_new_tokens)]
+    if c.evaluation.enabled:
+        e = c.evaluation.max_new_tokens
+        sets.append(("data.eval_prompts", evals, "evaluation.max_new_tokens", e))
+    for key, ps, new_key, new in sets:
         longest = max((len(p) for p in ps.ids), default=0)
         if isinstance(ctx, int) and longest + new > ctx:
             raise ConfigError(
-                f"{key}: the longest prompt ({longest} tokens) + generation/evaluation "
-                f"max_new_tokens ({new}) = {longest + new} tokens exceeds the context of "
-                f"model.path={c.model.path} (max_position_embeddings = {ctx}); lower "
-                "max_new_tokens or data.max_prompt_length (longer prompts are then errors)"
+                f"{key}: the longest prompt ({longest} tokens) + {new_key} ({new}) = "
+                f"{longest + new} tokens exceeds the context of model.path={c.model.path} "
+                f"(max_position_embeddings = {ctx}); lower {new_key} or data.max_prompt_length "
+                "(longer prompts are then errors)"
             )
 
 

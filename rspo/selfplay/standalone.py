@@ -23,8 +23,9 @@ def evaluate_model(cfg: Config, model_path: str, out: str | None = None) -> dict
     out_dir = Path(out or Path(cfg.run.output) / "eval")
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output=str(out_dir)))
     run = SelfPlayRun(cfg, fresh=True)
-    run.dist.main_only(_claim, out_dir, model_path, cfg, run.log)
-    run.setup()
+    run.dist.from_main(_refuse_training_run, out_dir)
+    run.setup()  # bad input fails here, before any file in out_dir is removed
+    run.dist.from_main(_claim, out_dir, model_path, cfg, run.log)
     metrics = evaluate_iteration(run, 0, model_path, d=out_dir)
     metrics["model"] = model_path
     run.dist.main_only(atomic_write_json, out_dir / "metrics.json", metrics)
@@ -34,6 +35,20 @@ def evaluate_model(cfg: Config, model_path: str, out: str | None = None) -> dict
 #: what ``rspo eval`` writes for the evaluated model; π_ref's baseline depends on the config
 MODEL_FILES = ("eval_outputs.jsonl", "eval_samples.jsonl", "model_outputs.json", "metrics.json")
 CLAIM = "eval_for.json"
+
+
+def _refuse_training_run(out_dir: Path) -> None:
+    """``rspo eval`` writes its config and outputs into ``out_dir``: never into a training
+    run's directory, whose files it would replace."""
+    if not out_dir.is_dir() or (out_dir / CLAIM).exists():
+        return
+    found = [p.name for p in out_dir.glob("iter_*")] + [p.name for p in out_dir.glob("*.done")]
+    found += [n for n in ("metrics.jsonl",) if (out_dir / n).exists()]
+    if found:
+        raise ValueError(
+            f"rspo eval --out {out_dir}: that directory holds a training run ({found[0]}); "
+            "evaluating there would replace its files; choose another --out"
+        )
 
 
 def _claim(out_dir: Path, model_path: str, cfg: Config, log: Any) -> None:

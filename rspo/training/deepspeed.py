@@ -359,11 +359,15 @@ def _set_full(p: torch.nn.Parameter, value: torch.Tensor, key: str | None = None
             safe_set_full_optimizer_state(p, value, key)
         return
     zero = p._z3_optimizer
-    part, _ = zero._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)
+    part, group = zero._get_fp32_opt_state_partition(
+        p, release_swap_buffers=False, optim_state_key=key
+    )
     n, rank = part.numel(), zero._get_param_partition_rank(p)
     flat = value.flatten().to(part.device)
     flat = torch.nn.functional.pad(flat, (0, max(0, n * (rank + 1) - flat.numel())))
     part.data.copy_(flat.narrow(0, n * rank, n))
+    if zero._swappable_optimizer_subgroup(group):  # NVMe offload: write it back, as DeepSpeed does
+        zero._optimizer_states_and_gradient_swap_out(group)
 
 
 def _persistent_buffers(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:

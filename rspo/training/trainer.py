@@ -131,8 +131,7 @@ def train_policy(
         else:
             start = load_train_state(found, optimizer)["step"]
     steps = _batches(len(examples) // unit, unit, cfg, seed)
-    if cfg.disable_dropout:
-        disable_dropout(model)
+    restore = disable_dropout(model) if cfg.disable_dropout else []
     model.train()
     last: dict[str, float] = {}
     for step in range(start, len(steps)):
@@ -194,6 +193,8 @@ def train_policy(
         if on_step is not None:
             on_step(step + 1)
     model.eval()
+    for conf, attr, value in restore:  # the saved config keeps the checkpoint's values
+        setattr(conf, attr, value)
     if not sharded:
         dist.check_in_sync(model, "trained policy")
     return last
@@ -209,25 +210,38 @@ DROPOUT_MODULES = (
 )
 
 
-def disable_dropout(model: torch.nn.Module) -> int:
-    """Zero the dropout probabilities and router-noise levels inside ``model`` (modules, and
+def _dropout_like(attr: str, value: Any) -> bool:
+    return (
+        isinstance(value, float)
+        and value > 0
+        and any(k in attr for k in ("dropout", "pdrop", "jitter"))
+    )
+
+
+def disable_dropout(model: torch.nn.Module) -> list[tuple[Any, str, float]]:
+    """Zero the dropout probabilities and router-noise levels inside ``model``: modules,
     float attributes such as ``attention_dropout`` or ``jitter_noise`` that forwards read
-    when training), but not a LoRA adapter's own ``lora_dropout``; how many were set."""
-    n = 0
+    when training, and the same settings of its config (some models read them there at
+    every forward); not a LoRA adapter's own ``lora_dropout``. Returns the config values
+    it changed as (config, attribute, value), for the caller to put back before saving."""
     for name, m in model.named_modules():
         if "lora_dropout" in name:
             continue
         if isinstance(m, DROPOUT_MODULES) and m.p > 0:
-            m.p, n = 0.0, n + 1
+            m.p = 0.0
         for attr, v in list(vars(m).items()):
-            if (
-                isinstance(v, float)
-                and v > 0
-                and any(k in attr for k in ("dropout", "pdrop", "jitter"))
-            ):
+            if _dropout_like(attr, v):
                 setattr(m, attr, 0.0)
-                n += 1
-    return n
+    changed: list[tuple[Any, str, float]] = []
+    conf = getattr(model, "config", None)
+    for c in {id(x): x for x in (conf, getattr(conf, "get_text_config", lambda: None)())}.values():
+        if c is None:
+            continue
+        for attr, v in list(vars(c).items()):
+            if _dropout_like(attr, v):
+                changed.append((c, attr, v))
+                setattr(c, attr, 0.0)
+    return changed
 
 
 def shard_positions(n_units: int, unit: int, rank: int, world: int) -> list[int]:
