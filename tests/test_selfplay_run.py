@@ -112,6 +112,31 @@ def test_rerun_is_a_noop_and_changed_config_is_refused(setup, reference_run):
         run_selfplay(changed, log=lambda m: None)
 
 
+def test_a_prompt_file_edited_since_the_run_started_is_refused_on_resume(setup, tmp_path):
+    """Records refer to prompts by position: resuming after the prompt file changed would
+    pair old generations with new prompts. The run keeps prompts.jsonl and checks it."""
+    import shutil
+
+    tmp, model = setup
+    shutil.copy(tmp / "train.jsonl", tmp_path / "train.jsonl")
+    shutil.copy(tmp / "eval.jsonl", tmp_path / "eval.jsonl")
+    over = {"data.prompts": str(tmp_path / "train.jsonl"), "run.iterations": 1}
+    cfg = load_config(None, _cfg(tmp, model, str(tmp_path / "run"), **over))
+    run_selfplay(cfg, log=lambda m: None)
+    kept = [json.loads(x) for x in (tmp_path / "run" / "prompts.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in kept] == ["train"] * 12 + ["eval"] * 12
+    assert kept[3]["text"] == "Say something #3:" and kept[3]["ids"]
+    lines = (tmp_path / "train.jsonl").read_text().splitlines()
+    lines[3] = json.dumps({"prompt": "Something else"})
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    more = load_config(
+        None, _cfg(tmp, model, str(tmp_path / "run"), **{**over, "run.iterations": 2})
+    )
+    with pytest.raises(ConfigError, match=r"data.prompts: train prompt 3 is not the one this run"):
+        run_selfplay(more, log=lambda m: None)
+    assert not (tmp_path / "run" / "iter_002").exists()
+
+
 def test_a_run_made_before_a_config_key_existed_still_resumes(setup, reference_run, tmp_path):
     # a run directory written by an older rspo lacks keys added since (here: three of them);
     # missing keys count as their defaults, so the finished run is still recognised

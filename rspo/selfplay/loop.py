@@ -279,6 +279,8 @@ class SelfPlayRun:
                 if spec:
                     load_callable(spec)
         resuming = self.dist.from_main(self.rd.init, c, fresh=self.fresh)  # input is usable
+        prompts = {"train": self.train_prompts, "eval": self.eval_prompts}
+        self.dist.from_main(self.rd.check_prompts, prompts, resuming)
         self.judge = (
             CachedJudge(judge, self.rd.root / "judge_cache.sqlite") if c.judge.cache else judge
         )

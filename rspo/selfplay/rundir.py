@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from rspo.config import Config, ConfigError, deep_merge, diff_configs
-from rspo.utils.io import atomic_write_json, atomic_write_text, read_json
+from rspo.utils.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 #: keys that may change between a run and its resumption
 RESUMABLE_KEYS = ("run.iterations", "run.output", "run.keep_checkpoints", "run.num_threads")
@@ -84,6 +84,35 @@ class RunDir:
             },
         )
         return False
+
+    def check_prompts(self, sets: dict[str, Any], resuming: bool) -> None:
+        """``prompts.jsonl``: every prompt as the judge (``text``) and the policy (``ids``) see
+        it, written when the run starts. Records refer to prompts by index, so a resumed run
+        must load the same prompts: a prompt file edited since is an error naming the prompt."""
+        path = self.root / "prompts.jsonl"
+        rows = [
+            {"split": split, "index": i, "text": text, "ids": list(ids)}
+            for split, ps in sets.items()
+            for i, (text, ids) in enumerate(zip(ps.texts, ps.ids))
+        ]
+        if resuming and path.exists():
+            old = read_jsonl(path)
+            for a, b in zip(old, rows):
+                if a != b:
+                    key = "data.prompts" if a["split"] == "train" else "data.eval_prompts"
+                    raise ConfigError(
+                        f"{key}: {a['split']} prompt {a['index']} is not the one this run "
+                        f"started with ({path}: {a['text'][:60]!r}, now {b['text'][:60]!r}); "
+                        "its records refer to prompts by position: restore the prompt file, "
+                        "or start over with --overwrite or another --output"
+                    )
+            if len(old) != len(rows):
+                raise ConfigError(
+                    f"data.prompts / data.eval_prompts: {len(rows)} prompts now, {len(old)} "
+                    f"when this run started ({path}); restore the prompt files"
+                )
+            return
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     def rebuild_metrics(self) -> list[dict[str, Any]]:
         """Rewrite metrics.jsonl from every iter_*/metrics.json (idempotent across resumes)."""
