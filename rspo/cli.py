@@ -109,7 +109,15 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
-    from rspo.sweep import run_sweep
+    from rspo.sweep import SweepError, run_sweep
+
+    if extra:  # a sweep's settings live in its YAML file
+        print(
+            f"error: unrecognized arguments: {' '.join(extra)} (rspo sweep takes --config, "
+            "--quick, --output, --parallel; put run settings in the sweep file's base:)",
+            file=sys.stderr,
+        )
+        return 2
 
     path = args.config
     if path is None:
@@ -118,7 +126,11 @@ def _cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
         path = str(
             files("rspo") / "configs" / ("sweep_quick.yaml" if args.quick else "sweep_gym.yaml")
         )
-    run_sweep(path, output=args.output, parallel=args.parallel)
+    try:
+        run_sweep(path, output=args.output, parallel=args.parallel)
+    except SweepError as e:
+        print(f"{e.stderr.rstrip()}\nerror: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -194,7 +194,8 @@ class EvaluationConfig:
     #: temperature 0 = greedy
     temperature: float = 0.0
     #: responses per eval prompt for the win rate: k > 1 pairs the policy's j-th sample with
-    #: π_ref's j-th, estimating the game's P(π ≻ π_ref) with an interval over prompts
+    #: π_ref's j-th (both drawn with the same seed: common random numbers), estimating the
+    #: game's P(π ≻ π_ref) with an interval over prompts
     num_samples: int = 1
     #: response length cap for evaluation
     max_new_tokens: int = 48

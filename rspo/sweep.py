@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rspo.config import ConfigError, config_from_dict, deep_merge
+from rspo.config import Config, ConfigError, config_from_dict, deep_merge, diff_configs
+from rspo.objectives.spec import parse_regularizer
 from rspo.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 
 METRICS = ("win_rate", "lc_win_rate", "avg_length", "accuracy", "self_bleu")
@@ -77,34 +78,79 @@ def expand(spec: dict[str, Any], output: str | Path | None = None) -> list[Sweep
                     cfg, {"run": {"seed": seed, "output": str(out / label / f"seed{seed}")}}
                 )
                 try:
-                    config_from_dict(cfg)
-                except ConfigError as e:
+                    c = config_from_dict(cfg)
+                    if c.objective.regularizer:  # a typo fails now, not in a worker hours in
+                        parse_regularizer(c.objective.regularizer)
+                except (ConfigError, ValueError) as e:
                     raise ConfigError(f"sweep setting {label!r}: {e}") from e
-                runs.append(SweepRun(name, coef, seed, cfg, out / label / f"seed{seed}"))
+                cell = out / label / f"seed{seed}"
+                if any(r.output == cell for r in runs):
+                    raise ConfigError(
+                        f"sweep setting {name!r}: two cells write {cell} (a repeated coefficient "
+                        "or seed); list each once"
+                    )
+                runs.append(SweepRun(name, coef, seed, cfg, cell))
     return runs
 
 
 def _run_one(run: SweepRun, log) -> float:
-    """Run (or resume) one cell in a subprocess; returns its wall time in seconds."""
+    """Run (or resume) one cell in a subprocess; returns its wall time in seconds, summed
+    over the attempts this sweep timed (an interrupted one counts until the interruption)."""
+    done, spent = run.output / "sweep.done", run.output / "sweep.seconds"
+    if done.exists() and not _changed(run):
+        return float(done.read_text() or 0)
     run.output.mkdir(parents=True, exist_ok=True)
     cfg_path = run.output.parent / f"seed{run.seed}.yaml"
     atomic_write_text(cfg_path, yaml.safe_dump(run.config, sort_keys=False))
-    if (run.output / "sweep.done").exists():
-        return float((run.output / "sweep.done").read_text() or 0)
+    before = float(spent.read_text() or 0) if spent.exists() else 0.0
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "rspo.cli", "train", "--config", str(cfg_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rspo.cli", "train", "--config", str(cfg_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    finally:
+        dt = before + time.perf_counter() - t0
+        atomic_write_text(spent, f"{dt:.2f}")
     if proc.returncode != 0:
-        raise RuntimeError(f"sweep run {run.label} seed {run.seed} failed:\n{proc.stderr[-3000:]}")
-    dt = time.perf_counter() - t0
-    atomic_write_text(run.output / "sweep.done", f"{dt:.2f}")
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise SweepError(f"sweep run {run.label} seed {run.seed} failed: {tail[0]}", proc.stderr)
+    atomic_write_text(done, f"{dt:.2f}")
     log(f"{run.label} seed {run.seed}: {dt:.0f}s")
     return dt
+
+
+class SweepError(RuntimeError):
+    """A cell's ``rspo train`` failed; ``stderr`` holds its output."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+def _changed(run: SweepRun) -> bool:
+    """Whether a finished cell's run directory holds another config than the sweep gives
+    now: a raised ``run.iterations`` resumes it (True); any other key is an error naming it
+    (the cell's results would otherwise silently stand for a config they did not run)."""
+    from rspo.selfplay.rundir import RESUMABLE_KEYS
+
+    saved = run.output / "config.yaml"
+    if not saved.exists():
+        return True
+    old = deep_merge(Config().to_dict(), yaml.safe_load(saved.read_text()) or {})
+    new = config_from_dict(run.config).to_dict()
+    diff = diff_configs(old, new)
+    fixed = [k for k in diff if k not in RESUMABLE_KEYS]
+    if fixed:
+        raise ConfigError(
+            f"sweep cell {run.label} seed {run.seed} ({run.output}) finished with another "
+            f"config; differing keys: {', '.join(fixed)}. Use another sweep output, or delete "
+            "that cell to rerun it"
+        )
+    return "run.iterations" in diff
 
 
 def _interval(values: list[float]) -> tuple[float, float]:
@@ -220,7 +266,9 @@ def plot_lc_vs_coef(table: list[dict[str, Any]], out_png: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for reg in dict.fromkeys(r["regularizer"] for r in table):
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, reg in enumerate(dict.fromkeys(r["regularizer"] for r in table)):
+        color = colors[i % len(colors)]  # one colour per setting, reference lines included
         rs = sorted(
             (r for r in table if r["regularizer"] == reg and "lc_win_rate" in r),
             key=lambda r: r["coef"] or 0.0,
@@ -228,7 +276,7 @@ def plot_lc_vs_coef(table: list[dict[str, Any]], out_png: Path) -> str:
         if not rs:
             continue
         if rs[0]["coef"] is None:  # no grid (SPPO, adaptive): a horizontal reference line
-            ax.axhline(rs[0]["lc_win_rate"], ls="--", lw=1, label=reg, color=None)
+            ax.axhline(rs[0]["lc_win_rate"], ls="--", lw=1, label=reg, color=color)
             continue
         xs = [r["coef"] for r in rs]
         ax.errorbar(
@@ -238,8 +286,13 @@ def plot_lc_vs_coef(table: list[dict[str, Any]], out_png: Path) -> str:
             marker="o",
             capsize=3,
             label=reg,
+            color=color,
         )
     ax.set_xscale("log")
+    coefs = sorted({r["coef"] for r in table if r.get("coef")})
+    if coefs:  # label the grid's coefficients, nothing in between
+        ax.set_xticks(coefs, [f"{c:g}" for c in coefs])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("coefficient λ")
     ax.set_ylabel("LC win rate vs π_ref (gold)")
     ax.legend(fontsize=8)
@@ -258,9 +311,27 @@ def run_sweep(
     runs = expand(spec, out)
     workers = parallel or int(spec.get("parallel", 1))
     log(f"sweep: {len(runs)} runs, {workers} in parallel -> {out}")
+    for r in runs:  # a finished cell that ran another config is refused before any work
+        if (r.output / "sweep.done").exists():
+            _changed(r)
+    failed: list[SweepError] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for f in [pool.submit(_run_one, r, log) for r in runs]:
-            f.result()
+        futures = [pool.submit(_run_one, r, log) for r in runs]
+        for f in futures:
+            try:
+                f.result()
+            except SweepError as e:  # no new cells; the running ones finish
+                failed.append(e)
+                for g in futures:
+                    g.cancel()
+            except CancelledError:
+                pass
+    if failed:
+        raise SweepError(
+            f"{failed[0]} ({len(failed)} cell(s) failed; finished cells are kept and a rerun "
+            "resumes the rest)",
+            failed[0].stderr,
+        )
     per_run, table = aggregate(runs)
     write_sweep_reports(out, per_run, table)
     log((out / "table.md").read_text())

@@ -261,3 +261,34 @@ def test_judge_id_tracks_settings(server):
     j1, j2 = make(server), make(server, template="{prompt}|{response_a}|{response_b}")
     assert j1.judge_id != j2.judge_id and j1.judge_id == make(server).judge_id
     assert "model=judge-model" in j1.judge_id
+
+
+@pytest.mark.parametrize(
+    "header", ["api-key", "x-api-key", "Ocp-Apim-Subscription-Key", "Authorization"]
+)
+def test_a_credential_in_extra_headers_is_refused_before_it_reaches_a_saved_config(header):
+    from rspo.judges import build_judge
+
+    with pytest.raises(
+        ValueError, match=rf"setting 'extra_headers.{header}' looks like a credential"
+    ):
+        build_judge("openai", model="m", api_key_env=None, extra_headers={header: "sk-live"})
+    ok = build_judge(
+        "openai", model="m", api_key_env=None, max_tokens=1, extra_headers={"X-Trace": "1"}
+    )
+    assert ok.max_tokens == 1
+
+
+def test_header_env_sends_a_secret_header_from_the_environment_only(server, monkeypatch):
+    """Azure-style `api-key` header: its value comes from the environment at each request,
+    reaches the server, and is not in the judge's settings, id or repr."""
+    monkeypatch.setenv("RSPO_TEST_HEADER", "hdr-secret-42")
+    server.respond = lambda n, body, headers: (200, completion("A", {"A": 0.9, "B": 0.1}), 0, {})
+    j = make(server, api_key_env=None, header_env={"api-key": "RSPO_TEST_HEADER"})
+    assert j.prefer(["q"], ["a"], ["b"])[0] > 0.5
+    sent = server.requests[0][0]
+    assert {k.lower(): v for k, v in sent.items()}["api-key"] == "hdr-secret-42"
+    assert "hdr-secret-42" not in repr(j) + j.judge_id
+    monkeypatch.delenv("RSPO_TEST_HEADER")
+    with pytest.raises(Exception, match=r"header_env names unset environment variables"):
+        make(server, api_key_env=None, header_env={"api-key": "RSPO_TEST_HEADER"})

@@ -293,3 +293,30 @@ def test_rspo_eval_refuses_to_write_into_a_training_run(reference_run):
     with pytest.raises(ValueError, match=r"holds a training run \(iter_00\d\).*another --out"):
         evaluate_model(cfg, str(run_dir / "iter_001" / "checkpoint"), str(run_dir))
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_an_mpo_magnet_refresh_draws_forward_kl_samples_from_the_new_magnet(setup, tmp_path):
+    """objective.magnet_refresh=1 with forward_kl[nll]: iteration 2's π_ref is π_2's
+    predecessor checkpoint, so its NLL samples come from that checkpoint, kept apart from
+    π_0's; each iteration trains on its own reference's samples."""
+    tmp, model = setup
+    over = {
+        "objective.regularizer": "forward_kl[nll]",
+        "objective.magnet_refresh": 1,
+        "run.iterations": 2,
+        "evaluation.enabled": False,
+    }
+    cfg = load_config(None, _cfg(tmp, model, str(tmp_path / "mpo"), **over))
+    run_selfplay(cfg, log=lambda m: None)
+    root = tmp_path / "mpo"
+    first = {
+        r["prompt_index"]: r["ids"] for r in map(json.loads, (root / "ref_samples.jsonl").open())
+    }
+    second = {
+        r["prompt_index"]: r["ids"]
+        for r in map(json.loads, (root / "ref_samples_001.jsonl").open())
+    }
+    assert first.keys() == second.keys() and first != second
+    for t, samples in ((1, first), (2, second)):
+        refs = json.loads((root / f"iter_{t:03d}" / "dataset.json").read_text())["ref_examples"]
+        assert refs and all(r["response_ids"] in samples[r["prompt_index"]] for r in refs)

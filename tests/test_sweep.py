@@ -69,6 +69,24 @@ def test_expand_validates_every_cell(tmp_path):
         expand(spec)
 
 
+def test_expand_refuses_regularizer_typos_and_repeated_cells_up_front(tmp_path):
+    spec = _spec(tmp_path)
+    spec["settings"]["typo"] = {"objective": {"regularizer": "revers_kl"}, "coefs": [0.1]}
+    with pytest.raises(ConfigError, match="sweep setting 'typo@0.1'.*revers_kl"):
+        expand(spec)
+    spec = _spec(tmp_path)
+    spec["settings"]["reverse_kl"]["coefs"] = [1.0, 1]
+    with pytest.raises(ConfigError, match=r"two cells write .*reverse_kl@1.seed0"):
+        expand(spec)
+
+
+def test_rspo_sweep_refuses_arguments_it_does_not_take(capsys):
+    from rspo.cli import main
+
+    assert main(["sweep", "--quick", "--paralel", "2", "--run.iterations", "5"]) == 2
+    assert "unrecognized arguments: --paralel 2 --run.iterations 5" in capsys.readouterr().err
+
+
 def test_unknown_sweep_key_is_named(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump({"settings": {"a": {}}, "seed": [0]}))
@@ -111,3 +129,7 @@ def test_sweep_runs_aggregates_and_resumes(tmp_path, monkeypatch):
     stamp = (out / "sppo" / "seed0" / "sweep.done").stat().st_mtime_ns
     run_sweep(p, log=lambda m: None)  # resume: finished cells are not rerun
     assert (out / "sppo" / "seed0" / "sweep.done").stat().st_mtime_ns == stamp
+    spec["base"]["training"]["lr"] = 0.123  # finished cells ran another config: refused
+    p.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"sweep cell \S+ seed 0 .* differing keys: training.lr"):
+        run_sweep(p, log=lambda m: None)

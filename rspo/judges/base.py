@@ -116,20 +116,24 @@ def available_judges() -> list[str]:
 
 
 #: setting names that hold credentials: refused, so a key never lands in a saved config
+#: (names ending in ``_env`` name an environment variable and are fine)
 _SECRET_SETTING = re.compile(
-    r"(api[_-]?key|.*secret.*|.*password.*|passwd|(access|auth|bearer|hf|api)[_-]?token|"
-    r"token|authorization|credentials?)",
+    r"(^|[-_])(api[-_]?key|secrets?|password|passwd|token|authorization|credentials?|"
+    r"subscription[-_]?key)($|[-_])|secret|password",
     re.IGNORECASE,
-)
+)  # a whole word anywhere in the name: x-api-key, Ocp-Apim-Subscription-Key, hf_token
 
 
 def _check_no_secrets(name: str, kwargs: Mapping[str, Any], where: str = "") -> None:
     for k, v in kwargs.items():
-        if _SECRET_SETTING.fullmatch(str(k)):
+        if str(k).lower().endswith("_env"):  # names environment variables: no secret itself
+            continue
+        if _SECRET_SETTING.search(str(k)):
             raise ValueError(
-                f"judge {name!r}: setting {where}{k!r} looks like a credential; settings are "
-                "saved with the run's config, so secrets do not belong there. Export the key "
-                "in an environment variable and name it instead (openai: api_key_env: VAR)"
+                f"judge {name!r}: setting {where + str(k)!r} looks like a credential; settings "
+                "are saved with the run's config, so secrets do not belong there. Export the "
+                "key in an environment variable and name it instead (openai: api_key_env: VAR "
+                "for the bearer token, header_env: {HEADER: VAR} for other headers)"
             )
         if isinstance(v, Mapping):
             _check_no_secrets(name, v, f"{where}{k}.")

@@ -70,6 +70,7 @@ class OpenAIJudge(Judge):
         on_unparseable: str = "error",
         extra_body: Mapping[str, Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        header_env: Mapping[str, str] | None = None,
         max_concurrency: int = 8,
         max_attempts: int = 6,
         timeout: float = 60.0,
@@ -112,6 +113,12 @@ class OpenAIJudge(Judge):
         self.on_unparseable = on_unparseable
         self.extra_body = dict(extra_body or {})
         self._extra_headers = dict(extra_headers or {})
+        # header -> environment variable holding its value (e.g. Azure's api-key): read at
+        # each request, never stored in the config, the judge id or a log
+        self.header_env = dict(header_env or {})
+        unset = [v for v in self.header_env.values() if not os.environ.get(v)]
+        if unset:
+            raise JudgeError(f"openai judge: header_env names unset environment variables {unset}")
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
         self.timeout = timeout
@@ -161,13 +168,21 @@ class OpenAIJudge(Judge):
         return body
 
     def _redact(self, text: str) -> str:
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        return text.replace(key, "***") if key else text
+        names = [self.api_key_env] if self.api_key_env else []
+        for key in (os.environ.get(n) for n in [*names, *self.header_env.values()]):
+            if key:
+                text = text.replace(key, "***")
+        return text
 
     def _attempt(self, data: bytes) -> bytes:
         """One HTTP POST; raises _Retryable for transient failures, JudgeError otherwise."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         headers.update(self._extra_headers)
+        for header, var in self.header_env.items():
+            value = os.environ.get(var)
+            if not value:
+                raise JudgeError(f"openai judge: environment variable {var} is unset")
+            headers[header] = value
         if self.api_key_env is not None:
             key = os.environ.get(self.api_key_env)
             if not key:

@@ -367,8 +367,12 @@ class SelfPlayRun:
         self.rd.mark_done(t, "judge")
 
     def _ref_samples(self, t: int, indices: list[int]) -> dict[int, list[list[int]]]:
-        """Samples from π_ref per prompt (forward-KL NLL); iteration 1's serve when π_1 = π_ref."""
-        path = self.rd.root / "ref_samples.jsonl"
+        """Samples from π_ref per prompt (forward-KL NLL); iteration 1's serve when π_1 = π_ref.
+        Kept per reference: MPO's refreshed magnet gets samples of its own."""
+        m = self.cfg.objective.magnet_refresh
+        anchor = ((t - 1) // m) * m if m else 0  # the iteration whose output is π_ref (0: π_0)
+        name = f"ref_samples_{anchor:03d}.jsonl" if anchor else "ref_samples.jsonl"
+        path = self.rd.root / name
         have = {
             r["prompt_index"]: r["ids"]
             for r in self.dist.from_main(read_jsonl, path, tolerate_torn_tail=True)
@@ -396,7 +400,7 @@ class SelfPlayRun:
                 self.train_prompts.ids,
                 missing,
                 self.cfg.generation.num_samples,
-                (self.cfg.run.seed, "ref"),
+                (self.cfg.run.seed, "ref", anchor) if anchor else (self.cfg.run.seed, "ref"),
                 self._sampling(),
             )
             recs = [

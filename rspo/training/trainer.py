@@ -153,7 +153,7 @@ def train_policy(
         if dist.enabled:
             if not sharded:  # FSDP and DeepSpeed reduce-scatter (sum) during backward
                 dist.all_reduce_grads(list(model.parameters()))
-            totals = dist.sum_floats(totals)
+            totals = _reduce_totals(totals, dist)
         if ds is not None:  # clips, steps and zeroes the partitioned gradients
             gnorm = ds.step()
         elif fsdp:  # DTensor norm over all shards; inf = measure without clipping
@@ -343,8 +343,12 @@ def accumulate_gradients(
         if lockstep and loss_fn.needs_ref_samples and not refs and not packing:
             loss = loss + _padding_pass(model, pad_id)  # (packed: one forward either way)
         backward(loss)
-        for k, v in metrics.items():  # "loss" adds up across micro-batches; others are averaged
-            totals[k] = totals.get(k, 0.0) + float(v) * (1.0 if k == "loss" else len(m) / len(idx))
+        for k, v in metrics.items():  # loss terms add up, *_mean are averaged, *_max maxed
+            if k.endswith("_max"):
+                totals[k] = max(totals.get(k, -math.inf), float(v))
+            else:
+                w = len(m) / len(idx) if k.endswith("_mean") else 1.0
+                totals[k] = totals.get(k, 0.0) + float(v) * w
     if lockstep:  # rank 0 holds the longest slice
         most = len(shard_positions(len(idx) // unit, unit, 0, shard[1]))
         for _ in range(len(micro), -(-most // micro_batch_size)):
@@ -353,6 +357,16 @@ def accumulate_gradients(
                 loss = loss + _padding_pass(model, pad_id)
             backward(loss)
     return totals
+
+
+def _reduce_totals(totals: dict[str, float], dist: DistContext) -> dict[str, float]:
+    """A step's metrics over ranks: sums (loss terms, weighted means), maxima for *_max."""
+    maxima = [{k: v for k, v in d.items() if k.endswith("_max")} for d in dist.all_gather(totals)]
+    out = dist.sum_floats({k: v for k, v in totals.items() if not k.endswith("_max")})
+    for d in maxima:
+        for k, v in d.items():
+            out[k] = max(out.get(k, -math.inf), v)
+    return out
 
 
 def _padding_pass(model: torch.nn.Module, pad_id: int) -> torch.Tensor:
