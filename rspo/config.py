@@ -347,6 +347,13 @@ def _validate(cfg: Config) -> None:
         )
     if o.coef > 0 and not o.regularizer.strip():
         raise ConfigError("objective.regularizer: coef > 0 needs a regularizer spec")
+    if o.regularizer.strip():  # a typo is named here (rspo config, sweeps), not mid-run
+        from rspo.objectives.spec import parse_regularizer
+
+        try:
+            parse_regularizer(o.regularizer)
+        except ValueError as e:
+            raise ConfigError(f"objective.regularizer: {e}") from e
     _validate_scaling(cfg)
 
 

@@ -133,3 +133,10 @@ def test_sweep_runs_aggregates_and_resumes(tmp_path, monkeypatch):
     p.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=r"sweep cell \S+ seed 0 .* differing keys: training.lr"):
         run_sweep(p, log=lambda m: None)
+
+
+def test_one_seed_reports_no_interval():
+    from rspo.sweep import _fmt
+
+    assert _fmt({"seeds": 1, "lc": 0.5, "lc_ci": 0.0}, "lc") == "0.500 (1 seed)"
+    assert _fmt({"seeds": 3, "lc": 0.5, "lc_ci": 0.01}, "lc") == "0.500 ± 0.010"
