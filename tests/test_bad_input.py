@@ -399,7 +399,7 @@ def test_fixing_the_config_after_a_setup_error_just_runs(env, capsys):
     [
         ({"evaluation.judge": "gold"}, r"unknown judge 'gold'"),
         ({"evaluation.judge_kwargs": "{fn: 'fixtures_lm:nope'}"}, r"has no attribute 'nope'"),
-        ({"evaluation.accuracy_fn": "fixtures_lm:nope"}, r"cannot load 'fixtures_lm:nope'"),
+        ({"evaluation.accuracy_fn": "fixtures_lm:nope"}, r"accuracy_fn: .* no attribute 'nope'"),
     ],
     ids=["eval_judge", "eval_judge_fn", "accuracy_fn"],
 )

@@ -191,3 +191,15 @@ def test_metrics_logger_tensorboard_optional(tmp_path):
             MetricsLogger(tmp_path / "run2", use_tensorboard=True)
     else:
         assert any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_evaluation_functions_load_from_a_file_path_like_the_python_judge(tmp_path):
+    """evaluation.accuracy_fn / subset_fn accept 'path/to/file.py:function' (no PYTHONPATH)."""
+    from rspo.selfplay.evaluate import load_callable
+
+    f = tmp_path / "checks.py"
+    f.write_text("def correct(prompt, response):\n    return response.endswith('!')\n")
+    fn = load_callable(f"{f}:correct", "evaluation.accuracy_fn")
+    assert fn("p", "yes!") and not fn("p", "no")
+    with pytest.raises(ValueError, match=r"evaluation.accuracy_fn: .*has no attribute 'nope'"):
+        load_callable(f"{f}:nope", "evaluation.accuracy_fn")

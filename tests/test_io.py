@@ -44,3 +44,16 @@ def test_derive_seed_is_stable_and_distinct():
     seeds = {derive_seed(0, "gen", 1, i, k) for i in range(50) for k in range(8)}
     assert len(seeds) == 400
     assert 0 <= derive_seed("x") < 2**63
+
+
+def test_atomic_writes_get_the_permissions_a_plain_open_would(tmp_path):
+    import os
+    import stat
+
+    from rspo.utils.io import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(tmp_path / "atomic.txt") == mode(plain)

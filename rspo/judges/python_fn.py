@@ -3,54 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from rspo.judges.base import Judge, JudgeError, register_judge
+from rspo.utils.imports import load_callable as _load
 
 
 def load_callable(spec: str) -> Callable[..., Any]:
     """Resolve ``"package.module:attr.path"`` (or ``"path/to/file.py:attr"``) to a callable."""
-    module_name, sep, attr_path = spec.rpartition(":")
-    if not sep or not module_name or not attr_path:
-        raise ValueError(
-            f"python judge: fn must look like 'package.module:function' (or "
-            f"'path/to/file.py:function'), got {spec!r}"
-        )
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise FileNotFoundError(f"no such file: {str(path)!r}")
-            digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-            mod_id = f"rspo_user_judge_{digest}"
-            loader_spec = importlib.util.spec_from_file_location(mod_id, path)
-            assert loader_spec is not None and loader_spec.loader is not None
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[mod_id] = module
-            loader_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, SyntaxError, errors raised at import time
-        raise JudgeError(
-            f"python judge: could not import {module_name!r} for fn={spec!r}: "
-            f"{type(e).__name__}: {e}"
-        ) from e
-    obj: Any = module
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise JudgeError(
-                f"python judge: {module_name!r} has no attribute {attr_path!r} (fn={spec!r})"
-            )
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise JudgeError(f"python judge: {spec!r} is a {type(obj).__name__}, not a callable")
-    return obj
+    return _load(spec, "python judge: fn", JudgeError)
 
 
 def _code_fingerprint(fn: Callable[..., Any]) -> str:

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rspo.generation import SamplingParams
 from rspo.utils.faults import fault_point
+from rspo.utils.imports import load_callable as _load
 from rspo.utils.io import append_jsonl, read_jsonl
 
 if TYPE_CHECKING:
     from rspo.selfplay.loop import SelfPlayRun
 
 
-def load_callable(spec: str) -> Callable[..., Any]:
-    """Import ``module:function``; errors name the spec."""
-    if ":" not in spec:
-        raise ValueError(f"expected 'module:function', got {spec!r}")
-    mod, fn = spec.split(":", 1)
-    try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot load {spec!r}: {e}") from e
+def load_callable(spec: str, what: str = "evaluation function") -> Callable[..., Any]:
+    """Import ``module:function`` or ``path/to/file.py:function``; errors name the spec."""
+    return _load(spec, what)
+
+
+def _method(cfg: Any) -> str:
+    """The objective in a few characters, e.g. ``sppo`` or ``sppo+reverse_kl@0.1``."""
+    o = cfg.objective
+    reg = "".join(o.regularizer.split())
+    return f"{o.loss_type}+{reg}@{o.coef:g}" if reg and o.coef else o.loss_type
 
 
 def _eval_judge(run: SelfPlayRun):
@@ -71,10 +72,14 @@ def subset_win_rates(
     return {f"win_rate_{lab}": float(sum(v) / len(v)) for lab, v in sorted(by.items())}
 
 
-def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str, Any]:
+def evaluate_iteration(
+    run: SelfPlayRun, t: int, path: str, d=None, generator: str | None = None
+) -> dict[str, Any]:
     """Metrics of the policy at ``path`` vs the reference policy on the eval prompts.
 
-    Outputs go to ``d`` (default: the iteration's directory)."""
+    Outputs go to ``d`` (default: the iteration's directory); ``model_outputs.json`` names
+    its generator ``generator`` (default: the objective and the iteration, so files of
+    several methods can go to alpaca_eval side by side)."""
     from rspo.evaluation.alpaca import write_alpaca_outputs
     from rspo.evaluation.summary import evaluate_responses
     from rspo.judges.symmetric import symmetric_prefer
@@ -140,6 +145,6 @@ def evaluate_iteration(run: SelfPlayRun, t: int, path: str, d=None) -> dict[str,
         d / "model_outputs.json",
         run.eval_prompts.texts,
         first,
-        f"iter_{t:03d}",
+        generator or f"{_method(run.cfg)}/iter_{t:03d}",
     )
     return {"iteration": t, **metrics}

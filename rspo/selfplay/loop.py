@@ -275,9 +275,10 @@ class SelfPlayRun:
             from rspo.selfplay.evaluate import load_callable
 
             eval_judge = build_judge(c.evaluation.judge, **c.evaluation.judge_kwargs)
-            for spec in (c.evaluation.accuracy_fn, c.evaluation.subset_fn):
+            for key in ("accuracy_fn", "subset_fn"):
+                spec = getattr(c.evaluation, key)
                 if spec:
-                    load_callable(spec)
+                    load_callable(spec, f"evaluation.{key}")
         resuming = self.dist.from_main(self.rd.init, c, fresh=self.fresh)  # input is usable
         prompts = {"train": self.train_prompts, "eval": self.eval_prompts}
         self.dist.from_main(self.rd.check_prompts, prompts, resuming)

@@ -33,6 +33,15 @@ def _named(e: BaseException, path: Path) -> BaseException:
     return e
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once, at import (os.umask can only be read by setting it)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file + rename, so readers never see half a file.
 
@@ -43,6 +52,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it (mkstemp: 0600)
             _write_all(fd, text.encode("utf-8"))
             os.fsync(fd)
         finally:
