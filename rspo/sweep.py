@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,7 @@ def _run_one(run: SweepRun, log) -> float:
     run.output.mkdir(parents=True, exist_ok=True)
     cfg_path = run.output.parent / f"seed{run.seed}.yaml"
     atomic_write_text(cfg_path, yaml.safe_dump(run.config, sort_keys=False))
+    done.unlink(missing_ok=True)  # a resumed cell is unfinished until this attempt succeeds
     before = float(spent.read_text() or 0) if spent.exists() else 0.0
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -314,17 +315,18 @@ def run_sweep(
         if (r.output / "sweep.done").exists():
             _changed(r)
     failed: list[SweepError] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_run_one, r, log) for r in runs]
-        for f in futures:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        for f in as_completed([pool.submit(_run_one, r, log) for r in runs]):
             try:
                 f.result()
-            except SweepError as e:  # no new cells; the running ones finish
+            except SweepError as e:  # start no new cell; the running ones finish
                 failed.append(e)
-                for g in futures:
-                    g.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
             except CancelledError:
                 pass
+    finally:  # any other error or Ctrl-C: queued cells are dropped, not run
+        pool.shutdown(wait=True, cancel_futures=True)
     if failed:
         raise SweepError(
             f"{failed[0]} ({len(failed)} cell(s) failed; finished cells are kept and a rerun "

@@ -292,3 +292,12 @@ def test_header_env_sends_a_secret_header_from_the_environment_only(server, monk
     monkeypatch.delenv("RSPO_TEST_HEADER")
     with pytest.raises(Exception, match=r"header_env names unset environment variables"):
         make(server, api_key_env=None, header_env={"api-key": "RSPO_TEST_HEADER"})
+
+
+def test_settings_that_merely_mention_tokens_are_not_taken_for_credentials():
+    from rspo.judges import build_judge
+
+    j = build_judge(
+        "openai", model="m", api_key_env=None, extra_body={"stop_token_ids": [1], "eos_token": "x"}
+    )
+    assert j.extra_body["stop_token_ids"] == [1]

@@ -140,3 +140,26 @@ def test_one_seed_reports_no_interval():
 
     assert _fmt({"seeds": 1, "lc": 0.5, "lc_ci": 0.0}, "lc") == "0.500 (1 seed)"
     assert _fmt({"seeds": 3, "lc": 0.5, "lc_ci": 0.01}, "lc") == "0.500 ± 0.010"
+
+
+def test_a_resumed_cell_is_unfinished_until_its_attempt_succeeds(tmp_path, monkeypatch):
+    """Raising run.iterations resumes a finished cell; if that attempt fails, the cell must
+    not still count as finished (its sweep.done is gone), or the next sweep would skip it."""
+    import subprocess
+
+    from rspo.config import config_from_dict
+    from rspo.sweep import SweepError, _run_one
+
+    run = expand(_spec(tmp_path))[0]
+    run.output.mkdir(parents=True)
+    old = config_from_dict(run.config).to_dict()
+    old["run"]["iterations"] = 0 + 1
+    run.config["run"]["iterations"] = 2
+    (run.output / "config.yaml").write_text(yaml.safe_dump(old))
+    (run.output / "sweep.done").write_text("10.0")
+    fail = subprocess.CompletedProcess([], 1, "", "error: boom")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: fail)
+    with pytest.raises(SweepError, match="boom"):
+        _run_one(run, log=lambda m: None)
+    assert not (run.output / "sweep.done").exists()
+    assert float((run.output / "sweep.seconds").read_text()) >= 0

@@ -118,10 +118,11 @@ def available_judges() -> list[str]:
 #: setting names that hold credentials: refused, so a key never lands in a saved config
 #: (names ending in ``_env`` name an environment variable and are fine)
 _SECRET_SETTING = re.compile(
-    r"(^|[-_])(api[-_]?key|secrets?|password|passwd|token|authorization|credentials?|"
-    r"subscription[-_]?key)($|[-_])|secret|password",
+    r"(^|[-_])(api[-_]?key|secrets?|password|passwd|authorization|credentials?|"
+    r"subscription[-_]?key)($|[-_])|secret|password|"
+    r"^token$|(auth|access|bearer|hf|api|refresh|session|id)[-_]?token$",
     re.IGNORECASE,
-)  # a whole word anywhere in the name: x-api-key, Ocp-Apim-Subscription-Key, hf_token
+)  # x-api-key, Ocp-Apim-Subscription-Key, hf_token; not stop_token_ids, eos_token, max_tokens
 
 
 def _check_no_secrets(name: str, kwargs: Mapping[str, Any], where: str = "") -> None:

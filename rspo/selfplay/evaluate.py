@@ -20,10 +20,20 @@ def load_callable(spec: str, what: str = "evaluation function") -> Callable[...,
 
 
 def _method(cfg: Any) -> str:
-    """The objective in a few characters, e.g. ``sppo`` or ``sppo+reverse_kl@0.1``."""
+    """The objective in a few characters, e.g. ``sppo``, ``rspo+forward_kl[ratio]@0.2``,
+    ``mpo+reverse_kl@2+magnet5`` (what tells runs of a study apart in alpaca_eval)."""
     o = cfg.objective
+    name = o.preset or o.loss_type
     reg = "".join(o.regularizer.split())
-    return f"{o.loss_type}+{reg}@{o.coef:g}" if reg and o.coef else o.loss_type
+    if reg and o.coef:
+        name += f"+{reg}@{o.coef:g}"
+    if o.magnet_refresh:
+        name += f"+magnet{o.magnet_refresh}"
+    if o.adaptive != "none":
+        name += f"+adaptive_{o.adaptive}"
+    if o.eta != type(o)().eta:
+        name += f"+eta{o.eta:g}"
+    return name.replace("/", "_")
 
 
 def _eval_judge(run: SelfPlayRun):

@@ -97,20 +97,26 @@ class RunDir:
         ]
         if resuming and path.exists():
             old = read_jsonl(path)
-            for a, b in zip(old, rows):
-                if a != b:
-                    key = "data.prompts" if a["split"] == "train" else "data.eval_prompts"
+            keys = {"train": "data.prompts", "eval": "data.eval_prompts"}
+            for split, key in keys.items():
+                was = [r for r in old if r["split"] == split]
+                now = [r for r in rows if r["split"] == split]
+                if len(was) != len(now):
                     raise ConfigError(
-                        f"{key}: {a['split']} prompt {a['index']} is not the one this run "
-                        f"started with ({path}: {a['text'][:60]!r}, now {b['text'][:60]!r}); "
-                        "its records refer to prompts by position: restore the prompt file, "
-                        "or start over with --overwrite or another --output"
+                        f"{key}: {len(now)} {split} prompts now, {len(was)} when this run "
+                        f"started ({path}); restore the prompt file"
                     )
-            if len(old) != len(rows):
-                raise ConfigError(
-                    f"data.prompts / data.eval_prompts: {len(rows)} prompts now, {len(old)} "
-                    f"when this run started ({path}); restore the prompt files"
-                )
+                for a, b in zip(was, now):
+                    if a != b:
+                        what = "its token ids differ" if a["text"] == b["text"] else (
+                            f"{a['text'][:60]!r}, now {b['text'][:60]!r}"
+                        )  # fmt: skip
+                        raise ConfigError(
+                            f"{key}: {split} prompt {a['index']} is not the one this run "
+                            f"started with ({path}: {what}); its records refer to prompts by "
+                            "position: restore the prompt file (or the tokenizer), or start "
+                            "over with --overwrite or another --output"
+                        )
             return
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 

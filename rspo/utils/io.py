@@ -7,6 +7,7 @@ truncates the file back to where it was. OS errors name the file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -34,6 +35,12 @@ def _named(e: BaseException, path: Path) -> BaseException:
 
 
 def _umask() -> int:
+    try:  # Linux: read it without setting it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -52,7 +59,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         try:
-            os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it (mkstemp: 0600)
+            with contextlib.suppress(OSError, AttributeError):  # chmod-less filesystems
+                os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it (mkstemp: 0600)
             _write_all(fd, text.encode("utf-8"))
             os.fsync(fd)
         finally:
