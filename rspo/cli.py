@@ -88,9 +88,15 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
+    import shutil
+    from pathlib import Path
+
     from rspo.demo import run_demo
 
-    run_demo(output=args.output or "runs/demo", quick=args.quick, overrides=extra)
+    out = args.output or ("runs/demo-quick" if args.quick else "runs/demo")
+    if args.overwrite and Path(out).exists():
+        shutil.rmtree(out)
+    run_demo(output=out, quick=args.quick, overrides=extra)
     return 0
 
 
@@ -174,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="SPPO vs RSPO on the embedded gym, with a report")
     d.add_argument("--output", default=None)
     d.add_argument("--quick", action="store_true", help="a ~2 minute smoke version")
+    d.add_argument("--overwrite", action="store_true", help="delete the output and start over")
     d.set_defaults(fn=_cmd_demo)
 
     w = sub.add_parser("sweep", help="grid over objectives x coefficients x seeds, with a report")

@@ -37,3 +37,15 @@ def test_quick_demo_writes_summary_plots_and_report(tmp_path):
         assert (out / f).stat().st_size > 0
     rows = (out / "sppo" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["iteration"] for r in rows] == [0, 1, 2]
+
+
+def test_demo_overwrite_starts_over(tmp_path):
+    """`rspo demo --overwrite` removes the output first (a config error then stops it before
+    any run, so this costs nothing)."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "old.txt").write_text("from an earlier demo")
+    assert (
+        main(["demo", "--quick", "--output", str(out), "--overwrite", "--objective.eta", "x"]) == 2
+    )
+    assert not (out / "old.txt").exists()
