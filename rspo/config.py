@@ -345,6 +345,17 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"objective.adaptive_target: required when objective.adaptive={o.adaptive!r}"
         )
+    e = cfg.evaluation
+    if e.num_samples > 1 and e.temperature == 0:
+        raise ConfigError(
+            f"evaluation.num_samples={e.num_samples} at evaluation.temperature 0: greedy "
+            "samples are all the same; set a temperature > 0 or num_samples: 1"
+        )
+    if e.diversity_samples == 1:
+        raise ConfigError(
+            "evaluation.diversity_samples: 1 sample has no diversity to measure; use >= 2, "
+            "or 0 to skip diversity"
+        )
     if o.coef > 0 and not o.regularizer.strip():
         raise ConfigError("objective.regularizer: coef > 0 needs a regularizer spec")
     if o.regularizer.strip():  # a typo is named here (rspo config, sweeps), not mid-run

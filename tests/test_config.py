@@ -41,6 +41,8 @@ def test_yaml_then_cli_override_precedence(tmp_path):
         (["--training.micro_batch_size", "7"], "multiple of training.micro_batch_size"),
         (["--objective.coef", "0.1"], "coef > 0 needs a regularizer"),
         (["--objective.preset", "nope"], "unknown preset 'nope'"),
+        (["--evaluation.num_samples", "3"], "evaluation.num_samples=3 at evaluation.temperature 0"),
+        (["--evaluation.diversity_samples", "1"], "evaluation.diversity_samples: 1 sample"),
     ],
 )
 def test_bad_values_name_the_key(override, needle):
