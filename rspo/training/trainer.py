@@ -343,12 +343,8 @@ def accumulate_gradients(
         if lockstep and loss_fn.needs_ref_samples and not refs and not packing:
             loss = loss + _padding_pass(model, pad_id)  # (packed: one forward either way)
         backward(loss)
-        for k, v in metrics.items():  # loss terms add up, *_mean are averaged, *_max maxed
-            if k.endswith("_max"):
-                totals[k] = max(totals.get(k, -math.inf), float(v))
-            else:
-                w = len(m) / len(idx) if k.endswith("_mean") else 1.0
-                totals[k] = totals.get(k, 0.0) + float(v) * w
+        for k, v in metrics.items():  # *_mean weighted by the micro-batch's share
+            _combine(totals, k, float(v) * (len(m) / len(idx) if k.endswith("_mean") else 1.0))
     if lockstep:  # rank 0 holds the longest slice
         most = len(shard_positions(len(idx) // unit, unit, 0, shard[1]))
         for _ in range(len(micro), -(-most // micro_batch_size)):
@@ -359,13 +355,18 @@ def accumulate_gradients(
     return totals
 
 
+def _combine(totals: dict[str, float], k: str, v: float) -> None:
+    """Add one part of a step's metric: *_max take the maximum, the rest (loss terms, shares
+    of a mean) add up."""
+    totals[k] = max(totals.get(k, -math.inf), v) if k.endswith("_max") else totals.get(k, 0.0) + v
+
+
 def _reduce_totals(totals: dict[str, float], dist: DistContext) -> dict[str, float]:
-    """A step's metrics over ranks: sums (loss terms, weighted means), maxima for *_max."""
-    maxima = [{k: v for k, v in d.items() if k.endswith("_max")} for d in dist.all_gather(totals)]
-    out = dist.sum_floats({k: v for k, v in totals.items() if not k.endswith("_max")})
-    for d in maxima:
+    """A step's metrics over ranks, combined as over micro-batches."""
+    out: dict[str, float] = {}
+    for d in dist.all_gather(totals):
         for k, v in d.items():
-            out[k] = max(out.get(k, -math.inf), v)
+            _combine(out, k, v)
     return out
 
 
