@@ -57,6 +57,15 @@ def stop_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
     return out
 
 
+def until_eos(row: list[int], eos: int | Sequence[int]) -> list[int]:
+    """``row`` up to and including its first stop token (all of it when there is none)."""
+    stops = {eos} if isinstance(eos, int) else set(eos)
+    for i, t in enumerate(row):
+        if t in stops:
+            return row[: i + 1]
+    return row
+
+
 class GenerationBackend(ABC):
     """Generates completions for tokenized prompts with per-sequence seeds."""
 

@@ -16,7 +16,13 @@ from contextlib import contextmanager
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from rspo.generation.base import Completion, GenerationBackend, SamplingParams, stop_ids
+from rspo.generation.base import (
+    Completion,
+    GenerationBackend,
+    SamplingParams,
+    stop_ids,
+    until_eos,
+)
 from rspo.generation.hf_decode import decode, decode_supported
 
 
@@ -62,15 +68,6 @@ def left_pad(prompt_ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tenso
         ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
         attn[i, width - len(p) :] = 1
     return ids, attn
-
-
-def until_eos(row: list[int], eos: int | Sequence[int]) -> list[int]:
-    """``row`` up to and including its first stop token (all of it when there is none)."""
-    stops = {eos} if isinstance(eos, int) else set(eos)
-    for i, t in enumerate(row):
-        if t in stops:
-            return row[: i + 1]
-    return row
 
 
 class SeededGumbelSampler(LogitsProcessor):

@@ -118,8 +118,8 @@ def _probe(model, eos: int, pad: int) -> bool:
         return False
     from transformers import GenerationConfig
 
-    from rspo.generation.base import SamplingParams
-    from rspo.generation.hf import SeededGumbelSampler, left_pad, plain_generation_config, until_eos
+    from rspo.generation.base import SamplingParams, until_eos
+    from rspo.generation.hf import SeededGumbelSampler, left_pad, plain_generation_config
 
     vocab = int(getattr(model.config, "vocab_size", 2))
     device = next(model.parameters()).device

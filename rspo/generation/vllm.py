@@ -24,7 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rspo.generation.base import Completion, GenerationBackend, SamplingParams, stop_ids
+from rspo.generation.base import (
+    Completion,
+    GenerationBackend,
+    SamplingParams,
+    stop_ids,
+    until_eos,
+)
 
 INSTALL_HINT = (
     "generation.backend=vllm needs vLLM, which runs on CUDA GPUs: pip install 'rspo[vllm]' "
@@ -85,9 +91,9 @@ def to_completion(output: Any, tokenizer: Any, stops: Sequence[int] | None = Non
     stops = list(stops) if stops else [tokenizer.eos_token_id]
     out = output.outputs[0]
     ids = [int(i) for i in out.token_ids]
-    first = next((i for i, t in enumerate(ids) if t in stops), None)
-    if first is not None:
-        ids = ids[: first + 1]
+    cut = until_eos(ids, stops)
+    if cut and cut[-1] in stops:
+        ids = cut
         finished = True
     elif out.finish_reason == "stop":
         reason = getattr(out, "stop_reason", None)
