@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rspo.config import Config, ConfigError, config_from_dict, deep_merge, diff_configs
+from rspo.config import ConfigError, config_from_dict, deep_merge
 from rspo.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 
 METRICS = ("win_rate", "lc_win_rate", "avg_length", "accuracy", "self_bleu")
@@ -133,14 +133,12 @@ def _changed(run: SweepRun) -> bool:
     """Whether a finished cell's run directory holds another config than the sweep gives
     now: a raised ``run.iterations`` resumes it (True); any other key is an error naming it
     (the cell's results would otherwise silently stand for a config they did not run)."""
-    from rspo.selfplay.rundir import RESUMABLE_KEYS
+    from rspo.selfplay.rundir import RESUMABLE_KEYS, saved_config_diff
 
     saved = run.output / "config.yaml"
     if not saved.exists():
         return True
-    old = deep_merge(Config().to_dict(), yaml.safe_load(saved.read_text()) or {})
-    new = config_from_dict(run.config).to_dict()
-    diff = diff_configs(old, new)
+    diff = saved_config_diff(saved, config_from_dict(run.config))
     fixed = [k for k in diff if k not in RESUMABLE_KEYS]
     if fixed:
         raise ConfigError(

@@ -25,6 +25,13 @@ from rspo.utils.io import atomic_write_json, atomic_write_text, read_json, read_
 RESUMABLE_KEYS = ("run.iterations", "run.output", "run.keep_checkpoints", "run.num_threads")
 
 
+def saved_config_diff(cfg_path: Path, cfg: Config) -> list[str]:
+    """Dotted keys where the run's saved ``config.yaml`` and ``cfg`` differ; keys added to
+    rspo after the run was made count as their defaults."""
+    old = yaml.safe_load(Path(cfg_path).read_text(encoding="utf-8")) or {}
+    return diff_configs(deep_merge(Config().to_dict(), old), cfg.to_dict())
+
+
 class RunDir:
     """Paths and completion markers of one self-play run.
 
@@ -55,10 +62,7 @@ class RunDir:
             raise RuntimeError("RunDir.init is rank 0's job (writer=False here)")
         cfg_path = self.root / "config.yaml"
         if cfg_path.exists() and not fresh:
-            old = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-            # keys added to rspo after the run was made count as their defaults
-            old = deep_merge(Config().to_dict(), old)
-            diff = [k for k in diff_configs(old, cfg.to_dict()) if k not in RESUMABLE_KEYS]
+            diff = [k for k in saved_config_diff(cfg_path, cfg) if k not in RESUMABLE_KEYS]
             if diff:
                 raise ConfigError(
                     f"run directory {self.root} was made with a different config; differing keys: "
