@@ -98,8 +98,7 @@ def _check_gym_only(c: Config, train: PromptSet, evals: PromptSet) -> None:
     uses = [("judge.name", c.judge.name, train)]
     if c.evaluation.enabled:
         uses.append(("evaluation.judge", c.evaluation.judge, evals))
-        if c.evaluation.accuracy_fn.startswith("rspo.gym."):
-            uses.append(("evaluation.accuracy_fn", c.evaluation.accuracy_fn, evals))
+        uses.append(("evaluation.accuracy_fn", c.evaluation.accuracy_fn, evals))
     for key, value, ps in uses:
         if not (value.startswith("gym-") or value.startswith("rspo.gym.")):
             continue
