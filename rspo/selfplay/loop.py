@@ -578,7 +578,7 @@ class SelfPlayRun:
             self.log(f"resuming run in {self.rd.root}")
         if self.dist.enabled:
             backend = torch.distributed.get_backend()
-            engine = engine_label(training_engine(self.dist))
+            engine = engine_label(training_engine(self.dist), self.dist.world_size)
             self.log(
                 f"data parallel: {self.dist.world_size} ranks ({backend}), {self.device} on "
                 f"rank 0, {engine} training"

@@ -17,6 +17,12 @@ from rspo.utils.io import atomic_write_json
 TRAINABLE_FILE = "trainable.safetensors"
 
 
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The parameters that train, by name, in optimizer order: a saved training state keys
+    their optimizer state by this index (every engine; sharding keeps the names)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
 def save_train_state(
     state_dir: Path, model, optimizer: torch.optim.Optimizer, step: int, extra: dict[str, Any]
 ) -> None:
@@ -24,7 +30,7 @@ def save_train_state(
 
     With frozen parameters (LoRA) only the trainable ones are state (``trainable.safetensors``):
     the frozen base is on disk already, and saving it every ``save_steps`` would cost its size."""
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    trainable = trainable_parameters(model)
     partial = len(trainable) < sum(1 for _ in model.parameters())
     sd = optimizer.state_dict()
     write_train_state(
@@ -97,7 +103,7 @@ def load_model_state(state_dir: Path, model) -> None:
         load_model(model, str(state_dir / "model.safetensors"))
         return
     saved = load_file(str(part))
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = trainable_parameters(model)
     if saved.keys() != params.keys():
         missing, extra = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
         raise ValueError(

@@ -213,7 +213,9 @@ class DeepSpeedPolicy:
         raise RuntimeError(f"{type(zero).__name__}: no fp32 partitions found to save or load")
 
     def _named(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad]
+        from rspo.training.checkpoint import trainable_parameters
+
+        return list(trainable_parameters(self.engine.module).items())
 
     def save_state(self, state_dir: Path, step: int) -> None:
         """Gather the fp32 master weights and optimizer state parameter by parameter, one

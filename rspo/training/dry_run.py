@@ -21,8 +21,8 @@ from rspo.config import Config, ConfigError
 from rspo.distributed import init_distributed, quiet_deepspeed_on_cpu
 from rspo.modeling import batched_sequence_logprobs, load_model, load_tokenizer, use_packing
 from rspo.objectives import RSPOLoss
-from rspo.training.deepspeed import DeepSpeedPolicy, zero_stage
-from rspo.training.fsdp import shard_policy, training_engine
+from rspo.training.deepspeed import DeepSpeedPolicy
+from rspo.training.fsdp import engine_label, shard_policy, training_engine
 from rspo.training.trainer import RefExample, TrainExample, accumulate_gradients, build_optimizer
 
 
@@ -169,11 +169,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     return {
         "device": str(device),
         "world_size": dist.world_size,
-        "engine": f"deepspeed-zero{zero_stage()}"
-        if engine == "deepspeed"
-        else "single-process"
-        if dist.world_size == 1
-        else engine.replace("fsdp", "fsdp2"),
+        "engine": engine_label(engine, dist.world_size),
         "dtype": m.dtype,
         "prompt_tokens": P,
         "response_tokens": R,

@@ -47,8 +47,10 @@ def training_engine(dist: DistContext) -> str:
     return "ddp"
 
 
-def engine_label(engine: str) -> str:
-    """How the run log names a training engine."""
+def engine_label(engine: str, world_size: int) -> str:
+    """How the run log and the dry-run report name a training engine."""
+    if world_size == 1:
+        return "single-process"
     if engine == "deepspeed":
         from rspo.training.deepspeed import zero_stage
 
@@ -142,12 +144,6 @@ def release(model: torch.nn.Module) -> list:
     return ds.release() if ds is not None else []
 
 
-def trainable_names(model: torch.nn.Module) -> list[str]:
-    """Names of the trainable parameters in optimizer order (the index a saved training
-    state keys their optimizer state by; sharding keeps the names)."""
-    return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
 def save_fsdp_state(
     state_dir: Path,
     model: torch.nn.Module,
@@ -161,7 +157,7 @@ def save_fsdp_state(
     writing on rank 0 is raised on every rank."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    from rspo.training.checkpoint import write_train_state
+    from rspo.training.checkpoint import trainable_parameters, write_train_state
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights, osd = get_state_dict(model, optimizer, options=opts)
@@ -169,7 +165,7 @@ def save_fsdp_state(
     def write() -> None:  # rank 0 holds the full state
         for name in getattr(model, "_rspo_tied", ()):
             weights.pop(name, None)
-        index = {n: i for i, n in enumerate(trainable_names(model))}
+        index = {n: i for i, n in enumerate(trainable_parameters(model))}
         state = {index[fqn]: st for fqn, st in osd["state"].items()}
         groups = [{**g, "params": [index[f] for f in g["params"]]} for g in osd["param_groups"]]
         write_train_state(state_dir, weights, state, groups, step, {})
@@ -185,13 +181,13 @@ def load_fsdp_optimizer(
     sharding. An error reading on rank 0 is raised on every rank."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    from rspo.training.checkpoint import read_train_state
+    from rspo.training.checkpoint import read_train_state, trainable_parameters
 
     osd: dict = {}
 
     def read() -> int:
         meta, state = read_train_state(found)
-        names = trainable_names(model)
+        names = list(trainable_parameters(model))
         osd["state"] = {names[i]: st for i, st in state.items()}
         osd["param_groups"] = [
             {**g, "params": [names[i] for i in g["params"]]} for g in meta["param_groups"]

@@ -25,6 +25,7 @@ from rspo.training.checkpoint import (
     load_train_state,
     recover_state_dir,
     save_train_state,
+    trainable_parameters,
 )
 from rspo.training.deepspeed import DeepSpeedPolicy
 from rspo.training.fsdp import (
@@ -60,8 +61,8 @@ class RefExample:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW or RMSprop over trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW or RMSprop over the trainable parameters, in the order saved states index them."""
+    params = list(trainable_parameters(model).values())
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
