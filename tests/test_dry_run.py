@@ -64,6 +64,7 @@ def test_cli_dry_run_reports_memory_and_time_and_writes_nothing(models):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads(proc.stdout)
     assert rep["peak_memory_bytes"] > 0 and rep["memory_kind"] == "process peak RSS"
+    assert rep["engine"] == "single-process" and rep["world_size"] == 1
     assert (
         set(rep["phases"]) == {"load", "generate", "score", "train_step"}
         and rep["judges_loaded"] == 2
