@@ -3,9 +3,11 @@
 # (gym byte tokenizer, random weights), then runs one self-play iteration (generate, judge,
 # score, train, evaluate on the embedded gym tasks and judges) in each mode:
 #   hf     1 process, HF backend                   vllm   1 process, vLLM (if importable)
+#   vllm-ddp  torchrun, a vLLM engine per GPU (2+ GPUs, if importable)
 #   plain  hf without packing / decode loop / recorded log-probs (what those are worth)
 #   ddp    torchrun over all visible GPUs          fsdp2  accelerate launch + fsdp2.yaml
 #   zero3  accelerate launch + zero3.yaml (DeepSpeed ZeRO-3, if importable)
+# Also the HF sampler's per-step noise cost at a 128k vocabulary, host vs GPU generators.
 # For each: wall time, per-stage times, and peak memory (`rspo train --dry-run` at the
 # run's maximum lengths, plus the largest nvidia-smi reading while the run ran).
 #
@@ -22,7 +24,7 @@ while [ $# -gt 0 ]; do
     --tiny) TINY=1 ;;
     --keep) KEEP=1 ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "gpu_smoke.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -39,7 +41,10 @@ if [ "$CPU" = 1 ]; then
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 else
   command -v nvidia-smi >/dev/null || { echo "no nvidia-smi: use --cpu" >&2; exit 2; }
-  DEVICE=auto NPROC="$(nvidia-smi -L | wc -l)"
+  # the GPUs this process may use (CUDA_VISIBLE_DEVICES, MIG), not every line of nvidia-smi -L
+  DEVICE=auto NPROC="$("$PY" -c 'import torch; print(torch.cuda.device_count())')"
+  [ "$NPROC" -ge 1 ] || { echo "torch sees no CUDA device: use --cpu" >&2; exit 2; }
+  ONE="${CUDA_VISIBLE_DEVICES:-0}" ONE="${ONE%%,*}"  # single-process modes: the first visible
 fi
 if [ "$TINY" = 1 ]; then
   SIZE=(64 2 2) PROMPTS=8 EVAL=4 K=2 NEW=8 GEN_BS=8 BS=8 MB=4
@@ -81,12 +86,12 @@ run() {
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/$mode.smi" &
     sampler=$!
   fi
-  t0=$(date +%s.%N)
+  t0=$(date +%s%N)
   if ! "$@" train "${ARGS[@]}" "${EXTRA[@]}" --output "$dir" --overwrite >"$log" 2>&1; then
     [ -z "$sampler" ] || kill "$sampler"
     echo "$mode FAILED:"; tail -30 "$log"; return 1
   fi
-  t1=$(date +%s.%N)
+  t1=$(date +%s%N)
   if [ -n "$sampler" ]; then
     kill "$sampler"; wait "$sampler" 2>/dev/null || true
     smi="$(sort -n "$OUT/$mode.smi" | tail -1) MiB"
@@ -94,8 +99,9 @@ run() {
   peak=$("$PY" -c 'import json, sys; r = json.load(open(sys.argv[1]))
 print("%.2f GiB (%s, %s)" % (r["peak_memory_gib"], r["memory_kind"], r["engine"]))' "$OUT/$mode.dry.json")
   grep -E "^iter 1 |^data parallel" "$log" | sed "s/^/  /"
-  printf "%-6s wall %6.1fs  dry-run peak %s  nvidia-smi max %s\n" "$mode" \
-    "$(echo "$t1 - $t0" | bc)" "$peak" "$smi" | tee -a "$SUMMARY"
+  printf "%-6s wall %4d.%01ds  dry-run peak %s  nvidia-smi max %s\n" "$mode" \
+    $(((t1 - t0) / 1000000000)) $((((t1 - t0) / 100000000) % 10)) "$peak" "$smi" \
+    | tee -a "$SUMMARY"
 }
 
 EXTRA=()
@@ -103,10 +109,32 @@ RSPO=("$PY" -m rspo.cli)
 TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m rspo.cli)
 status=0
 if [ "$CPU" = 0 ]; then
-  CUDA_VISIBLE_DEVICES=0 run hf "${RSPO[@]}" || status=1
+  # Gumbel noise of the HF sampler per decode step at a Llama-3 vocabulary (128256), 64 rows:
+  # drawn by the host generators (the CPU path) vs by per-row generators on the GPU
+  CUDA_VISIBLE_DEVICES="$ONE" "$PY" - <<'EOF' | tee -a "$SUMMARY" || status=1
+import time, torch
+from rspo.generation import SamplingParams
+from rspo.generation.hf import SeededGumbelSampler
+dev, rows, vocab, steps = torch.device("cuda"), 64, 128256, 10
+def per_step(host):
+    s = SeededGumbelSampler(range(rows), SamplingParams(steps, 1.0))
+    s.HOST_NOISE = ("cpu", "cuda") if host else ("cpu",)
+    s._gumbel(vocab, dev)  # warm-up
+    torch.cuda.synchronize(); t0 = time.perf_counter()
+    for _ in range(steps):
+        s._gumbel(vocab, dev)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps * 1e3
+host, device = per_step(True), per_step(False)
+print(f"sampler noise per step (64 x 128256): host {host:.1f} ms, device {device:.2f} ms ({host / device:.0f}x)")
+EOF
+  CUDA_VISIBLE_DEVICES="$ONE" run hf "${RSPO[@]}" || status=1
   if "$PY" -c "import vllm, rspo.generation.vllm" 2>/dev/null; then
     EXTRA=(--generation.backend vllm)
-    CUDA_VISIBLE_DEVICES=0 run vllm "${RSPO[@]}" || status=1
+    CUDA_VISIBLE_DEVICES="$ONE" run vllm "${RSPO[@]}" || status=1
+    if [ "$NPROC" -ge 2 ]; then  # an engine per rank, each on its own GPU
+      run vllm-ddp "${TORCHRUN[@]}" || status=1
+    fi
     EXTRA=()
   else
     echo "== vllm: skipped (vllm or rspo's vllm backend not importable)" | tee -a "$SUMMARY"
@@ -118,21 +146,21 @@ fi
 # generate, log π_t by a forward): what packing / the decode loop are worth on this device
 EXTRA=(--training.packing off --generation.hf_decode generate --generation.logprobs off)
 if [ "$CPU" = 0 ]; then
-  CUDA_VISIBLE_DEVICES=0 run plain "${RSPO[@]}" || status=1
+  CUDA_VISIBLE_DEVICES="$ONE" run plain "${RSPO[@]}" || status=1
 else
   run plain "${RSPO[@]}" || status=1
 fi
 EXTRA=()
 run ddp "${TORCHRUN[@]}" || status=1
 if [ "$CPU" = 0 ]; then
-  run fsdp2 accelerate launch --config_file "$ROOT/rspo/configs/accelerate/fsdp2.yaml" \
+  run fsdp2 "$PY" -m accelerate.commands.launch --config_file "$ROOT/rspo/configs/accelerate/fsdp2.yaml" \
     --num_processes "$NPROC" -m rspo.cli || status=1
 else  # accelerate launch --cpu runs one process; set what fsdp2.yaml sets, under torchrun
   ACCELERATE_USE_FSDP=true FSDP_VERSION=2 run fsdp2 "${TORCHRUN[@]}" || status=1
 fi
 if "$PY" -c "import deepspeed, rspo.training.deepspeed" 2>/dev/null; then
   if [ "$CPU" = 0 ]; then
-    run zero3 accelerate launch --config_file "$ROOT/rspo/configs/accelerate/zero3.yaml" \
+    run zero3 "$PY" -m accelerate.commands.launch --config_file "$ROOT/rspo/configs/accelerate/zero3.yaml" \
       --num_processes "$NPROC" -m rspo.cli || status=1
   else  # what zero3.yaml sets, under torchrun
     ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_ZERO_STAGE=3 DS_ACCELERATOR=cpu \

@@ -586,7 +586,7 @@ def test_gpu_smoke_script_names_real_rspo_modules_and_config_keys():
         assert hasattr(getattr(cfg, section), key), f"{section}.{key}"
 
 
-def test_lora_sharded_and_vllm_in_several_processes_are_refused_before_any_work(runs):
+def test_lora_sharded_and_tensor_parallel_vllm_in_several_processes_are_refused(runs):
     from rspo.training.fsdp import check_launch
 
     tmp, _, _, _ = runs
@@ -597,12 +597,57 @@ def test_lora_sharded_and_vllm_in_several_processes_are_refused_before_any_work(
     with pytest.raises(ConfigError, match="model.lora with DeepSpeed.*ddp.yaml"):
         check_launch(cfg, "deepspeed", 2)
     check_launch(cfg, "ddp", 2)  # LoRA replicated over ranks is allowed
-    vllm_ov = {**_overrides(tmp, "refused_vllm"), "generation.backend": "vllm"}
+    vllm_ov = {
+        **_overrides(tmp, "refused_vllm"),
+        "generation.backend": "vllm",
+        "generation.vllm_kwargs": {"tensor_parallel_size": 2},
+    }
     vllm = load_config(None, _args(vllm_ov))
-    with pytest.raises(ConfigError, match="vllm in 2 processes.*tensor_parallel_size"):
+    with pytest.raises(ConfigError, match="tensor_parallel_size 2 in 2 processes.*one process"):
         check_launch(vllm, "ddp", 2)
-    check_launch(vllm, "ddp", 1)
+    check_launch(vllm, "ddp", 1)  # one process, one engine over 2 GPUs
+    vllm.generation.vllm_kwargs = {}
+    check_launch(vllm, "ddp", 2)  # an engine per rank
     assert not (tmp / "refused_lora").exists() and not (tmp / "refused_vllm").exists()
+
+
+def test_vllm_in_two_processes_runs_an_engine_per_rank_on_its_share(runs, tmp_path):
+    """generation.backend vllm under torchrun (the fake vLLM of tests/vllm_fake.py): each rank
+    builds its own in-process engine (external_launcher) on its own live directory, samples
+    only its share of the sequences, and the records equal the 1-process HF run's."""
+    tmp, one, _, _ = runs
+    log = tmp_path / "engines"
+    log.mkdir()
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(TESTS / "fake_vllm"), str(TESTS), str(TESTS.parent)]),
+        "RSPO_FAKE_VLLM_LOG": str(log),
+        "RSPO_FAKE_VLLM_BATCH": "10",  # = generation.batch_size: the HF run's batches
+    }
+    extra = ["--generation.backend", "vllm", "--run.iterations", "1"]
+    proc = _torchrun(tmp, "two_vllm", env, extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = tmp / "two_vllm"
+
+    def records(root: Path, rel: str) -> list[dict]:  # the HF run also records log π_t
+        rows = _jsonl(root / rel)
+        for r in rows:
+            for resp in r.get("responses", []):
+                resp.pop("logp", None)
+        return rows
+
+    for rel in ("iter_001/generations.jsonl", "ref_samples.jsonl", "eval_baseline.jsonl"):
+        assert records(two, rel) == records(one, rel), rel
+    rel = "iter_001/judgments.jsonl"
+    assert (two / rel).read_bytes() == (one / rel).read_bytes()
+    seeds: dict[int, list[int]] = {}
+    for rank in (0, 1):
+        events = _jsonl(log / f"rank{rank}.jsonl")
+        (init,) = [e for e in events if "init" in e]  # one engine per rank for the run
+        assert init["kw"]["distributed_executor_backend"] == "external_launcher"
+        assert init["init"] == str((two / "vllm_live" / f"rank{rank}").resolve())
+        assert int(init["kw"]["max_model_len"]) > 10  # longest prompt + max_new_tokens
+        seeds[rank] = [s for e in events if "generate" in e for s in e["generate"]]
+    assert seeds[0] and seeds[1] and not set(seeds[0]) & set(seeds[1])  # each its own share
 
 
 def test_lora_over_two_ranks_trains_like_one_process(runs):

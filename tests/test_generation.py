@@ -51,6 +51,38 @@ def test_samples_do_not_depend_on_batching_or_order(tiny):
     assert [x.ids for x in a] != [x.ids for x in c]
 
 
+@pytest.mark.parametrize("decode", ["auto", "generate"])
+def test_noise_drawn_on_the_device_gives_the_cpu_samples(tiny, monkeypatch, decode):
+    """On an accelerator each row's Gumbel noise comes from its own generator on the device,
+    one rand(vocab) per step (the host path draws rows x vocab float64 values per step). On
+    the CPU the same per-step draws must reproduce the host path's samples exactly: same
+    streams, rows dropping out of the decode loop keep their own."""
+    from rspo.generation.hf import SeededGumbelSampler
+
+    tok, model = tiny
+    prompts = [tok(s)["input_ids"] for s in ["Q: a\nA:", "Q: longer prompt\nA:"]] * 4
+    seeds = list(range(7, 15))
+    params = SamplingParams(max_new_tokens=16, temperature=0.9, top_p=0.95)
+
+    def run():
+        b = build_backend("hf", model, tok, batch_size=8, logprobs=True, decode=decode)
+        return [(c.ids, c.logprob) for c in b.generate(prompts, seeds, params)]
+
+    host = run()
+    drawn = []
+    real = SeededGumbelSampler._device_gumbel
+
+    def spy(self, vocab, device, rows):
+        drawn.append(len(self._device_gens) if rows is None else len(rows))
+        return real(self, vocab, device, rows)
+
+    monkeypatch.setattr(SeededGumbelSampler, "HOST_NOISE", ())  # "cpu" acts as the device
+    monkeypatch.setattr(SeededGumbelSampler, "_device_gumbel", spy)
+    assert run() == host
+    assert len(drawn) >= 2 and max(drawn) == 8  # the device path ran, every step
+    assert decode == "generate" or min(drawn) < 8  # finished rows stop drawing
+
+
 def test_first_token_frequencies_match_the_model_distribution(tiny):
     tok, model = tiny
     prompt = tok("Q:")["input_ids"]

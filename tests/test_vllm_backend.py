@@ -12,128 +12,27 @@ from __future__ import annotations
 import json
 import sys
 import types
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
 import rspo.selfplay.loop as loop_mod
 from rspo.config import load_config
 from rspo.generation import SamplingParams, build_backend
-from rspo.generation.hf import HFBackend
 from rspo.generation.vllm import to_completion, vllm_sampling_params
 from rspo.gym.tokenizer import build_byte_tokenizer
-from rspo.modeling import load_model, load_tokenizer
 from rspo.selfplay.loop import SelfPlayRun, run_selfplay
 
 from fixtures_lm import make_pipeline_env, tiny_run
+from vllm_fake import (
+    FakeCompletionOutput,
+    FakeLLM,
+    FakeLoRARequest,
+    FakeRequestOutput,
+    FakeSamplingParams,
+)
 
 TESTS = Path(__file__).parent
-
-
-# ----------------------------------------------------------------------------- fake vllm
-class FakeSamplingParams:
-    """Stores its keyword arguments (vLLM's SamplingParams is a struct of them)."""
-
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-        self.kw = kw
-
-
-@dataclass
-class FakeCompletionOutput:
-    token_ids: list[int]
-    finish_reason: str
-    stop_reason: Any = None
-    index: int = 0
-
-
-@dataclass
-class FakeRequestOutput:
-    outputs: list[FakeCompletionOutput]
-
-
-@dataclass
-class FakeLoRARequest:
-    lora_name: str
-    lora_int_id: int
-    lora_path: str
-
-
-class FakeLLM:
-    """Offline engine: weights from ``model`` (safetensors), sleep levels 1/2, LoRA requests."""
-
-    instances: list[FakeLLM] = []  # engines created (reset per test)
-    batch_size = 64  # sequences per HF sampler call (set to generation.batch_size)
-    keep_stop_token = True  # whether token_ids end with the stop token
-
-    def __init__(self, model: str, **kw: Any) -> None:
-        self.model, self.kw, self.log = model, kw, [("init", model)]
-        self.tok = load_tokenizer(kw["tokenizer"])
-        self.weights: Any = load_model(model)  # "on the GPU"
-        self.backup: Any = None
-        self.kv = True
-        self.adapters: dict[int, Any] = {}
-        FakeLLM.instances.append(self)
-
-    def sleep(self, level: int = 1) -> None:
-        assert self.weights is not None and self.kv, "sleep while asleep"
-        self.log.append(("sleep", level))
-        self.backup = self.weights if level == 1 else None  # level 2 forgets the weights
-        self.weights, self.kv = None, False
-
-    def wake_up(self, tags: list[str] | None = None) -> None:
-        self.log.append(("wake_up", tuple(tags) if tags else None))
-        if tags is None or "weights" in tags:
-            self.weights = self.backup if self.backup is not None else "garbage"
-        if tags is None or "kv_cache" in tags:
-            self.kv = True
-
-    def collective_rpc(self, method: str, args: tuple = (), kwargs: dict | None = None) -> list:
-        assert method == "reload_weights" and self.weights is not None
-        self.log.append(("reload_weights", sorted(p.name for p in Path(self.model).iterdir())))
-        self.weights = load_model(self.model)  # re-reads the model directory
-        return [None]
-
-    def reset_prefix_cache(self) -> bool:
-        self.log.append(("reset_prefix_cache",))
-        return True
-
-    def generate(self, prompts, sampling_params, use_tqdm=True, lora_request=None):
-        assert self.kv and isinstance(self.weights, torch.nn.Module), "engine not awake"
-        self.log.append(("generate", lora_request.lora_path if lora_request else None))
-        model = self.weights
-        if lora_request is not None:
-            assert self.kw.get("enable_lora")
-            if lora_request.lora_int_id not in self.adapters:
-                from rspo.training.peft import load_adapter_model
-
-                self.adapters[lora_request.lora_int_id] = load_adapter_model(
-                    lora_request.lora_path, base_path=self.model
-                )
-            model = self.adapters[lora_request.lora_int_id]
-        sp0 = sampling_params[0]
-        stops = set(sp0.stop_token_ids or []) | (
-            set() if sp0.ignore_eos else {self.tok.eos_token_id}
-        )
-        assert stops == {self.tok.eos_token_id}  # what rspo's HF sampler stops at
-        assert all({**s.kw, "seed": 0} == {**sp0.kw, "seed": 0} for s in sampling_params)
-        params = SamplingParams(
-            sp0.max_tokens, sp0.temperature, sp0.top_p, 0 if sp0.top_k in (0, -1) else sp0.top_k
-        )
-        comps = HFBackend(model, self.tok, batch_size=FakeLLM.batch_size).generate(
-            [p["prompt_token_ids"] for p in prompts], [s.seed for s in sampling_params], params
-        )
-        outs = []
-        for c in comps:
-            ids = list(c.ids)
-            if c.finished and not FakeLLM.keep_stop_token:
-                ids = ids[:-1]
-            reason = "stop" if c.finished else "length"
-            outs.append(FakeRequestOutput([FakeCompletionOutput(ids, reason)]))
-        return outs
 
 
 @pytest.fixture
@@ -263,7 +162,17 @@ def _run_pair(env, lora, tag, monkeypatch):
 
 
 def test_full_finetune_run_through_vllm_reproduces_the_hf_run(env, fake_vllm, monkeypatch):
+    import rspo.modeling
+
     monkeypatch.setattr(FakeLLM, "keep_stop_token", False)
+    real_free = rspo.modeling.free_memory
+
+    def free_spy(*a, **k):  # torch's cached blocks must go back before the engine wakes
+        if FakeLLM.instances:
+            FakeLLM.instances[-1].log.append(("free_memory",))
+        return real_free(*a, **k)
+
+    monkeypatch.setattr(rspo.modeling, "free_memory", free_spy)
     rows, hf, vl, asleep = _run_pair(env, None, "full", monkeypatch)
     assert rows["vllm"] == rows["hf"] and len(rows["hf"]) == 3
     want = _records(hf)
@@ -278,8 +187,9 @@ def test_full_finetune_run_through_vllm_reproduces_the_hf_run(env, fake_vllm, mo
     ops = [e[0] for e in engine.log]
     assert ops.count("reload_weights") >= 2  # checkpoints 1 and 2 reached the engine
     i = ops.index("reload_weights")
-    assert engine.log[i - 2 : i + 3] == [
+    assert engine.log[i - 3 : i + 3] == [
         ("sleep", 2),
+        ("free_memory",),
         ("wake_up", ("weights",)),
         engine.log[i],
         ("wake_up", ("kv_cache",)),
@@ -307,3 +217,29 @@ def test_lora_run_through_vllm_reproduces_the_hf_run(env, fake_vllm, monkeypatch
     assert not (vl / "vllm_live").exists()
     conf = json.loads((Path(ck[1]) / "adapter_config.json").read_text())
     assert conf["r"] == 4
+
+
+def test_the_base_spelled_another_way_is_not_sent_as_an_adapter(env, fake_vllm, tmp_path):
+    """model.path through a symlink or relative: the run hands the engine the resolved base
+    path; it must still be the base (no LoRARequest on a directory without adapter_config)."""
+    tmp, model = env
+    link = tmp_path / "link"
+    link.symlink_to(model, target_is_directory=True)
+    tok = build_byte_tokenizer()
+    engine = build_backend("vllm", str(link), tok, lora_rank=4)
+    for spelling in (str(model), str(link), str(model.resolve())):
+        engine.set_policy(spelling)
+        assert engine._lora_request() is None, spelling
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    engine.set_policy(str(adapter))
+    assert engine._lora_request().lora_path == str(adapter.resolve())
+    with pytest.raises(ValueError, match="LoRA ranks up to 512"):
+        build_backend("vllm", str(model), tok, lora_rank=600)
+
+
+def test_a_hub_id_not_in_the_local_cache_is_a_clear_error(fake_vllm, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="'org/missing-model' is not a local directory"):
+        build_backend("vllm", "org/missing-model", build_byte_tokenizer(), live_dir=tmp_path)

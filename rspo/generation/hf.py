@@ -80,21 +80,29 @@ class SeededGumbelSampler(LogitsProcessor):
 
     #: float64 noise values drawn ahead per call (rows x steps x vocab), bounding host memory
     NOISE_BUDGET = 1 << 22
+    #: device types whose noise is drawn by the CPU generators (others: on the device)
+    HOST_NOISE: tuple[str, ...] = ("cpu",)
 
     def __init__(self, seeds: Sequence[int], params: SamplingParams, record: bool = False) -> None:
-        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.seeds = [int(s) for s in seeds]
+        self.gens = [torch.Generator().manual_seed(s) for s in self.seeds]
         self.params = params
         self.record = record
         self.steps: list[torch.Tensor] = []
         self._noise: torch.Tensor | None = None  # (rows, steps ahead, vocab) Gumbel noise
         self._used = 0
+        self._device_gens: list[torch.Generator] | None = None
 
     def _gumbel(
         self, vocab: int, device: torch.device, rows: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """This step's noise for ``rows`` (default: all). Each row's generator fills several
-        steps in one call: the stream is the same as one ``rand(vocab)`` per step, so
-        samples do not change. Every row asked for has taken the same number of steps."""
+        """This step's noise for ``rows`` (default: all). On an accelerator each row's own
+        generator lives on the device (:meth:`_device_gumbel`). On the CPU each row's
+        generator fills several steps in one call: the stream is the same as one
+        ``rand(vocab)`` per step, so samples do not change. Every row asked for has taken the
+        same number of steps."""
+        if device.type not in self.HOST_NOISE and self._device_generators(device):
+            return self._device_gumbel(vocab, device, rows)
         n = len(self.gens)
         if self._noise is None or self._used == self._noise.shape[1]:
             ahead = max(1, min(16, self.NOISE_BUDGET // (n * vocab)))
@@ -108,6 +116,33 @@ class SeededGumbelSampler(LogitsProcessor):
         self._used += 1
         noise = self._noise[:, self._used - 1]
         return noise if rows is None else noise[rows.to(noise.device)]
+
+    def _device_generators(self, device: torch.device) -> bool:
+        """Per-row generators on ``device`` (seeded like the CPU ones); False where the device
+        has none, and the noise is then drawn on the CPU."""
+        if self._device_gens is None:
+            try:
+                self._device_gens = [
+                    torch.Generator(device=device).manual_seed(s) for s in self.seeds
+                ]
+            except RuntimeError:
+                self._device_gens = []
+        return bool(self._device_gens)
+
+    def _device_gumbel(
+        self, vocab: int, device: torch.device, rows: torch.Tensor | None
+    ) -> torch.Tensor:
+        """This step's noise drawn where the logits are: one ``rand(vocab)`` per running row
+        from that row's device generator, so a row's samples depend on its seed alone, not on
+        the batch. The CPU path would cost rows x vocab float64 draws on the host per step
+        (about a second at a 128k vocabulary, far more than the forward on a GPU). Samples on
+        a device differ from CPU samples (another generator) and reproduce on that device."""
+        gens = self._device_gens or []
+        live = range(len(gens)) if rows is None else rows.tolist()
+        u = torch.stack(
+            [torch.rand(vocab, generator=gens[i], device=device, dtype=torch.float64) for i in live]
+        )
+        return (-torch.log(-torch.log(u.clamp_min(1e-300)))).float()
 
     def _perturb(self, scores: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         p = self.params

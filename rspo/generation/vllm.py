@@ -13,6 +13,12 @@ with training:
   docs give for RLHF weight updates: ``sleep(level=2)``, ``wake_up(tags=["weights"])``,
   ``collective_rpc("reload_weights")``, ``wake_up(tags=["kv_cache"])``.
 
+Several processes (torchrun / accelerate launch): every rank runs its own engine in-process
+on its own GPU (``distributed_executor_backend="external_launcher"``, the layout TRL's
+colocate mode and verl use: vLLM places each rank on ``cuda:LOCAL_RANK`` and lets data-parallel
+ranks generate independently) and samples its share of the prompts; per-sequence seeds make
+the samples independent of the split.
+
 Untested on a real GPU here: the tests drive it with a fake ``vllm`` module.
 """
 
@@ -126,7 +132,33 @@ def _generation_config(path: str, trust_remote_code: bool = False) -> Any:
 
 
 def _lora_rank(r: int) -> int:
-    return next((x for x in _VLLM_LORA_RANKS if x >= r), r)
+    """The smallest LoRA rank vLLM accepts that holds ``r``."""
+    for x in _VLLM_LORA_RANKS:
+        if x >= r:
+            return x
+    raise ValueError(
+        f"model.lora.r {r}: vLLM serves LoRA ranks up to {_VLLM_LORA_RANKS[-1]}; use a smaller "
+        "rank or generation.backend: hf"
+    )
+
+
+def local_model_dir(path: str) -> str:
+    """An absolute local directory for ``path``: a local dir resolved (symlinks too), a hub id
+    its snapshot in the local cache (never downloaded). The live directory of full fine-tuning
+    links the files, and adapter-vs-base checks compare these paths."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return str(p.resolve())
+    try:
+        from huggingface_hub import snapshot_download
+
+        return str(Path(snapshot_download(path, local_files_only=True)).resolve())
+    except Exception as e:  # not cached, offline, or not a repo id
+        raise ValueError(
+            f"generation.backend vllm: model {path!r} is not a local directory and not in the "
+            f"local Hugging Face cache ({type(e).__name__}); download it first or pass its "
+            "directory as model.path"
+        ) from e
 
 
 class VLLMBackend(GenerationBackend):
@@ -146,10 +178,12 @@ class VLLMBackend(GenerationBackend):
         live_dir: str | Path | None = None,
         trust_remote_code: bool = False,
         engine_kwargs: dict[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.vllm = import_vllm()
         self.tok = tokenizer
-        self.base_path = str(model_path)
+        self.base_path = local_model_dir(str(model_path))
         self.generation_config = _generation_config(self.base_path, trust_remote_code)
         self.lora = lora_rank is not None
         self.live_dir = Path(live_dir) if live_dir else None
@@ -168,6 +202,17 @@ class VLLMBackend(GenerationBackend):
             "trust_remote_code": trust_remote_code,
             "load_format": "safetensors",
         }
+        if world_size > 1:  # one engine per rank, on its own GPU, sampling its own prompts
+            if int((engine_kwargs or {}).get("tensor_parallel_size", 1)) != 1:
+                raise ValueError(
+                    "generation.vllm_kwargs.tensor_parallel_size: with several processes each "
+                    "rank runs its own engine (tensor_parallel_size 1); launch one process to "
+                    "spread one engine over GPUs"
+                )
+            kwargs["distributed_executor_backend"] = "external_launcher"
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in-process
+            if self.live_dir is not None:
+                self.live_dir = self.live_dir / f"rank{rank}"
         if self.lora:
             kwargs.update(enable_lora=True, max_lora_rank=_lora_rank(lora_rank), max_loras=1)
             engine_model = self.base_path
@@ -194,7 +239,7 @@ class VLLMBackend(GenerationBackend):
 
     def set_policy(self, path: str) -> None:
         """Sample from the model (base or full checkpoint) or adapter directory at ``path``."""
-        self.policy = str(path)
+        self.policy = local_model_dir(str(path))
 
     def update_weights(self, model: Any) -> None:
         """Point at new weights: a model directory path (in-memory models are not accepted)."""
@@ -213,6 +258,9 @@ class VLLMBackend(GenerationBackend):
         """Back on the GPU, holding the current policy's weights."""
         if self.lora:
             if self.asleep:
+                from rspo.modeling import free_memory
+
+                free_memory()  # torch's cached blocks (training) back to the driver for vLLM
                 self.llm.wake_up()
                 self.asleep = 0
             return
@@ -220,6 +268,9 @@ class VLLMBackend(GenerationBackend):
             return
         if not self.asleep:
             self.llm.sleep(level=2)
+        from rspo.modeling import free_memory
+
+        free_memory()  # the trainer's freed blocks, cached by torch, back to the driver for vLLM
         if self.in_engine != self.policy:
             self._link_live(self.policy)
         self.llm.wake_up(tags=["weights"])

@@ -58,27 +58,29 @@ from rspo.utils.seeds import derive_seed, seed_everything
 Log = Callable[[str], None]
 
 
-def _check_context(c: Config, train: PromptSet, evals: PromptSet) -> None:
+def _check_context(c: Config, train: PromptSet, evals: PromptSet) -> int:
     """The longest prompt + response must fit the policy's context (max_position_embeddings,
-    when its config names one): a longer sequence would fail or be garbage mid-run."""
+    when its config names one): a longer sequence would fail or be garbage mid-run. Returns
+    the longest prompt + response the run can produce (the vLLM engine's ``max_model_len``)."""
     from transformers import AutoConfig
 
+    sets = [("data.prompts", train, "generation.max_new_tokens", c.generation.max_new_tokens)]
+    if c.evaluation.enabled:
+        e = c.evaluation.max_new_tokens
+        sets.append(("data.eval_prompts", evals, "evaluation.max_new_tokens", e))
+    needed = max(max((len(p) for p in ps.ids), default=0) + new for _, ps, _, new in sets)
     try:
         conf = AutoConfig.from_pretrained(
             resolve_model_path(c.model.path), trust_remote_code=c.model.trust_remote_code
         )
     except (OSError, ValueError):  # an adapter directory, a hub id offline: the load says why
-        return
+        return needed
     conf = getattr(conf, "get_text_config", lambda: conf)()
     ctx = getattr(conf, "max_position_embeddings", None)
     scaling = getattr(conf, "rope_scaling", None) or {}
     if isinstance(ctx, int) and isinstance(scaling, dict) and scaling.get("factor"):
         base = scaling.get("original_max_position_embeddings") or ctx  # YaRN etc. extend it
         ctx = max(ctx, int(base * float(scaling["factor"])))
-    sets = [("data.prompts", train, "generation.max_new_tokens", c.generation.max_new_tokens)]
-    if c.evaluation.enabled:
-        e = c.evaluation.max_new_tokens
-        sets.append(("data.eval_prompts", evals, "evaluation.max_new_tokens", e))
     for key, ps, new_key, new in sets:
         longest = max((len(p) for p in ps.ids), default=0)
         if isinstance(ctx, int) and longest + new > ctx:
@@ -88,6 +90,7 @@ def _check_context(c: Config, train: PromptSet, evals: PromptSet) -> None:
                 f"(max_position_embeddings = {ctx}); lower {new_key} or data.max_prompt_length "
                 "(longer prompts are then errors)"
             )
+    return needed
 
 
 def _check_gym_only(c: Config, train: PromptSet, evals: PromptSet) -> None:
@@ -130,7 +133,7 @@ class SelfPlayRun:
         self.rd = RunDir(self.cfg.run.output, writer=self.dist.is_main)
         self.device = self.dist.device(self.cfg.model.device)
         quiet_deepspeed_on_cpu(self.device)
-        self.models = PolicyModels(self.cfg, self.device)
+        self.models = PolicyModels(self.cfg, self.device, self.dist)
         if not self.dist.is_main:
             self.log = lambda m: None
 
@@ -262,7 +265,7 @@ class SelfPlayRun:
             d.chat_template,
             d.max_prompt_length,
         )
-        _check_context(c, self.train_prompts, self.eval_prompts)
+        self.models.max_len = _check_context(c, self.train_prompts, self.eval_prompts)
         _check_gym_only(c, self.train_prompts, self.eval_prompts)
         self.loss_fn = self._make_loss(c.objective.coef)
         from rspo.judges import build_judge

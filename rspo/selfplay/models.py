@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from rspo.config import Config
+from rspo.distributed import DistContext
 from rspo.generation import GenerationBackend, build_backend
 from rspo.modeling import (
     enable_gradient_checkpointing,
@@ -34,9 +35,10 @@ from rspo.modeling import (
 class PolicyModels:
     """Hands out the models of one run: ``get`` (no grad), ``trainable``, ``generator``."""
 
-    def __init__(self, cfg: Config, device: torch.device) -> None:
+    def __init__(self, cfg: Config, device: torch.device, dist: DistContext | None = None) -> None:
         self.cfg = cfg
         self.device = device
+        self.dist = dist or DistContext()
         self.lora = None
         if cfg.model.lora is not None:
             from rspo.training.peft import LoraPolicy
@@ -45,6 +47,7 @@ class PolicyModels:
         self._cache: dict[str, Any] = {}
         self._kept: str | None = None  # the trained policy held from training to training
         self._vllm: Any = None
+        self.max_len: int | None = None  # longest prompt + response of the run (vLLM engine)
         if cfg.generation.backend == "vllm":
             from rspo.generation.vllm import import_vllm
 
@@ -145,6 +148,10 @@ class PolicyModels:
         if self._vllm is None:
             m, g = self.cfg.model, self.cfg.generation
             lora_rank = m.lora.r if m.lora is not None else None
+            # vLLM sizes the KV cache for max_model_len (else the model's whole context, which
+            # may not fit gpu_memory_utilization); vllm_kwargs may still set it
+            extra = {"max_model_len": self.max_len} if self.max_len else {}
+            free_memory()  # vLLM checks the driver's free memory against its share
             self._vllm = build_backend(
                 "vllm",
                 resolve_model_path(m.path),
@@ -155,7 +162,9 @@ class PolicyModels:
                 lora_rank=lora_rank,
                 live_dir=Path(self.cfg.run.output) / "vllm_live",
                 trust_remote_code=m.trust_remote_code,
-                engine_kwargs=g.vllm_kwargs,
+                engine_kwargs={**extra, **g.vllm_kwargs},
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
             )
         return self._vllm
 

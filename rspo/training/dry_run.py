@@ -47,18 +47,19 @@ class _Peak:
     """Peak memory per phase: CUDA max_memory_allocated, or the process's peak RSS on CPU."""
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device  # e.g. cuda:1 in a single process: its counters, not cuda:0's
         self.cuda = device.type == "cuda"
         self.kind = "cuda max_memory_allocated" if self.cuda else "process peak RSS"
 
     def start(self) -> None:
         if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def read(self) -> int:
         if self.cuda:
-            torch.cuda.synchronize()
-            return int(torch.cuda.max_memory_allocated())
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device))
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
@@ -81,7 +82,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         t0 = time.perf_counter()
         out = fn()
         if peak.cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         phases[name] = {"seconds": time.perf_counter() - t0, "peak_memory_bytes": peak.read()}
         return out
 

@@ -59,8 +59,8 @@ def engine_label(engine: str, world_size: int) -> str:
 
 
 def check_launch(cfg: Config, engine: str, world_size: int) -> None:
-    """Refuse combinations not built yet, before any work: LoRA under FSDP2/DeepSpeed, the vLLM
-    backend in several processes (every engine would take the first visible GPU)."""
+    """Refuse combinations not built yet, before any work: LoRA under FSDP2/DeepSpeed, a
+    tensor-parallel vLLM engine in several processes (each rank runs its own engine)."""
     if engine in ("fsdp", "deepspeed") and cfg.model.lora is not None:
         what = "FSDP2 (ACCELERATE_USE_FSDP)" if engine == "fsdp" else "DeepSpeed"
         raise ConfigError(
@@ -73,12 +73,12 @@ def check_launch(cfg: Config, engine: str, world_size: int) -> None:
         from rspo.training.deepspeed import deepspeed_config
 
         deepspeed_config(cfg.training, world_size, torch.float32)
-    if cfg.generation.backend == "vllm" and world_size > 1:
+    tp = cfg.generation.vllm_kwargs.get("tensor_parallel_size", 1)
+    if cfg.generation.backend == "vllm" and world_size > 1 and tp != 1:
         raise ConfigError(
-            f"generation.backend vllm in {world_size} processes is not supported yet (each "
-            "process would start its own engine on the first visible GPU); run one process "
-            "and spread the engine with generation.vllm_kwargs: {tensor_parallel_size: N}, "
-            "or use generation.backend hf under torchrun/accelerate"
+            f"generation.vllm_kwargs.tensor_parallel_size {tp} in {world_size} processes: each "
+            "rank runs its own vLLM engine on its own GPU (tensor_parallel_size 1); to spread "
+            "one engine over several GPUs, launch one process"
         )
 
 
