@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _cmd_game(args: argparse.Namespace, extra: list[str]) -> int:
@@ -35,11 +36,19 @@ def _load_cfg(args: argparse.Namespace, extra: list[str]):
     return load_config(args.config, overrides)
 
 
-def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    import shutil
-    from pathlib import Path
+def resume_command(argv: Sequence[str]) -> str:
+    """The command that resumes an interrupted ``rspo train``: the same arguments, shell-quoted,
+    without ``--overwrite`` (which would delete what was saved)."""
+    import shlex
 
+    if not argv or not Path(argv[0]).name.startswith("rspo"):
+        return "rspo train ... (the same arguments, without --overwrite)"
+    return shlex.join(["rspo", *(a for a in argv[1:] if a != "--overwrite")])
+
+
+def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from rspo.distributed import init_distributed, shutdown
+    from rspo.selfplay.rundir import remove_output
 
     cfg = _load_cfg(args, extra)
     if args.dry_run:
@@ -58,17 +67,18 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if args.resume and not (out / "config.yaml").exists():
         print(f"error: --resume given but {out} holds no run", file=sys.stderr)
         return 2
+    if args.resume and args.overwrite:
+        print("error: --resume and --overwrite contradict each other", file=sys.stderr)
+        return 2
     dist = init_distributed(cfg.model.device)  # one process: no torch.distributed at all
     if args.overwrite:
-        dist.from_main(lambda: out.exists() and shutil.rmtree(out))
+        dist.from_main(remove_output, out)
     try:
         rows = run_selfplay(cfg)
     except KeyboardInterrupt:
-        cmd = (
-            " ".join(["rspo", *sys.argv[1:]]) if sys.argv[0].endswith("rspo") else "rspo train ..."
-        )
         print(
-            f"\ninterrupted; everything finished is saved in {out}. Resume with: {cmd}",
+            f"\ninterrupted; everything finished is saved in {out}. Resume with: "
+            f"{resume_command(sys.argv)}",
             file=sys.stderr,
         )
         return 130
@@ -88,15 +98,17 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
-    import shutil
-    from pathlib import Path
-
     from rspo.demo import run_demo
+    from rspo.selfplay.rundir import remove_output
 
     out = args.output or ("runs/demo-quick" if args.quick else "runs/demo")
-    if args.overwrite and Path(out).exists():
-        shutil.rmtree(out)
-    run_demo(output=out, quick=args.quick, overrides=extra)
+    if args.overwrite:
+        remove_output(out)
+    try:
+        run_demo(output=out, quick=args.quick, overrides=extra)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run the same command again to resume in {out}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -213,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError, JudgeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # train and demo say how to resume; finished work is on disk
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -43,9 +43,15 @@ def test_demo_overwrite_starts_over(tmp_path):
     """`rspo demo --overwrite` removes the output first (a config error then stops it before
     any run, so this costs nothing)."""
     out = tmp_path / "demo"
-    out.mkdir()
+    (out / "sppo").mkdir(parents=True)
+    (out / "sppo" / "config.yaml").write_text("{}")  # an earlier demo's run
     (out / "old.txt").write_text("from an earlier demo")
     assert (
         main(["demo", "--quick", "--output", str(out), "--overwrite", "--objective.eta", "x"]) == 2
     )
     assert not (out / "old.txt").exists()
+    other = tmp_path / "mine"  # not rspo output: refused, kept
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    assert main(["demo", "--quick", "--output", str(other), "--overwrite"]) == 2
+    assert (other / "notes.txt").read_text() == "keep"

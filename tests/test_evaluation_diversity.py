@@ -92,3 +92,20 @@ def test_embedding_diversity_guard_or_value():
     )
     assert same == pytest.approx(0.0, abs=1e-5)
     assert 0.5 < varied <= 2.0
+
+
+def test_short_texts_are_scored_over_the_orders_they_have():
+    """Effective order: a text of c < n words uses orders 1..c. Identical 2-word answers are
+    maximally similar (1), not maximally diverse (0 without it). By hand for
+    ['a b', 'a c', 'd e', 'a b']: 'a b' has unigrams 2/2 and its bigram in the other 'a b'
+    (1/1) -> 1; 'a c' matches 1/2 unigrams, no bigram -> 0; 'd e' no unigram -> 0."""
+    from rspo.evaluation.diversity import bleu_against_others, self_bleu
+
+    assert self_bleu(["Answer: baa"] * 4) == 1.0
+    assert self_bleu(["Answer: baa"] * 4, effective_order=False) == 0.0  # the old blind spot
+    assert bleu_against_others(["a b", "a c", "d e", "a b"]) == [1.0, 0.0, 0.0, 1.0]
+    # one word: BLEU-1 only; 'x' vs refs ['x', 'y'] -> 1 (closest ref length 1, BP 1)
+    assert bleu_against_others(["x", "x", "y"]) == [1.0, 1.0, 0.0]
+    # texts of n words or more are unchanged by the option
+    long = ["the cat sat down", "the cat sat up", "a dog ran off"]
+    assert bleu_against_others(long) == bleu_against_others(long, effective_order=False)

@@ -62,6 +62,7 @@ def bleu_against_others(
     n: int = 3,
     tokenize: Tokenizer = str.split,
     smoothing: str = "none",
+    effective_order: bool = True,
 ) -> list[float]:
     """BLEU-n of each text against all the other texts as its references.
 
@@ -70,7 +71,10 @@ def bleu_against_others(
     BP = 1 if c > r else exp(1 − r/c). ``smoothing``: ``"none"`` (plain BLEU: any zero
     precision gives 0) or ``"epsilon"`` (nltk method1 as in Texygen: a zero precision
     becomes 0.1 / max(1, number of hypothesis n-grams)). In both, as in nltk, a text with
-    no unigram match at all scores 0, and an empty text scores 0.
+    no unigram match at all scores 0, and an empty text scores 0. ``effective_order`` (as
+    sacrebleu's sentence BLEU): a text of c < n words is scored over orders 1..c, which it
+    has; without it such a text has no n-grams and scores 0 (or ε-smoothed), so identical
+    short answers would count as maximally diverse.
     """
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -93,7 +97,8 @@ def bleu_against_others(
         r_len = min(ref_lens, key=lambda r: (abs(r - c_len), r))
         log_p = 0.0
         zero = False
-        for k, (counts, loo) in enumerate(per_order, start=1):
+        orders = min(n, c_len) if effective_order else n
+        for k, (counts, loo) in enumerate(per_order[:orders], start=1):
             hyp = counts[i]
             num = sum(min(cnt, loo[i][g]) for g, cnt in hyp.items())
             den = max(1, sum(hyp.values()))
@@ -111,7 +116,7 @@ def bleu_against_others(
             scores.append(0.0)
             continue
         bp = 1.0 if c_len > r_len else math.exp(1.0 - r_len / c_len)
-        scores.append(bp * math.exp(log_p / n))
+        scores.append(bp * math.exp(log_p / orders))
     return scores
 
 
@@ -120,10 +125,11 @@ def self_bleu(
     n: int = 3,
     tokenize: Tokenizer = str.split,
     smoothing: str = "none",
+    effective_order: bool = True,
 ) -> float:
     """Mean over texts of BLEU-n against the others (lower = more diverse); see
-    :func:`bleu_against_others` for the exact definition and smoothing."""
-    return float(np.mean(bleu_against_others(texts, n=n, tokenize=tokenize, smoothing=smoothing)))
+    :func:`bleu_against_others` for the exact definition, smoothing and effective order."""
+    return float(np.mean(bleu_against_others(texts, n, tokenize, smoothing, effective_order)))
 
 
 def distinct_n(texts: Sequence[str], n: int, tokenize: Tokenizer = str.split) -> float:

@@ -576,6 +576,12 @@ class SelfPlayRun:
     # ------------------------------------------------------------------ driver
     def run(self) -> list[dict[str, Any]]:
         """All iterations; finished stages are skipped. Returns the metrics rows."""
+        try:
+            return self._run()
+        finally:
+            self.rd.unlock()
+
+    def _run(self) -> list[dict[str, Any]]:
         resuming = self.setup()
         if resuming:
             self.log(f"resuming run in {self.rd.root}")

@@ -2,6 +2,7 @@
 
 runs/NAME/config.yaml          resolved config (resume refuses a changed one)
 runs/NAME/run.json             versions and creation time
+runs/NAME/.lock                held by the process running it (a second one is refused)
 runs/NAME/metrics.jsonl        one row per evaluated iteration (rebuilt from iter dirs)
 runs/NAME/iter_001/            generations.jsonl, judgments.jsonl, dataset.json,
                                train_log.jsonl, checkpoint/, eval_outputs.jsonl,
@@ -11,7 +12,10 @@ runs/NAME/iter_001/            generations.jsonl, judgments.jsonl, dataset.json,
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,73 @@ from rspo.utils.io import atomic_write_json, atomic_write_text, read_json, read_
 
 #: keys that may change between a run and its resumption
 RESUMABLE_KEYS = ("run.iterations", "run.output", "run.keep_checkpoints", "run.num_threads")
+#: the file an active run holds an exclusive lock on
+LOCK_FILE = ".lock"
+#: what marks a directory as rspo output (a run; a demo or sweep holds runs one level down)
+_MARKERS = ("config.yaml", "run.json")
+
+
+def _try_lock(root: Path) -> Any:
+    """An open file holding an exclusive lock on ``root/.lock``, or None if another process
+    holds it; ``True`` where the platform has no ``fcntl`` (no locking there)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return True
+    f = open(root / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held while running
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
+def _holder(root: Path) -> str:
+    try:
+        return (root / LOCK_FILE).read_text(encoding="utf-8").strip() or "pid unknown"
+    except OSError:
+        return "pid unknown"
+
+
+def _in_use(root: Path) -> ConfigError:
+    return ConfigError(
+        f"run directory {root} is in use by another rspo process ({_holder(root)}); wait for "
+        "it to finish, or use another --output"
+    )
+
+
+def remove_output(path: str | Path) -> None:
+    """``--overwrite``: delete a previous run's (or demo's, sweep's) output directory. Refuses
+    the current directory or one above it, a directory that holds no rspo output, and a run
+    another process is using, so a mistyped path deletes nothing."""
+    p = Path(path)
+    if not p.exists():
+        return
+    r, cwd = p.resolve(), Path.cwd().resolve()
+    if r == cwd or r in cwd.parents or r == Path.home().resolve():
+        raise ConfigError(
+            f"--overwrite: refusing to delete {str(p) or '.'} (the current directory, your home "
+            "or a directory above them); give the run its own --output"
+        )
+    if not r.is_dir():
+        raise ConfigError(f"--overwrite: {p} is a file, not a run directory; not deleting it")
+    inside = list(r.iterdir())
+    ours = any((r / m).exists() for m in _MARKERS) or any(
+        (c / m).exists() for c in inside if c.is_dir() for m in _MARKERS
+    )
+    if inside and not ours:
+        raise ConfigError(
+            f"--overwrite: {p} holds no rspo run (no {' or '.join(_MARKERS)} in it or its "
+            "subdirectories); not deleting it"
+        )
+    if (r / LOCK_FILE).exists():
+        held = _try_lock(r)
+        if held is None:
+            raise _in_use(r)
+        if held is not True:
+            held.close()
+    shutil.rmtree(r)
 
 
 def saved_config_diff(cfg_path: Path, cfg: Config) -> list[str]:
@@ -41,6 +112,28 @@ class RunDir:
     def __init__(self, root: str | Path, writer: bool = True) -> None:
         self.root = Path(root)
         self.writer = writer
+        self._lock: Any = None
+
+    def lock(self) -> None:
+        """Hold ``.lock`` until :meth:`unlock` (or the process ends): two processes writing
+        one run directory would interleave records; the second is refused."""
+        if self._lock is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            held = _try_lock(self.root)
+            if held is None:
+                raise _in_use(self.root)
+            if held is not True:
+                held.seek(0)
+                held.truncate()
+                held.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                held.flush()
+            self._lock = held
+
+    def unlock(self) -> None:
+        """Release the run directory (the lock file stays; only the lock matters)."""
+        if self._lock not in (None, True):
+            self._lock.close()
+        self._lock = None
 
     def iter_dir(self, t: int) -> Path:
         return self.root / f"iter_{t:03d}"
@@ -61,6 +154,10 @@ class RunDir:
         if not self.writer:
             raise RuntimeError("RunDir.init is rank 0's job (writer=False here)")
         cfg_path = self.root / "config.yaml"
+        if str(self.root) in ("", "."):
+            raise ConfigError("run.output: empty; give the run its own directory")
+        if cfg_path.exists() or self.root.exists():
+            self.lock()  # before reading what another process might be writing
         if cfg_path.exists() and not fresh:
             diff = [k for k in saved_config_diff(cfg_path, cfg) if k not in RESUMABLE_KEYS]
             if diff:
@@ -70,7 +167,7 @@ class RunDir:
                 )
             atomic_write_text(cfg_path, cfg.to_yaml())
             return True
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock()
         atomic_write_text(cfg_path, cfg.to_yaml())
         import torch
         import transformers

@@ -1,0 +1,101 @@
+"""Who may write or delete a run directory: one process at a time, ``--overwrite`` only on
+rspo output, and an interrupt's resume command that does not delete what was saved."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from rspo.cli import main, resume_command
+from rspo.config import ConfigError, load_config
+from rspo.selfplay.loop import run_selfplay
+from rspo.selfplay.rundir import LOCK_FILE, RunDir, remove_output
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    sys.path.insert(0, str(TESTS))
+    from fixtures_lm import make_pipeline_env
+
+    return make_pipeline_env(tmp_path_factory.mktemp("own"))
+
+
+def _cfg(env, out: Path):
+    from fixtures_lm import tiny_run
+
+    tmp, model = env
+    over = tiny_run(
+        tmp,
+        model,
+        str(out),
+        data={"num_prompts": 2, "num_eval_prompts": 2},
+        generation={"num_samples": 2, "max_new_tokens": 4},
+        evaluation={"enabled": False},
+        run={"iterations": 1},
+    )
+    return load_config(None, over)
+
+
+def test_a_second_process_on_a_running_directory_is_refused(env, tmp_path):
+    out = tmp_path / "run"
+    cfg = _cfg(env, out)
+    held = RunDir(out)
+    held.lock()  # another process (flock is per open file: this one conflicts too)
+    try:
+        with pytest.raises(ConfigError, match=r"in use by another rspo process \(pid \d+"):
+            run_selfplay(cfg, log=lambda m: None)
+        assert not (out / "config.yaml").exists()  # it wrote nothing
+    finally:
+        held.unlock()
+    run_selfplay(cfg, log=lambda m: None)  # released: the run goes ahead
+    assert (out / "iter_001" / "train.done").exists()
+    run_selfplay(cfg, log=lambda m: None)  # and a finished run released its own lock
+
+
+def test_overwrite_deletes_rspo_output_only(env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.md").write_text("keep me")
+    for path in ("", ".", str(tmp_path.parent)):
+        with pytest.raises(ConfigError, match="refusing to delete"):
+            remove_output(path)
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "chapter1.tex").write_text("keep me")
+    with pytest.raises(ConfigError, match="holds no rspo run"):
+        remove_output(other)
+    # the CLI path: an empty run.output with --overwrite deletes nothing
+    assert main(["train", "--run.output", "", "--overwrite"]) == 2
+    assert (tmp_path / "notes.md").read_text() == "keep me"
+    assert (other / "chapter1.tex").read_text() == "keep me"
+
+    run = tmp_path / "run"
+    run_selfplay(_cfg(env, run), log=lambda m: None)
+    held = RunDir(run)
+    held.lock()
+    try:
+        with pytest.raises(ConfigError, match="in use by another rspo process"):
+            remove_output(run)
+    finally:
+        held.unlock()
+    assert (run / "config.yaml").exists() and (run / LOCK_FILE).exists()
+    demo = tmp_path / "demo"  # a demo or sweep holds runs one level down
+    (demo / "sppo").mkdir(parents=True)
+    (demo / "sppo" / "config.yaml").write_text("{}")
+    (demo / "summary.json").write_text("{}")
+    for path in (run, demo, tmp_path / "absent"):
+        remove_output(path)
+        assert not path.exists()
+
+
+def test_resume_command_drops_overwrite_and_quotes(tmp_path):
+    argv = ["/venv/bin/rspo", "train", "--output", "/tmp/with space", "--overwrite", "--x", "1"]
+    cmd = resume_command(argv)
+    assert "--overwrite" not in cmd
+    assert shlex.split(cmd) == ["rspo", "train", "--output", "/tmp/with space", "--x", "1"]
+    assert "without --overwrite" in resume_command(["python", "-m", "rspo.cli"])
+    assert main(["train", "--output", str(tmp_path / "r"), "--resume", "--overwrite"]) == 2
