@@ -650,6 +650,33 @@ def test_vllm_in_two_processes_runs_an_engine_per_rank_on_its_share(runs, tmp_pa
     assert seeds[0] and seeds[1] and not set(seeds[0]) & set(seeds[1])  # each its own share
 
 
+def test_a_rank_started_with_other_settings_is_refused_before_any_work(runs, tmp_path):
+    """Rank 1 launched with another override (per-node config files, a hand-made launch):
+    every rank stops at start-up naming the key, instead of writing rank 1's samples into
+    rank 0's run or hanging in mismatched collectives."""
+    tmp, _, _, _ = runs
+    script = tmp_path / "launch.py"
+    script.write_text(
+        "import os, sys\n"
+        "from rspo.cli import main\n"
+        "extra = ['--generation.temperature', '0.3'] if os.environ['RANK'] == '1' else []\n"
+        "sys.exit(main(sys.argv[1:] + extra))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+        "OMP_NUM_THREADS": "1",
+    }
+    out = tmp_path / "mismatch"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [str(script), "train", *_args({**_overrides(tmp, "x"), "run.output": str(out)})]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("rank 1 was started with another config than rank 0") == 2
+    assert "(differing: generation.temperature)" in proc.stderr
+    assert not out.exists()
+
+
 def test_lora_over_two_ranks_trains_like_one_process(runs):
     """LoRA is replicated over ranks (its sharded form is refused): same adapter updates and
     metrics as one process, one adapter-only checkpoint written by rank 0."""

@@ -7,6 +7,7 @@ one from its last written record (generation, judging) or saved step (training).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rspo.config import Config, ConfigError
+from rspo.config import Config, ConfigError, diff_configs
 from rspo.data import PromptSet, load_prompts
 from rspo.distributed import DistContext, init_distributed, quiet_deepspeed_on_cpu
 from rspo.generation import SamplingParams
@@ -230,6 +231,22 @@ class SelfPlayRun:
         return g.logprobs == "on" or resolve_dtype(m.dtype, self.device) == torch.float32
 
     # ------------------------------------------------------------------ setup
+    def _check_ranks_agree(self, what: str, mine: dict[str, Any]) -> None:
+        """Every rank must run rank 0's config on rank 0's prompts: a rank launched with other
+        overrides (or another prompt file on its node) would write other records into the
+        run, or make other collectives and hang. Refused on every rank, naming the keys."""
+        if not self.dist.enabled:
+            return
+        ranks = self.dist.all_gather(mine)
+        for r, theirs in enumerate(ranks[1:], start=1):
+            diff = diff_configs(ranks[0], theirs)
+            if diff:
+                raise ConfigError(
+                    f"rank {r} was started with another {what} than rank 0 (differing: "
+                    f"{', '.join(diff)}); launch every process with the same config, overrides "
+                    "and files"
+                )
+
     def setup(self) -> bool:
         """Load and check everything the run needs, then create or check the run dir.
 
@@ -237,6 +254,7 @@ class SelfPlayRun:
         here, before the run directory is created or touched. True when resuming.
         """
         c = self.cfg
+        self._check_ranks_agree("config", c.to_dict())
         engine = training_engine(self.dist)  # FSDP1 or DeepSpeed missing: refused before any work
         check_launch(c, engine, self.dist.world_size)
         if c.run.num_threads:
@@ -265,6 +283,14 @@ class SelfPlayRun:
             d.chat_template,
             d.max_prompt_length,
         )
+        self._check_ranks_agree(
+            "prompts",
+            {
+                key: hashlib.sha256(json.dumps(ps.ids).encode()).hexdigest()
+                for key, ps in (("data.prompts", self.train_prompts),
+                                ("data.eval_prompts", self.eval_prompts))
+            },
+        )  # fmt: skip
         self.models.max_len = _check_context(c, self.train_prompts, self.eval_prompts)
         _check_gym_only(c, self.train_prompts, self.eval_prompts)
         self.loss_fn = self._make_loss(c.objective.coef)
