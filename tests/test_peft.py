@@ -151,12 +151,18 @@ def test_lora_checkpoints_are_adapter_safetensors_only(lora_run):
 
 
 def test_lora_run_killed_in_training_resumes_to_the_same_numbers(env, lora_run, monkeypatch):
+    """With LoRA dropout on (0.3): dropout masks come from a generator seeded per step, so
+    the steps after the saved one draw what the uninterrupted run drew."""
     tmp, model_dir = env
     cfg, rows, _, _ = lora_run
-    ov = _overrides(tmp, model_dir, "lora_resume")
+    lora = {"r": 4, "alpha": 8.0, "dropout": 0.3}
+    ov = _overrides(tmp, model_dir, "lora_resume", **{"model.lora": lora})
     ov["training"]["save_steps"] = 1
     ref = load_config(
-        None, _overrides(tmp, model_dir, "lora_resume_ref", **{"training.save_steps": 1})
+        None,
+        _overrides(
+            tmp, model_dir, "lora_resume_ref", **{"training.save_steps": 1, "model.lora": lora}
+        ),
     )
     ref_rows = run_selfplay(ref, log=lambda m: None)
     out = Path(ov["run"]["output"])

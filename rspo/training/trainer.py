@@ -136,6 +136,9 @@ def train_policy(
     model.train()
     last: dict[str, float] = {}
     for step in range(start, len(steps)):
+        # dropout (a LoRA adapter's, or training.disable_dropout off) draws from a generator
+        # seeded per step and rank: a run resumed after step k draws what it would have
+        torch.manual_seed(derive_seed(seed, "step", step, dist.rank))
         idx = [u * unit + j for u in steps[step] for j in range(unit)]
         totals = accumulate_gradients(
             ds.forward_model if ds is not None else model,
