@@ -161,3 +161,27 @@ def test_generation_and_judging_do_not_depend_on_batch_sizes(env, reference):
     lps = [[r.pop("logp") for g in gs for r in g["responses"]] for gs in gens]
     assert gens[0] == gens[1]
     assert lps[0] == pytest.approx(lps[1], abs=1e-5) and len(lps[0]) > 0
+
+
+@pytest.mark.parametrize("file", ["iter_001/generations.jsonl", "eval_baseline.jsonl"])
+def test_a_record_torn_mid_append_is_redone_with_its_whole_batch(env, reference, monkeypatch, file):
+    """A crash (or a full disk) mid-append leaves a torn last line. The resumed run redoes
+    that record's whole generate call, not the record alone: log π_t recorded while sampling
+    depends on the batch's padding, so a batch of one would change it (and the training)."""
+    stage = "generate" if "generations" in file else "evaluate_eval"
+    out = f"torn_{stage}"
+
+    def interrupt(name: str, count: int) -> None:
+        if name == stage and count >= 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rspo.selfplay.loop, "fault_point", interrupt)
+    monkeypatch.setattr(rspo.selfplay.evaluate, "fault_point", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _run(env, out)
+    monkeypatch.undo()
+    path = env[0] / out / file
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 4
+    path.write_bytes(b"".join(lines[:-1]) + lines[-1][:7])  # the last record torn
+    _assert_same(reference, _run(env, out))

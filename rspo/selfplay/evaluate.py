@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +59,13 @@ def _responses(
         return have[:n]
     e = run.cfg.evaluation
     params = SamplingParams(e.max_new_tokens, temperature, 1.0, 0)
-    idx = list(range(len(have), n))
+    # records are written in one append: a torn one is redone from the start of its batch
+    # (generate calls of generation.batch_size sequences), so the batches match a whole run
+    per = run.cfg.generation.batch_size // math.gcd(run.cfg.generation.batch_size, k)
+    start = len(have) // per * per
+    idx = list(range(start, n))
     recs = run.sample_records(path, run.eval_prompts.ids, idx, k, (run.cfg.run.seed, tag), params)
+    recs = recs[len(have) - start :]
     run.dist.main_only(append_jsonl, file, recs)
     fault_point(f"evaluate_{tag}", len(have) + len(recs))
     return have + recs

@@ -333,13 +333,13 @@ class SelfPlayRun:
         out = self.rd.iter_dir(t) / "generations.jsonl"
         have = self.dist.from_main(read_jsonl, out, tolerate_torn_tail=True)
         done = {r["prompt_index"] for r in have}
-        todo = [i for i in self._prompt_indices(t) if i not in done]
         K = self.cfg.generation.num_samples
         chunk = max(1, self.cfg.generation.batch_size // K)
+        pending = pending_chunks(self._prompt_indices(t), done, chunk)
         path = self._policy_path(t)
-        step = chunk * self.dist.world_size  # one chunk (generate call) per rank per append
-        for s in range(0, len(todo), step):
-            idx = todo[s : s + step]
+        W = self.dist.world_size  # one chunk (generate call) per rank per append
+        for s in range(0, len(pending), W):
+            idx = [i for part in pending[s : s + W] for i in part]
             recs = self.sample_records(
                 path,
                 self.train_prompts.ids,
@@ -350,8 +350,10 @@ class SelfPlayRun:
                 unit=chunk * K,
                 logprobs=self._record_logprobs(),
             )
+            recs = [r for r in recs if r["prompt_index"] not in done]
             self.dist.main_only(append_jsonl, out, recs)
-            fault_point("generate", len(done) + s + len(idx))
+            done.update(r["prompt_index"] for r in recs)
+            fault_point("generate", len(done))
         self.rd.mark_done(t, "generate")
 
     def stage_judge(self, t: int) -> None:
@@ -362,10 +364,11 @@ class SelfPlayRun:
         out = self.rd.iter_dir(t) / "judgments.jsonl"
         have = self.dist.from_main(read_jsonl, out, tolerate_torn_tail=True)
         done = {r["prompt_index"] for r in have}
-        todo = [g for g in gens if g["prompt_index"] not in done]
         K = self.cfg.generation.num_samples
         pairs = [(a, b) for a in range(K) for b in range(a + 1, K)]
         chunk = max(1, self.cfg.judge.batch_size // len(pairs))
+        by_index = {g["prompt_index"]: g for g in gens}
+        pending = pending_chunks([g["prompt_index"] for g in gens], done, chunk)
 
         def judge_part(part: list[dict[str, Any]]) -> list[dict[str, Any]]:
             prompts, ra, rb = [], [], []
@@ -387,12 +390,14 @@ class SelfPlayRun:
                 recs.append({"prompt_index": g["prompt_index"], "P": P})
             return recs
 
-        step = chunk * self.dist.world_size  # one judge call per rank per append
-        for s in range(0, len(todo), step):
-            part = todo[s : s + step]
+        W = self.dist.world_size  # one judge call per rank per append
+        for s in range(0, len(pending), W):
+            part = [by_index[i] for c in pending[s : s + W] for i in c]
             recs = self.dist.shard_map(lambda sl, part=part: judge_part(part[sl]), len(part), chunk)
+            recs = [r for r in recs if r["prompt_index"] not in done]
             self.dist.main_only(append_jsonl, out, recs)
-            fault_point("judge", len(done) + s + len(part))
+            done.update(r["prompt_index"] for r in recs)
+            fault_point("judge", len(done))
         self.rd.mark_done(t, "judge")
 
     def _ref_samples(self, t: int, indices: list[int]) -> dict[int, list[list[int]]]:
@@ -649,6 +654,16 @@ class SelfPlayRun:
     def _done(self, t: int, stage: str) -> bool:
         """Rank 0's view of a stage marker (waits for rank 0 to finish the previous stage)."""
         return self.dist.from_main(self.rd.done, t, stage)
+
+
+def pending_chunks(indices: list[int], done: set[int], size: int) -> list[list[int]]:
+    """``indices`` cut at the chunk boundaries an uninterrupted run uses (every ``size``),
+    keeping the chunks not wholly done. A chunk torn by a crash mid-append is redone whole,
+    so its batch, and the float rounding of what is computed from it (log π_t, a model
+    judge's outputs), is the uninterrupted run's; callers append only the records not yet
+    written."""
+    chunks = [indices[s : s + size] for s in range(0, len(indices), size)]
+    return [c for c in chunks if not done.issuperset(c)]
 
 
 def _truncate_log(logf, resumed_step: int) -> None:
