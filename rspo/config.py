@@ -47,7 +47,8 @@ class ModelConfig:
     ref_path: str | None = None
     #: run model code from the hub repo (off: only transformers' own classes)
     trust_remote_code: bool = False
-    #: float32 | bfloat16 | float16 | auto (bfloat16 on a CUDA device supporting it, else float32)
+    #: float32 | bfloat16 | float16 (LoRA only) | auto (bfloat16 on a CUDA device that
+    #: supports it, else float32)
     dtype: str = "float32"
     #: auto | cpu | cuda | cuda:N
     device: str = "auto"
@@ -224,7 +225,8 @@ class RunConfig:
     #: all | last: which iteration checkpoints to keep
     keep_checkpoints: str = "all"
     #: torch CPU threads (0 = torch's default); 1 is fastest for tiny models and avoids
-    #: oversubscription when other processes share the cores
+    #: oversubscription when other processes share the cores. Bitwise results hold for a
+    #: given count: another count (or 0 on another machine) rounds sums differently
     num_threads: int = 0
 
 
@@ -282,6 +284,7 @@ _POSITIVE = (
     "data.max_prompt_length",
     "data.num_eval_prompts",
     "run.iterations",
+    "evaluation.diversity_temperature",
 )
 _NON_NEGATIVE = (
     "objective.coef",
@@ -293,6 +296,8 @@ _NON_NEGATIVE = (
     "evaluation.temperature",
     "evaluation.diversity_samples",
     "evaluation.n_boot",
+    "run.seed",
+    "run.num_threads",
 )
 
 
@@ -317,6 +322,8 @@ def _validate(cfg: Config) -> None:
         v = _get(cfg, key)
         if isinstance(v, float) and math.isnan(v):
             raise ConfigError(f"{key}: value is NaN")
+        if isinstance(v, float) and math.isinf(v):
+            raise ConfigError(f"{key}: must be finite, got {v}")
         if key in _POSITIVE and not v > 0:
             raise ConfigError(f"{key}: must be > 0, got {v!r}")
         if key in _NON_NEGATIVE and v < 0:
@@ -326,6 +333,16 @@ def _validate(cfg: Config) -> None:
             f"generation.num_samples: K must be >= 2 to estimate win rates, got "
             f"{cfg.generation.num_samples}"
         )
+    if cfg.generation.temperature == 0:
+        raise ConfigError(
+            "generation.temperature: 0 (greedy) makes the K samples of a prompt identical, so "
+            "every win rate is 1/2 and there is nothing to learn; use a temperature > 0"
+        )
+    if not str(cfg.run.output).strip() or Path(cfg.run.output) == Path("."):
+        raise ConfigError(
+            f"run.output: {cfg.run.output!r} is the current directory; give the run its own"
+        )
+    _validate_device(cfg.model.device)
     if not 0.0 < cfg.generation.top_p <= 1.0:
         raise ConfigError(f"generation.top_p: must be in (0, 1], got {cfg.generation.top_p}")
     t = cfg.training
@@ -333,6 +350,22 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"training.batch_size ({t.batch_size}) must be a multiple of "
             f"training.micro_batch_size ({t.micro_batch_size})"
+        )
+    g = t.max_grad_norm
+    if g is not None and not (math.isfinite(g) and g > 0):
+        raise ConfigError(
+            f"training.max_grad_norm: must be > 0 and finite, or null for no clipping; got {g}"
+        )
+    if cfg.objective.loss_type in ("sppo_hard", "inpo") and t.micro_batch_size % 2:
+        raise ConfigError(
+            f"training.micro_batch_size ({t.micro_batch_size}) must be even for pair losses "
+            f"(objective.loss_type {cfg.objective.loss_type!r}: chosen and rejected together)"
+        )
+    if cfg.model.dtype == "float16" and cfg.model.lora is None:
+        raise ConfigError(
+            "model.dtype: float16 cannot train full weights (AdamW/RMSprop's eps rounds to 0 "
+            "in float16, so the first step divides by zero); use bfloat16, float32, or "
+            "float16 with model.lora"
         )
     for key in ("data.num_prompts", "data.prompts_per_iteration", "objective.magnet_refresh"):
         v = _get(cfg, key)
@@ -344,6 +377,10 @@ def _validate(cfg: Config) -> None:
     if o.adaptive != "none" and o.adaptive_target is None:
         raise ConfigError(
             f"objective.adaptive_target: required when objective.adaptive={o.adaptive!r}"
+        )
+    if o.adaptive != "none" and not (math.isfinite(o.adaptive_target) and o.adaptive_target > 0):
+        raise ConfigError(
+            f"objective.adaptive_target: must be > 0 and finite, got {o.adaptive_target}"
         )
     e = cfg.evaluation
     if e.num_samples > 1 and e.temperature == 0:
@@ -366,6 +403,20 @@ def _validate(cfg: Config) -> None:
         except ValueError as e:
             raise ConfigError(f"objective.regularizer: {e}") from e
     _validate_scaling(cfg)
+
+
+def _validate_device(device: str) -> None:
+    """``auto`` or a device torch can name (``cpu``, ``cuda``, ``cuda:1``, ``mps``...)."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(
+            f"model.device: {device!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from e
 
 
 def _validate_scaling(cfg: Config) -> None:

@@ -139,6 +139,34 @@ CONFIG_CASES = [
     ("bad_choice", {"training.optimizer": "sgd"}, r"training\.optimizer: .*'sgd'.*adamw, rmsprop"),
     ("unknown_preset", {"objective.preset": "rspo2"}, r"unknown preset 'rspo2'; valid: .*rspo"),
     ("wrong_type", {"generation.max_new_tokens": "many"}, r"max_new_tokens: expected an integer"),
+    # each of these used to run on silently, or fail mid-run with a message naming no key
+    ("negative_clip", {"training.max_grad_norm": -1}, r"max_grad_norm: must be > 0 and finite"),
+    ("zero_clip", {"training.max_grad_norm": 0}, r"max_grad_norm: .*or null for no clipping"),
+    ("negative_seed", {"run.seed": -5}, r"run\.seed: must be >= 0, got -5"),
+    ("negative_threads", {"run.num_threads": -2}, r"run\.num_threads: must be >= 0"),
+    ("infinite_lr", {"training.lr": ".inf"}, r"training\.lr: must be finite, got inf"),
+    ("greedy_samples", {"generation.temperature": 0}, r"generation\.temperature: 0 \(greedy\)"),
+    (
+        "greedy_diversity",
+        {"evaluation.diversity_temperature": 0},
+        r"diversity_temperature: must be > 0",
+    ),
+    ("bad_device", {"model.device": "banana"}, r"model\.device: 'banana' is not a device"),
+    ("fp16_full", {"model.dtype": "float16"}, r"model\.dtype: float16 cannot train full weights"),
+    (
+        "odd_pair_batch",
+        {
+            "objective.loss_type": "sppo_hard",
+            "training.micro_batch_size": 3,
+            "training.batch_size": 6,
+        },
+        r"micro_batch_size \(3\) must be even for pair losses",
+    ),
+    (
+        "adaptive_target_zero",
+        {"objective.adaptive": "kl", "objective.adaptive_target": 0},
+        r"adaptive_target: must be > 0 and finite, got 0",
+    ),
 ]
 
 
