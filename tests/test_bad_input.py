@@ -669,3 +669,41 @@ def test_a_reference_whose_tokenizer_extends_the_policys_is_accepted(env):
     check_same_tokenizer(load_tokenizer(str(env.model)), str(_other_vocabulary(env)), "x")
     with pytest.raises(ValueError, match=re.escape(f"x={env.model}: ") + r".*'<other>', 259"):
         check_same_tokenizer(load_tokenizer(str(_other_vocabulary(env))), str(env.model), "x")
+
+
+def test_disk_full_while_saving_the_training_state_names_it_and_leaves_no_tmp(
+    env, monkeypatch, reference
+):
+    """safetensors reports a full disk as a SafetensorError naming no file: rspo names the
+    state directory, removes the half-written temp dir, and the same command resumes."""
+    from safetensors import SafetensorError
+
+    import rspo.training.checkpoint as ck
+
+    out = env.tmp / "enospc_state"
+    cfg = env.cfg(out.name, **{"training.save_steps": 1})
+    real = ck.save_file
+
+    def full(tensors, path, *a, **k):
+        if path.endswith("optimizer.safetensors"):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device")
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ck, "save_file", full)
+    with pytest.raises(OSError, match=r"could not write .*No space left on device") as e:
+        run_selfplay(cfg, log=_quiet)
+    it = out / "iter_001"
+    assert e.value.filename == str(it / "train_state.tmp")
+    assert not (it / "train_state.tmp").exists()
+    monkeypatch.setattr(ck, "save_file", real)
+    run_selfplay(cfg, log=_quiet)
+    assert (out / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
+
+
+def test_a_damaged_judge_cache_is_named(tmp_path):
+    from rspo.judges.cache import JudgementCache
+
+    bad = tmp_path / "judge_cache.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ValueError, match=r"judge_cache\.sqlite: not a readable judge cache"):
+        JudgementCache(bad)

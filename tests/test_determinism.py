@@ -185,3 +185,16 @@ def test_a_record_torn_mid_append_is_redone_with_its_whole_batch(env, reference,
     assert len(lines) >= 4
     path.write_bytes(b"".join(lines[:-1]) + lines[-1][:7])  # the last record torn
     _assert_same(reference, _run(env, out))
+
+
+def test_a_damaged_training_state_is_skipped_and_the_iteration_retrained(env, reference):
+    """SIGKILL in training, then the saved state damaged (a truncated file): resuming warns,
+    trains the iteration from its start, and ends where an uninterrupted run ends."""
+    out = "killed_damaged_state"
+    proc = _cli(env, out, {"RSPO_FAULT": "train:3"})
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    opt = env[0] / out / "iter_001" / "train_state" / "optimizer.safetensors"
+    opt.write_bytes(opt.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable training state"):
+        _run(env, out)
+    _assert_same(reference, env[0] / out)

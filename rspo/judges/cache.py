@@ -54,9 +54,16 @@ class JudgementCache:
             conn.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError:  # e.g. filesystems without shared memory: keep rollback
             pass
-        conn.execute("PRAGMA synchronous=FULL")
-        with conn:
-            conn.execute(_SCHEMA)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            with conn:
+                conn.execute(_SCHEMA)
+        except sqlite3.DatabaseError as e:  # not a database, or a damaged one
+            conn.close()
+            raise ValueError(
+                f"{self.path}: not a readable judge cache ({e}); it only caches judge calls, "
+                "so delete it and run again (the judge is asked again)"
+            ) from e
         self._conn, self._pid = conn, os.getpid()
         return conn
 

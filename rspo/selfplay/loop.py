@@ -53,6 +53,7 @@ from rspo.utils.io import (
     atomic_write_text,
     read_json,
     read_jsonl,
+    writing,
 )
 from rspo.utils.seeds import derive_seed, seed_everything
 
@@ -585,8 +586,9 @@ class SelfPlayRun:
         ck = self.rd.checkpoint(t)
         tmp = ck.with_name("checkpoint.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        self.tok.save_pretrained(tmp)
+        with writing(tmp, cleanup=tmp):  # a full disk names the checkpoint, leaves no .tmp
+            model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            self.tok.save_pretrained(tmp)
         shutil.rmtree(ck, ignore_errors=True)
         tmp.rename(ck)
         shutil.rmtree(self.rd.iter_dir(t) / "train_state", ignore_errors=True)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from rspo.utils.io import atomic_write_json
+from rspo.utils.io import atomic_write_json, writing
 
 #: weights of a training state whose model has frozen parameters (only the trainable ones)
 TRAINABLE_FILE = "trainable.safetensors"
@@ -62,6 +64,25 @@ def write_train_state(
     tmp = state_dir.with_name(state_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    with writing(tmp, cleanup=tmp):  # a full disk names the state dir and leaves no .tmp
+        _write_state_files(tmp, weights, opt_state, param_groups, step, extra, trainable_only)
+    old = state_dir.with_name(state_dir.name + ".old")
+    if state_dir.exists():  # else (a kill between the renames) .old is the only state: keep it
+        shutil.rmtree(old, ignore_errors=True)
+        state_dir.rename(old)
+    tmp.rename(state_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_state_files(
+    tmp: Path,
+    weights: dict[str, torch.Tensor] | torch.nn.Module,
+    opt_state: dict[int, dict[str, Any]],
+    param_groups: list[dict[str, Any]],
+    step: int,
+    extra: dict[str, Any],
+    trainable_only: bool,
+) -> None:
     if isinstance(weights, torch.nn.Module):
         save_model(weights, str(tmp / "model.safetensors"))
     else:
@@ -87,12 +108,6 @@ def write_train_state(
             os.fsync(fd)
         finally:
             os.close(fd)
-    old = state_dir.with_name(state_dir.name + ".old")
-    if state_dir.exists():  # else (a kill between the renames) .old is the only state: keep it
-        shutil.rmtree(old, ignore_errors=True)
-        state_dir.rename(old)
-    tmp.rename(state_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_model_state(state_dir: Path, model) -> None:
@@ -139,9 +154,23 @@ def load_train_state(state_dir: Path, optimizer: torch.optim.Optimizer) -> dict[
 
 
 def recover_state_dir(state_dir: Path) -> Path | None:
-    """The newest complete state dir (a crash between renames leaves ``.old``), or None."""
+    """The newest complete, readable state dir (a crash between renames leaves ``.old``), or
+    None. An unreadable one (a disk error, a truncated file) is skipped with a warning: the
+    iteration then trains from its start, which gives the same result."""
     state_dir = Path(state_dir)
     for cand in (state_dir, state_dir.with_name(state_dir.name + ".old")):
         if (cand / "trainer_state.json").exists() and (cand / "optimizer.safetensors").exists():
+            try:
+                read_train_state(cand)
+                part = cand / TRAINABLE_FILE
+                with safe_open(str(part if part.exists() else cand / "model.safetensors"), "pt"):
+                    pass  # the header and its offsets against the file size
+            except Exception as e:  # noqa: BLE001 - any unreadable state is only skipped
+                warnings.warn(
+                    f"{cand}: unreadable training state ({type(e).__name__}: {e}); training "
+                    "this iteration from its start",
+                    stacklevel=2,
+                )
+                continue
             return cand
     return None

@@ -27,6 +27,26 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+@contextlib.contextmanager
+def writing(path: str | Path, cleanup: str | Path | None = None):
+    """Around a write of ``path`` by a library whose errors name no file (safetensors' disk
+    full is a ``SafetensorError`` "I/O error"): re-raised as an OSError naming ``path``;
+    ``cleanup`` (the temp directory being filled) is removed on any failure."""
+    try:
+        yield
+    except BaseException as e:
+        if cleanup is not None:
+            import shutil
+
+            shutil.rmtree(cleanup, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename:
+            raise
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+            code = getattr(e, "errno", None) or errno.EIO
+            raise OSError(code, f"could not write ({e})", str(path)) from e
+        raise
+
+
 def _named(e: BaseException, path: Path) -> BaseException:
     """``e`` with the file name filled in when it is an OSError that lacks one."""
     if isinstance(e, OSError) and e.filename is None and e.errno is not None:
