@@ -198,3 +198,20 @@ def test_a_damaged_training_state_is_skipped_and_the_iteration_retrained(env, re
     with pytest.warns(UserWarning, match="unreadable training state"):
         _run(env, out)
     _assert_same(reference, env[0] / out)
+
+
+def test_a_record_lost_from_a_finished_stage_is_named(env, reference, tmp_path):
+    """generate.done is there but a whole record of generations.jsonl is gone (deleted by
+    hand, a disk fault): the next stage refuses, naming the file and the prompt."""
+    import shutil
+
+    out = tmp_path / "lost"
+    shutil.copytree(reference, out)
+    for f in ("judge.done", "score.done", "train.done", "evaluate.done"):
+        (out / "iter_001" / f).unlink(missing_ok=True)
+    gens = out / "iter_001" / "generations.jsonl"
+    lines = gens.read_text().splitlines(keepends=True)
+    gens.write_text("".join(lines[:-1]))
+    cfg = load_config(None, [*_args(env, "x"), "--run.output", str(out)])
+    with pytest.raises(ValueError, match=r"generations\.jsonl: records for prompts \[11\] missing"):
+        run_selfplay(cfg, log=_quiet)

@@ -7,6 +7,7 @@ one from its last written record (generation, judging) or saved step (training).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import shutil
@@ -155,6 +156,24 @@ class SelfPlayRun:
     def _model(self, path: str):
         """The model at ``path`` for read-only use (one resident at a time; see models.py)."""
         return self.models.get(path)
+
+    def _complete(self, t: int, name: str, want: list[int]) -> list[dict[str, Any]]:
+        """A finished stage's records, checked to hold each of the iteration's prompts once:
+        a record lost or repeated by hand (or a disk fault) would otherwise change what is
+        trained on without a word."""
+        path = self.rd.iter_dir(t) / name
+        recs = read_jsonl(path)
+        got = [r["prompt_index"] for r in recs]
+        if sorted(got) != sorted(want):
+            missing = sorted(set(want) - set(got))
+            counts = collections.Counter(got)
+            extra = sorted({i for i, n in counts.items() if n > 1} | (set(got) - set(want)))
+            raise ValueError(
+                f"{path}: records for prompts {missing[:5]} missing, {extra[:5]} repeated or "
+                f"unexpected ({len(got)} records, {len(want)} prompts); delete the file and "
+                f"iter_{t:03d}'s later *.done markers to redo that stage"
+            )
+        return recs
 
     def _prompt_indices(self, t: int) -> list[int]:
         n = len(self.train_prompts.ids)
@@ -361,7 +380,7 @@ class SelfPlayRun:
         """P(y_i ≻ y_j) for all K(K−1)/2 pairs per prompt (both orders if configured)."""
         from rspo.judges.symmetric import symmetric_prefer
 
-        gens = read_jsonl(self.rd.iter_dir(t) / "generations.jsonl")
+        gens = self._complete(t, "generations.jsonl", self._prompt_indices(t))
         out = self.rd.iter_dir(t) / "judgments.jsonl"
         have = self.dist.from_main(read_jsonl, out, tolerate_torn_tail=True)
         done = {r["prompt_index"] for r in have}
@@ -449,8 +468,9 @@ class SelfPlayRun:
     def stage_score(self, t: int) -> None:
         """Win rates, pair selection and log π_t, log π_ref of the training samples."""
         c = self.cfg
-        gens = {g["prompt_index"]: g for g in read_jsonl(self.rd.iter_dir(t) / "generations.jsonl")}
-        judg = read_jsonl(self.rd.iter_dir(t) / "judgments.jsonl")
+        want = self._prompt_indices(t)
+        gens = {g["prompt_index"]: g for g in self._complete(t, "generations.jsonl", want)}
+        judg = self._complete(t, "judgments.jsonl", want)
         pair_losses = c.objective.loss_type in ("sppo_hard", "inpo")
         rows = []
         for j in judg:
