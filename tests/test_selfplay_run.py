@@ -284,6 +284,28 @@ def test_rspo_eval_of_another_model_in_the_same_directory_does_not_reuse_outputs
     assert logs and "removed" in logs[0]
 
 
+def test_rspo_eval_of_a_model_replaced_at_the_same_path_is_redone(setup, tmp_path):
+    """A checkpoint retrained into the same directory is another model: its outputs are not
+    read back from the first one's evaluation."""
+    import shutil
+
+    from rspo.selfplay.standalone import evaluate_model
+
+    tmp, model = setup
+    cfg = load_config(None, _cfg(tmp, model, str(tmp_path / "ev")))
+    path = tmp_path / "policy"
+    make_tiny_model_dir(path, seed=21)
+    out = tmp_path / "ev" / "eval" / "eval_outputs.jsonl"
+    evaluate_model(cfg, str(path))
+    first = out.read_bytes()
+    shutil.rmtree(path)
+    make_tiny_model_dir(path, seed=22)  # retrained: same path, other weights
+    evaluate_model(cfg, str(path))
+    evaluate_model(cfg, str(path), str(tmp_path / "ev_fresh"))
+    fresh = (tmp_path / "ev_fresh" / "eval_outputs.jsonl").read_bytes()
+    assert out.read_bytes() == fresh != first
+
+
 def test_rspo_eval_refuses_to_write_into_a_training_run(reference_run):
     from rspo.selfplay.standalone import evaluate_model
 

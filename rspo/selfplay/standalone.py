@@ -54,11 +54,33 @@ def _refuse_training_run(out_dir: Path) -> None:
         )
 
 
+def _fingerprint(model_path: str) -> list[list[Any]] | None:
+    """Name, size and modification time of a model directory's weight files: a checkpoint
+    replaced at the same path (retrained with --overwrite) is another model. None for a
+    hub id or the gym (their files do not change under a run)."""
+    from rspo.modeling import resolve_model_path
+
+    try:
+        d = Path(resolve_model_path(model_path))
+    except (OSError, ValueError):
+        return None
+    if not d.is_dir():
+        return None
+    files = sorted(f for pat in ("*.safetensors", "*.json") for f in d.glob(pat))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def _claim(out_dir: Path, model_path: str, cfg: Config, log: Any) -> None:
     """Make ``out_dir`` hold outputs of this model and config only: outputs another model
     left there are removed (π_ref's baseline too when the config differs), so a resumed
     evaluation continues its own records and never reads back another model's."""
-    want = {"model": str(Path(model_path).resolve()), "config": cfg.to_dict()}
+    ref = cfg.model.ref_path or cfg.model.path
+    want = {
+        "model": str(Path(model_path).resolve()),
+        "weights": _fingerprint(model_path),
+        "config": cfg.to_dict(),
+        "ref_weights": _fingerprint(ref),
+    }
     want["config"]["run"] = {k: v for k, v in want["config"]["run"].items() if k != "output"}
     want = json.loads(json.dumps(want, default=str))  # as it reads back
     try:
@@ -67,7 +89,7 @@ def _claim(out_dir: Path, model_path: str, cfg: Config, log: Any) -> None:
         have = None
     if have != want:
         stale = list(MODEL_FILES)
-        if have is None or have.get("config") != want["config"]:
+        if have is None or any(have.get(k) != want[k] for k in ("config", "ref_weights")):
             stale.append("eval_baseline.jsonl")
         gone = [f for f in stale if (out_dir / f).exists()]
         for f in gone:
