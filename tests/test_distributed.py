@@ -174,6 +174,22 @@ def test_dry_run_under_a_sharded_engine_reports_every_ranks_peak(runs, engine):
     assert not (tmp / "dry").exists()
 
 
+def test_dry_run_refuses_what_the_run_refuses(runs):
+    """LoRA under FSDP2: the real run refuses it at start-up, so the dry run must too (it
+    reported a sharded full fine-tune before)."""
+    tmp, _, _, _ = runs
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+        **ENGINES["fsdp2"],
+    }
+    ov = {**_overrides(tmp, "dry_lora"), "model.lora": {"r": 4, "alpha": 8.0}}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "rspo.cli", "train", "--dry-run", *_args(ov)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "model.lora with FSDP2" in proc.stderr
+
+
 @pytest.mark.parametrize("stage", ["3", "2", "3-offload"])
 def test_deepspeed_zero_training_matches_one_process(runs, stage):
     """The accelerate zero3.yaml path (and ZeRO-2, and ZeRO-3 with the optimizer state

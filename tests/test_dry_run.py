@@ -96,3 +96,34 @@ def test_length_beyond_the_model_context_is_a_clear_error(models):
         ConfigError, match=r"max_prompt_length \(100000\).*max_position_embeddings = 512"
     ):
         dry_run(cfg)
+
+
+def test_dry_run_trains_what_the_run_trains_lora_and_checkpointing(models, monkeypatch):
+    """The dry run's step is the run's: LoRA adapters only on a frozen base, gradient
+    checkpointing recomputing the layers (it measured a full fine-tune before)."""
+    pytest.importorskip("peft")
+    from transformers.models.llama import modeling_llama
+
+    tmp, policy, _ = models
+    calls = {"n": 0}
+    real = modeling_llama.LlamaDecoderLayer.forward
+
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(modeling_llama.LlamaDecoderLayer, "forward", counting)
+
+    def run(*extra: str) -> tuple[dict, int]:
+        calls["n"] = 0
+        rep = dry_run(load_config(None, [*_ov(tmp, policy), *extra]))
+        return rep, calls["n"]
+
+    full, n_full = run()
+    lora, _ = run("--model.lora", "{r: 4, alpha: 8}")
+    assert full["trainable_parameters"] > 0 and not full["lora"]
+    # r = 4 adapters on the tiny Llama's linear layers: far fewer than the whole model
+    assert lora["lora"] and 0 < lora["trainable_parameters"] < full["trainable_parameters"] / 5
+    ck, n_ck = run("--training.gradient_checkpointing", "true")
+    assert ck["gradient_checkpointing"] and ck["loss"] == pytest.approx(full["loss"], rel=1e-5)
+    assert n_ck > n_full  # the training step ran each layer again in the backward pass

@@ -19,10 +19,16 @@ import torch
 
 from rspo.config import Config, ConfigError
 from rspo.distributed import init_distributed, quiet_deepspeed_on_cpu
-from rspo.modeling import batched_sequence_logprobs, load_model, load_tokenizer, use_packing
+from rspo.modeling import (
+    batched_sequence_logprobs,
+    enable_gradient_checkpointing,
+    load_model,
+    load_tokenizer,
+    use_packing,
+)
 from rspo.objectives import RSPOLoss
 from rspo.training.deepspeed import DeepSpeedPolicy
-from rspo.training.fsdp import engine_label, shard_policy, training_engine
+from rspo.training.fsdp import check_launch, engine_label, shard_policy, training_engine
 from rspo.training.trainer import RefExample, TrainExample, accumulate_gradients, build_optimizer
 
 
@@ -73,6 +79,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     device = dist.device(cfg.model.device)
     quiet_deepspeed_on_cpu(device)
     engine = training_engine(dist)
+    check_launch(cfg, engine, dist.world_size)  # what the real run would refuse, refused here
     fsdp = engine == "fsdp"
     m, o, tr = cfg.model, cfg.objective, cfg.training
     peak, phases = _Peak(device), {}
@@ -95,6 +102,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
             f"training.micro_batch_size ({tr.micro_batch_size}) must be even for pair losses "
             f"(objective.loss_type {o.loss_type!r})"
         )
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     P, R, K = cfg.data.max_prompt_length, cfg.generation.max_new_tokens, cfg.generation.num_samples
     mb, pad = tr.micro_batch_size, tok.pad_token_id
     vocab = min(model.config.vocab_size, len(tok))
@@ -172,6 +180,10 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         "world_size": dist.world_size,
         "engine": engine_label(engine, dist.world_size),
         "dtype": m.dtype,
+        "lora": m.lora is not None,
+        "load_in_4bit": m.load_in_4bit,
+        "gradient_checkpointing": tr.gradient_checkpointing,
+        "trainable_parameters": n_trainable,
         "prompt_tokens": P,
         "response_tokens": R,
         "micro_batch_size": mb,
@@ -192,11 +204,19 @@ def dry_run(cfg: Config) -> dict[str, Any]:
 
 
 def _load(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, list[Any]]:
-    """The policy and the judges a run keeps resident (training judge, evaluation judge)."""
+    """The policy as the run trains it (LoRA adapters on a frozen, maybe 4-bit, base; gradient
+    checkpointing) and the judges it keeps resident (training judge, evaluation judge)."""
     from rspo.judges import build_judge
 
     m = cfg.model
-    model = load_model(m.path, m.dtype, device, m.trust_remote_code)
+    if m.lora is not None:  # the base (4-bit with load_in_4bit) under fresh adapters
+        from rspo.training.peft import LoraPolicy
+
+        model = LoraPolicy(m, cfg.run.seed, device).trainable(m.path)
+    else:
+        model = load_model(m.path, m.dtype, device, m.trust_remote_code)
+    if cfg.training.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     judges = [build_judge(cfg.judge.name, **cfg.judge.kwargs)]
     if cfg.evaluation.enabled:
         judges.append(build_judge(cfg.evaluation.judge, **cfg.evaluation.judge_kwargs))
@@ -209,6 +229,8 @@ def _generate_full(model, tok, cfg: Config, vocab: int, g: torch.Generator) -> N
     from transformers import GenerationConfig
 
     n, P, R = cfg.generation.batch_size, cfg.data.max_prompt_length, cfg.generation.max_new_tokens
+    if cfg.evaluation.enabled:  # evaluation samples with the same batch, maybe longer
+        R = max(R, cfg.evaluation.max_new_tokens)
     ids = torch.tensor(_random_ids(n, P, vocab, g), device=next(model.parameters()).device)
     model.eval()
     model.generate(
