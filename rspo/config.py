@@ -228,6 +228,9 @@ class RunConfig:
     #: oversubscription when other processes share the cores. Bitwise results hold for a
     #: given count: another count (or 0 on another machine) rounds sums differently
     num_threads: int = 0
+    #: directory of the SQLite judge caches (null = the run directory); on several machines
+    #: with the run directory on a network filesystem, point it at local disk
+    cache_dir: str | None = None
 
 
 @dataclass

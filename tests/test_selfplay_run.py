@@ -342,3 +342,24 @@ def test_an_mpo_magnet_refresh_draws_forward_kl_samples_from_the_new_magnet(setu
     for t, samples in ((1, first), (2, second)):
         refs = json.loads((root / f"iter_{t:03d}" / "dataset.json").read_text())["ref_examples"]
         assert refs and all(r["response_ids"] in samples[r["prompt_index"]] for r in refs)
+
+
+def test_judge_caches_can_live_outside_the_run_directory(setup, tmp_path):
+    """run.cache_dir (local disk on a multi-machine run): the caches go there, the records
+    are the same, and it may change when resuming."""
+    tmp, model = setup
+    extra = {"run.iterations": 1}
+    a = load_config(None, _cfg(tmp, model, str(tmp_path / "a"), **extra))
+    run_selfplay(a, log=lambda m: None)
+    local = tmp_path / "local_cache"
+    b_args = _cfg(tmp, model, str(tmp_path / "b"), **extra, **{"run.cache_dir": str(local)})
+    run_selfplay(load_config(None, b_args), log=lambda m: None)
+    assert sorted(p.name for p in local.glob("*.sqlite")) == [
+        "eval_judge_cache.sqlite",
+        "judge_cache.sqlite",
+    ]
+    assert not list((tmp_path / "b").glob("*.sqlite"))
+    for f in ("metrics.jsonl", "iter_001/judgments.jsonl"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    moved = _cfg(tmp, model, str(tmp_path / "b"), **extra, **{"run.cache_dir": str(tmp_path / "c")})
+    run_selfplay(load_config(None, moved), log=lambda m: None)  # resumable with another dir

@@ -44,7 +44,7 @@ def _eval_judge(run: SelfPlayRun):
 
         e = run.cfg.evaluation
         run._eval_judge = CachedJudge(
-            build_judge(e.judge, **e.judge_kwargs), run.rd.root / "eval_judge_cache.sqlite"
+            build_judge(e.judge, **e.judge_kwargs), run.cache_path("eval_judge_cache.sqlite")
         )
     return run._eval_judge
 

@@ -15,6 +15,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -330,12 +331,17 @@ class SelfPlayRun:
         resuming = self.dist.from_main(self.rd.init, c, fresh=self.fresh)  # input is usable
         prompts = {"train": self.train_prompts, "eval": self.eval_prompts}
         self.dist.from_main(self.rd.check_prompts, prompts, resuming)
-        self.judge = (
-            CachedJudge(judge, self.rd.root / "judge_cache.sqlite") if c.judge.cache else judge
-        )
+        cache = self.cache_path("judge_cache.sqlite")
+        self.judge = CachedJudge(judge, cache) if c.judge.cache else judge
         if eval_judge is not None:  # picked up by evaluate._eval_judge
-            self._eval_judge = CachedJudge(eval_judge, self.rd.root / "eval_judge_cache.sqlite")
+            self._eval_judge = CachedJudge(eval_judge, self.cache_path("eval_judge_cache.sqlite"))
         return resuming
+
+    def cache_path(self, name: str) -> Path:
+        """Where a judge cache lives: ``run.cache_dir`` (local disk when the run directory is
+        on a network filesystem, where SQLite's locking is unreliable), else the run dir."""
+        d = self.cfg.run.cache_dir
+        return (Path(d).expanduser() if d else self.rd.root) / name
 
     def _make_loss(self, coef: float) -> RSPOLoss:
         o = self.cfg.objective

@@ -26,7 +26,13 @@ from rspo.config import Config, ConfigError, deep_merge, diff_configs
 from rspo.utils.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 #: keys that may change between a run and its resumption
-RESUMABLE_KEYS = ("run.iterations", "run.output", "run.keep_checkpoints", "run.num_threads")
+RESUMABLE_KEYS = (
+    "run.iterations",
+    "run.output",
+    "run.keep_checkpoints",
+    "run.num_threads",
+    "run.cache_dir",
+)
 #: the file an active run holds an exclusive lock on
 LOCK_FILE = ".lock"
 #: what marks a directory as rspo output (a run; a demo or sweep holds runs one level down)
