@@ -105,3 +105,13 @@ def test_a_policy_with_a_chat_template_runs_self_play_on_templated_prompts(tmp_p
     assert loaded.chat_template == TEMPLATE
     ids = load_prompts(str(tmp_path / "train.jsonl"), loaded).ids
     assert all(p[: len(starts)] == starts for p in ids)
+
+
+def test_more_gym_eval_prompts_than_the_split_holds_is_an_error():
+    from rspo.data.prompts import _read_raw
+    from rspo.gym.tasks import split_pool
+
+    size = len(split_pool("eval"))
+    assert len(_read_raw("gym", "eval", size, 0)) == size
+    with pytest.raises(ValueError, match=rf"data\.num_eval_prompts: {size + 1} is more than"):
+        _read_raw("gym", "eval", size + 1, 0)

@@ -363,3 +363,17 @@ def test_judge_caches_can_live_outside_the_run_directory(setup, tmp_path):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     moved = _cfg(tmp, model, str(tmp_path / "b"), **extra, **{"run.cache_dir": str(tmp_path / "c")})
     run_selfplay(load_config(None, moved), log=lambda m: None)  # resumable with another dir
+
+
+def test_resuming_with_fewer_iterations_reports_those(reference_run, tmp_path):
+    import shutil
+
+    cfg, rows = reference_run
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    out = tmp_path / "fewer"
+    shutil.copytree(cfg.run.output, out)
+    tmp = Path(cfg.data.prompts).parent
+    fewer = load_config(None, _cfg(tmp, Path(cfg.model.path), str(out), **{"run.iterations": 1}))
+    again = run_selfplay(fewer, log=lambda m: None)
+    assert again == rows[:2]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

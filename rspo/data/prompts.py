@@ -77,8 +77,14 @@ def _prompt_field(rec: Any, where: str) -> Any:
 def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[tuple[str, Any]]:
     """(where, prompt) pairs; ``where`` names the file and line (or dataset row)."""
     if source == "gym":
-        from rspo.gym.tasks import make_prompts
+        from rspo.gym.tasks import make_prompts, split_pool
 
+        size = len(split_pool(split))
+        if split == "eval" and (n or 128) > size:
+            raise ValueError(
+                f"data.num_eval_prompts: {n} is more than the gym's {size} distinct eval "
+                "prompts; repeats would count as independent prompts and narrow the interval"
+            )
         return [
             (f"gym {split} prompt {i}", p.text)
             for i, p in enumerate(make_prompts(split, n or 128, seed=seed))

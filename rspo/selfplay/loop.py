@@ -629,7 +629,7 @@ class SelfPlayRun:
             metrics["coef"] = read_json(self.rd.iter_dir(t) / "dataset.json").get("coef")
         self.dist.main_only(atomic_write_json, self.rd.iter_dir(t) / "metrics.json", metrics)
         self.rd.mark_done(t, "evaluate")
-        self.rd.rebuild_metrics()
+        self.rd.rebuild_metrics(self.cfg.run.iterations)
         return metrics
 
     # ------------------------------------------------------------------ driver
@@ -677,7 +677,7 @@ class SelfPlayRun:
                     f"len {m['avg_length']:.1f}"
                 )
         self.models.release()
-        return self.dist.from_main(self.rd.rebuild_metrics)
+        return self.dist.from_main(self.rd.rebuild_metrics, self.cfg.run.iterations)
 
     def _done(self, t: int, stage: str) -> bool:
         """Rank 0's view of a stage marker (waits for rank 0 to finish the previous stage)."""

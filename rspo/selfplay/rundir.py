@@ -227,11 +227,14 @@ class RunDir:
             return
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
-    def rebuild_metrics(self) -> list[dict[str, Any]]:
-        """Rewrite metrics.jsonl from every iter_*/metrics.json (idempotent across resumes)."""
+    def rebuild_metrics(self, upto: int | None = None) -> list[dict[str, Any]]:
+        """Rewrite metrics.jsonl from the iter_*/metrics.json of iterations 0..``upto`` (a run
+        resumed with fewer iterations reports those; idempotent across resumes)."""
         rows = []
         for d in sorted(self.root.glob("iter_*")):
             m = d / "metrics.json"
+            if upto is not None and d.name[5:].isdigit() and int(d.name[5:]) > upto:
+                continue
             if m.exists():
                 rows.append(read_json(m))
         if not self.writer:
