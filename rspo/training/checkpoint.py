@@ -65,49 +65,37 @@ def write_train_state(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     with writing(tmp, cleanup=tmp):  # a full disk names the state dir and leaves no .tmp
-        _write_state_files(tmp, weights, opt_state, param_groups, step, extra, trainable_only)
+        if isinstance(weights, torch.nn.Module):
+            save_model(weights, str(tmp / "model.safetensors"))
+        else:
+            cpu = {n: t.detach().contiguous().cpu() for n, t in weights.items()}
+            save_file(cpu, str(tmp / (TRAINABLE_FILE if trainable_only else "model.safetensors")))
+        tensors: dict[str, torch.Tensor] = {}
+        scalars: dict[str, Any] = {}
+        for pid, st in opt_state.items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
+                else:
+                    scalars[f"{pid}.{k}"] = v
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        groups = [dict(g) for g in param_groups]
+        atomic_write_json(
+            tmp / "trainer_state.json",
+            {"step": step, "optimizer_scalars": scalars, "param_groups": groups, **extra},
+        )
+        for f in tmp.iterdir():  # on disk before the swap makes them the state
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     old = state_dir.with_name(state_dir.name + ".old")
     if state_dir.exists():  # else (a kill between the renames) .old is the only state: keep it
         shutil.rmtree(old, ignore_errors=True)
         state_dir.rename(old)
     tmp.rename(state_dir)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_state_files(
-    tmp: Path,
-    weights: dict[str, torch.Tensor] | torch.nn.Module,
-    opt_state: dict[int, dict[str, Any]],
-    param_groups: list[dict[str, Any]],
-    step: int,
-    extra: dict[str, Any],
-    trainable_only: bool,
-) -> None:
-    if isinstance(weights, torch.nn.Module):
-        save_model(weights, str(tmp / "model.safetensors"))
-    else:
-        cpu = {n: t.detach().contiguous().cpu() for n, t in weights.items()}
-        save_file(cpu, str(tmp / (TRAINABLE_FILE if trainable_only else "model.safetensors")))
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, st in opt_state.items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    groups = [dict(g) for g in param_groups]
-    atomic_write_json(
-        tmp / "trainer_state.json",
-        {"step": step, "optimizer_scalars": scalars, "param_groups": groups, **extra},
-    )
-    for f in tmp.iterdir():  # on disk before the swap makes them the state
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def load_model_state(state_dir: Path, model) -> None:
