@@ -36,14 +36,16 @@ def _load_cfg(args: argparse.Namespace, extra: list[str]):
     return load_config(args.config, overrides)
 
 
-def resume_command(argv: Sequence[str]) -> str:
-    """The command that resumes an interrupted ``rspo train``: the same arguments, shell-quoted,
-    without ``--overwrite`` (which would delete what was saved)."""
+def resume_command(argv: Sequence[str], command: str = "train") -> str:
+    """The command that resumes an interrupted ``rspo train`` (or ``demo``): the same
+    arguments, shell-quoted, without ``--overwrite`` or an abbreviation of it (which would
+    delete what was saved)."""
     import shlex
 
     if not argv or not Path(argv[0]).name.startswith("rspo"):
-        return "rspo train ... (the same arguments, without --overwrite)"
-    return shlex.join(["rspo", *(a for a in argv[1:] if a != "--overwrite")])
+        return f"rspo {command} ... (the same arguments, without --overwrite)"
+    keep = [a for a in argv[1:] if not (a.startswith("--ov") and "--overwrite".startswith(a))]
+    return shlex.join(["rspo", *keep])
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
@@ -107,7 +109,11 @@ def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         run_demo(output=out, quick=args.quick, overrides=extra)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; run the same command again to resume in {out}", file=sys.stderr)
+        print(
+            f"\ninterrupted; everything finished is saved in {out}. Resume with: "
+            f"{resume_command(sys.argv, 'demo')}",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -88,7 +88,7 @@ class GenerationConfig:
     num_samples: int = 4
     #: response length cap (tokens); hitting it counts as truncation
     max_new_tokens: int = 48
-    #: sampling temperature (0 = greedy)
+    #: sampling temperature (> 0: greedy samples of a prompt would all be the same)
     temperature: float = 1.0
     #: nucleus sampling mass (1 = off)
     top_p: float = 1.0
@@ -355,20 +355,14 @@ def _validate(cfg: Config) -> None:
             f"training.micro_batch_size ({t.micro_batch_size})"
         )
     g = t.max_grad_norm
-    if g is not None and not (math.isfinite(g) and g > 0):
+    if g is not None and not (math.isfinite(g) and g >= 0):
         raise ConfigError(
-            f"training.max_grad_norm: must be > 0 and finite, or null for no clipping; got {g}"
+            f"training.max_grad_norm: must be >= 0 and finite (0 or null: no clipping); got {g}"
         )
     if cfg.objective.loss_type in ("sppo_hard", "inpo") and t.micro_batch_size % 2:
         raise ConfigError(
             f"training.micro_batch_size ({t.micro_batch_size}) must be even for pair losses "
             f"(objective.loss_type {cfg.objective.loss_type!r}: chosen and rejected together)"
-        )
-    if cfg.model.dtype == "float16" and cfg.model.lora is None:
-        raise ConfigError(
-            "model.dtype: float16 cannot train full weights (AdamW/RMSprop's eps rounds to 0 "
-            "in float16, so the first step divides by zero); use bfloat16, float32, or "
-            "float16 with model.lora"
         )
     for key in ("data.num_prompts", "data.prompts_per_iteration", "objective.magnet_refresh"):
         v = _get(cfg, key)
@@ -406,6 +400,17 @@ def _validate(cfg: Config) -> None:
         except ValueError as e:
             raise ConfigError(f"objective.regularizer: {e}") from e
     _validate_scaling(cfg)
+
+
+def check_trainable(cfg: Config) -> None:
+    """What only training refuses (``rspo eval`` may sample in float16): float16 full weights,
+    whose AdamW/RMSprop eps (1e-8) rounds to 0, so a zero gradient entry is 0/0 at step 1."""
+    if cfg.model.dtype == "float16" and cfg.model.lora is None:
+        raise ConfigError(
+            "model.dtype: float16 cannot train full weights (AdamW/RMSprop's eps rounds to 0 "
+            "in float16, so the first step divides by zero); use bfloat16, float32, or "
+            "float16 with model.lora"
+        )
 
 
 def _validate_device(device: str) -> None:

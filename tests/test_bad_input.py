@@ -140,8 +140,8 @@ CONFIG_CASES = [
     ("unknown_preset", {"objective.preset": "rspo2"}, r"unknown preset 'rspo2'; valid: .*rspo"),
     ("wrong_type", {"generation.max_new_tokens": "many"}, r"max_new_tokens: expected an integer"),
     # each of these used to run on silently, or fail mid-run with a message naming no key
-    ("negative_clip", {"training.max_grad_norm": -1}, r"max_grad_norm: must be > 0 and finite"),
-    ("zero_clip", {"training.max_grad_norm": 0}, r"max_grad_norm: .*or null for no clipping"),
+    ("negative_clip", {"training.max_grad_norm": -1}, r"max_grad_norm: must be >= 0 and finite"),
+    ("nan_clip", {"training.max_grad_norm": ".nan"}, r"max_grad_norm: .*0 or null: no clipping"),
     ("negative_seed", {"run.seed": -5}, r"run\.seed: must be >= 0, got -5"),
     ("negative_threads", {"run.num_threads": -2}, r"run\.num_threads: must be >= 0"),
     ("infinite_lr", {"training.lr": ".inf"}, r"training\.lr: must be finite, got inf"),

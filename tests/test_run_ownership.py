@@ -97,5 +97,66 @@ def test_resume_command_drops_overwrite_and_quotes(tmp_path):
     cmd = resume_command(argv)
     assert "--overwrite" not in cmd
     assert shlex.split(cmd) == ["rspo", "train", "--output", "/tmp/with space", "--x", "1"]
+    abbreviated = ["/venv/bin/rspo", "demo", "--overw", "--output", "d"]  # argparse takes it
+    assert shlex.split(resume_command(abbreviated, "demo")) == ["rspo", "demo", "--output", "d"]
     assert "without --overwrite" in resume_command(["python", "-m", "rspo.cli"])
     assert main(["train", "--output", str(tmp_path / "r"), "--resume", "--overwrite"]) == 2
+
+
+def test_overwrite_spares_a_run_held_one_level_down_and_keeps_a_symlink(tmp_path):
+    """A demo's (or rspo eval's) run sits in a subdirectory: a process running it holds its
+    lock there. A symlinked --output keeps its link; only the target's contents go."""
+    demo = tmp_path / "demo"
+    RunDir(demo / "sppo").lock()
+    held = RunDir(demo / "rspo")
+    held.lock()
+    (demo / "sppo" / "config.yaml").write_text("{}")
+    try:
+        with pytest.raises(ConfigError, match=r"demo/rspo is in use by another rspo process"):
+            remove_output(demo)
+        assert (demo / "sppo" / "config.yaml").exists()
+    finally:
+        held.unlock()
+    target = tmp_path / "elsewhere"
+    (target / "iter_001").mkdir(parents=True)
+    (target / "config.yaml").write_text("{}")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    remove_output(link)
+    assert link.is_symlink() and target.is_dir() and not list(target.iterdir())
+    RunDir(link).lock()  # the run is recreated through the link
+
+
+def test_a_filesystem_without_locks_runs_unprotected_with_a_warning(tmp_path, monkeypatch):
+    """Lustre without -o flock or some NFS mounts answer ENOSYS/ENOLCK: that is no lock,
+    not a lock held by another process."""
+    import errno
+    import fcntl
+
+    def nolock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", nolock)
+    with pytest.warns(UserWarning, match="cannot lock files"):
+        RunDir(tmp_path / "run").lock()
+
+
+def test_rspo_eval_releases_its_directory(env, tmp_path, monkeypatch):
+    """Its run object may outlive the call (a caller, a traceback, a reference cycle): the
+    directory must be unlocked when evaluate_model returns, not when that object dies."""
+    import rspo.selfplay.loop as loop_mod
+    from rspo.selfplay.standalone import evaluate_model
+
+    kept = []
+    real_init = loop_mod.SelfPlayRun.__init__
+
+    def keep(self, *a, **k):
+        kept.append(self)
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(loop_mod.SelfPlayRun, "__init__", keep)
+    cfg = _cfg(env, tmp_path / "ev")
+    cfg.evaluation.enabled = True
+    evaluate_model(cfg, str(env[1]))
+    evaluate_model(cfg, str(env[1]))  # the same output directory again, in this process
+    assert len(kept) == 2

@@ -243,3 +243,14 @@ def test_a_hub_id_not_in_the_local_cache_is_a_clear_error(fake_vllm, monkeypatch
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ValueError, match="'org/missing-model' is not a local directory"):
         build_backend("vllm", "org/missing-model", build_byte_tokenizer(), live_dir=tmp_path)
+
+
+def test_a_lora_base_given_as_an_uncached_hub_id_is_left_to_vllm(fake_vllm, monkeypatch, tmp_path):
+    """LoRA serves the base by name (vLLM fetches it); only full fine-tuning needs local files."""
+    from rspo.generation.vllm import local_model_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert local_model_dir("org/not-cached") == "org/not-cached"
+    with pytest.raises(ValueError, match="full fine-tuning serves the policy from local files"):
+        local_model_dir("org/not-cached", need_weights=True)
+    assert local_model_dir(str(tmp_path)) == str(tmp_path.resolve())

@@ -142,23 +142,30 @@ def _lora_rank(r: int) -> int:
     )
 
 
-def local_model_dir(path: str) -> str:
-    """An absolute local directory for ``path``: a local dir resolved (symlinks too), a hub id
-    its snapshot in the local cache (never downloaded). The live directory of full fine-tuning
-    links the files, and adapter-vs-base checks compare these paths."""
+def local_model_dir(path: str, need_weights: bool = False) -> str:
+    """``path`` as the engine is given it, one spelling per model (adapter-vs-base checks
+    compare these): a local dir resolved (symlinks too); a hub id its snapshot in the local
+    cache when that holds the weights (never downloaded here), else the hub id itself, for
+    vLLM to fetch, unless ``need_weights`` (full fine-tuning links the files): then an error."""
     p = Path(path).expanduser()
     if p.is_dir():
         return str(p.resolve())
+    why = "no *.safetensors in its cached snapshot"
     try:
         from huggingface_hub import snapshot_download
 
-        return str(Path(snapshot_download(path, local_files_only=True)).resolve())
-    except Exception as e:  # not cached, offline, or not a repo id
-        raise ValueError(
-            f"generation.backend vllm: model {path!r} is not a local directory and not in the "
-            f"local Hugging Face cache ({type(e).__name__}); download it first or pass its "
-            "directory as model.path"
-        ) from e
+        snap = Path(snapshot_download(path, local_files_only=True)).resolve()
+        if any(snap.glob("*.safetensors")):
+            return str(snap)
+    except Exception as e:  # noqa: BLE001 - not cached, offline, or not a repo id
+        why = type(e).__name__
+    if not need_weights:
+        return path
+    raise ValueError(
+        f"generation.backend vllm: model {path!r} is not a local directory and its weights "
+        f"are not in the local Hugging Face cache ({why}); full fine-tuning serves the policy "
+        "from local files: download it first or pass its directory as model.path"
+    )
 
 
 class VLLMBackend(GenerationBackend):
@@ -183,9 +190,9 @@ class VLLMBackend(GenerationBackend):
     ) -> None:
         self.vllm = import_vllm()
         self.tok = tokenizer
-        self.base_path = local_model_dir(str(model_path))
-        self.generation_config = _generation_config(self.base_path, trust_remote_code)
         self.lora = lora_rank is not None
+        self.base_path = local_model_dir(str(model_path), need_weights=not self.lora)
+        self.generation_config = _generation_config(self.base_path, trust_remote_code)
         self.live_dir = Path(live_dir) if live_dir else None
         if not self.lora and self.live_dir is None:
             raise ValueError("VLLMBackend: full fine-tuning needs a live_dir for weight updates")

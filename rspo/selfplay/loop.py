@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rspo.config import Config, ConfigError, diff_configs
+from rspo.config import Config, ConfigError, check_trainable, diff_configs
 from rspo.data import PromptSet, load_prompts
 from rspo.distributed import DistContext, init_distributed, quiet_deepspeed_on_cpu
 from rspo.generation import SamplingParams
@@ -72,7 +72,11 @@ def _check_context(c: Config, train: PromptSet, evals: PromptSet) -> int:
     if c.evaluation.enabled:
         e = c.evaluation.max_new_tokens
         sets.append(("data.eval_prompts", evals, "evaluation.max_new_tokens", e))
-    needed = max(max((len(p) for p in ps.ids), default=0) + new for _, ps, _, new in sets)
+    longest_eval = max((len(p) for p in evals.ids), default=0)  # rspo eval samples them anyway
+    needed = max(
+        longest_eval + c.evaluation.max_new_tokens,
+        *(max((len(p) for p in ps.ids), default=0) + new for _, ps, _, new in sets),
+    )
     try:
         conf = AutoConfig.from_pretrained(
             resolve_model_path(c.model.path), trust_remote_code=c.model.trust_remote_code
@@ -275,6 +279,8 @@ class SelfPlayRun:
         here, before the run directory is created or touched. True when resuming.
         """
         c = self.cfg
+        if self.dist.is_main and self.rd.root.is_dir():
+            self.rd.lock()  # a resumed run is ours from the start (not after loading models)
         self._check_ranks_agree("config", c.to_dict())
         engine = training_engine(self.dist)  # FSDP1 or DeepSpeed missing: refused before any work
         check_launch(c, engine, self.dist.world_size)
@@ -568,7 +574,7 @@ class SelfPlayRun:
         ]
         model = self.models.trainable(self._policy_path(t))
         logf = self.rd.iter_dir(t) / "train_log.jsonl"
-        saved = recover_state_dir(self.rd.iter_dir(t) / "train_state")  # any engine wrote it
+        saved = self.dist.from_main(recover_state_dir, self.rd.iter_dir(t) / "train_state")
         resumed = read_json(saved / "trainer_state.json")["step"] if saved else 0
         self.dist.main_only(_truncate_log, logf, resumed)
         if resumed:
@@ -641,6 +647,7 @@ class SelfPlayRun:
             self.rd.unlock()
 
     def _run(self) -> list[dict[str, Any]]:
+        check_trainable(self.cfg)
         resuming = self.setup()
         if resuming:
             self.log(f"resuming run in {self.rd.root}")

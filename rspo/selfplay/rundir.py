@@ -11,12 +11,14 @@ runs/NAME/iter_001/            generations.jsonl, judgments.jsonl, dataset.json,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,16 @@ def _try_lock(root: Path) -> Any:
     f = open(root / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held while running
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
         f.close()
-        return None
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None  # another process holds it
+        warnings.warn(  # e.g. Lustre without -o flock, some NFS/FUSE mounts: ENOSYS, ENOLCK
+            f"{root / LOCK_FILE}: this filesystem cannot lock files ({e.strerror}); running "
+            "without protection against a second process in the same directory",
+            stacklevel=3,
+        )
+        return True
     return f
 
 
@@ -93,13 +102,25 @@ def remove_output(path: str | Path) -> None:
             f"--overwrite: {p} holds no rspo run (no {' or '.join(_MARKERS)} in it or its "
             "subdirectories); not deleting it"
         )
-    if (r / LOCK_FILE).exists():
-        held = _try_lock(r)
-        if held is None:
-            raise _in_use(r)
-        if held is not True:
-            held.close()
-    shutil.rmtree(r)
+    held = []  # a run here or one level down (a demo's, rspo eval's) that another process runs
+    try:
+        for d in [r, *(c for c in inside if c.is_dir() and not c.is_symlink())]:
+            if (d / LOCK_FILE).exists():
+                lock = _try_lock(d)
+                if lock is None:
+                    raise _in_use(d)
+                held.append(lock)
+        if p.is_symlink():  # keep the link (the run is recreated through it), empty its target
+            for c in inside:
+                shutil.rmtree(c) if c.is_dir() and not c.is_symlink() else c.unlink()
+        else:  # out of the way first, so the path is free even if the delete is interrupted
+            gone = r.with_name(f".{r.name}.deleting.{os.getpid()}")
+            r.rename(gone)
+            shutil.rmtree(gone)
+    finally:
+        for lock in held:
+            if lock is not True:
+                lock.close()
 
 
 def saved_config_diff(cfg_path: Path, cfg: Config) -> list[str]:

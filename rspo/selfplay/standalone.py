@@ -24,14 +24,17 @@ def evaluate_model(cfg: Config, model_path: str, out: str | None = None) -> dict
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output=str(out_dir)))
     run = SelfPlayRun(cfg, fresh=True)
     run.dist.from_main(_refuse_training_run, out_dir)
-    run.setup()  # bad input fails here, before any file in out_dir is removed
-    run.dist.from_main(_claim, out_dir, model_path, cfg, run.log)
-    name = Path(model_path).resolve()
-    label = f"{name.parent.name}/{name.name}" if name.name == "checkpoint" else name.name
-    metrics = evaluate_iteration(run, 0, model_path, d=out_dir, generator=label)
-    metrics.pop("iteration", None)  # not an iteration of a run: the model is named instead
-    metrics["model"] = model_path
-    run.dist.main_only(atomic_write_json, out_dir / "metrics.json", metrics)
+    try:
+        run.setup()  # bad input fails here, before any file in out_dir is removed
+        run.dist.from_main(_claim, out_dir, model_path, cfg, run.log)
+        name = Path(model_path).resolve()
+        label = f"{name.parent.name}/{name.name}" if name.name == "checkpoint" else name.name
+        metrics = evaluate_iteration(run, 0, model_path, d=out_dir, generator=label)
+        metrics.pop("iteration", None)  # not an iteration of a run: the model is named instead
+        metrics["model"] = model_path
+        run.dist.main_only(atomic_write_json, out_dir / "metrics.json", metrics)
+    finally:
+        run.rd.unlock()
     return metrics
 
 

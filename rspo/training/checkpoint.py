@@ -148,11 +148,13 @@ def recover_state_dir(state_dir: Path) -> Path | None:
     state_dir = Path(state_dir)
     for cand in (state_dir, state_dir.with_name(state_dir.name + ".old")):
         if (cand / "trainer_state.json").exists() and (cand / "optimizer.safetensors").exists():
-            try:
-                read_train_state(cand)
+            try:  # headers only (the optimizer state of a 7B model is tens of GB)
+                json.loads((cand / "trainer_state.json").read_text())["step"]
                 part = cand / TRAINABLE_FILE
-                with safe_open(str(part if part.exists() else cand / "model.safetensors"), "pt"):
-                    pass  # the header and its offsets against the file size
+                weights = part if part.exists() else cand / "model.safetensors"
+                for f in (cand / "optimizer.safetensors", weights):
+                    with safe_open(str(f), "pt"):
+                        pass  # the header, and its offsets against the file size
             except Exception as e:  # noqa: BLE001 - any unreadable state is only skipped
                 warnings.warn(
                     f"{cand}: unreadable training state ({type(e).__name__}: {e}); training "

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from rspo.config import Config, ConfigError
+from rspo.config import Config, ConfigError, check_trainable
 from rspo.distributed import init_distributed, quiet_deepspeed_on_cpu
 from rspo.modeling import (
     batched_sequence_logprobs,
@@ -78,6 +78,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     dist = init_distributed(cfg.model.device)
     device = dist.device(cfg.model.device)
     quiet_deepspeed_on_cpu(device)
+    check_trainable(cfg)
     engine = training_engine(dist)
     check_launch(cfg, engine, dist.world_size)  # what the real run would refuse, refused here
     fsdp = engine == "fsdp"
