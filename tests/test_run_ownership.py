@@ -160,3 +160,17 @@ def test_rspo_eval_releases_its_directory(env, tmp_path, monkeypatch):
     evaluate_model(cfg, str(env[1]))
     evaluate_model(cfg, str(env[1]))  # the same output directory again, in this process
     assert len(kept) == 2
+
+
+def test_a_resume_removes_temp_files_a_kill_left(env, tmp_path):
+    """A kill inside an atomic write leaves its hidden temp file; the resumed run (which holds
+    the lock, so no other writer owns it) removes it."""
+    out = tmp_path / "run"
+    cfg = _cfg(env, out)
+    run_selfplay(cfg, log=lambda m: None)
+    stale = [out / ".config.yaml.x1y2.tmp", out / "iter_001" / ".dataset.json.a9b8.tmp"]
+    for f in stale:
+        f.write_text("half")
+    run_selfplay(cfg, log=lambda m: None)
+    assert not any(f.exists() for f in stale)
+    assert (out / "iter_001" / "dataset.json").exists()

@@ -192,6 +192,9 @@ class RunDir:
                     f"run directory {self.root} was made with a different config; differing keys: "
                     f"{', '.join(diff)}. Use another --output, or --overwrite to start over."
                 )
+            for tmp in self.root.rglob(".*.tmp"):  # a kill mid atomic write left its temp file
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
             atomic_write_text(cfg_path, cfg.to_yaml())
             return True
         self.lock()
