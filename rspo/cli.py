@@ -49,6 +49,7 @@ def resume_command(argv: Sequence[str], command: str = "train") -> str:
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from rspo.config import check_trainable
     from rspo.distributed import init_distributed, shutdown
     from rspo.selfplay.rundir import remove_output
 
@@ -72,6 +73,7 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if args.resume and args.overwrite:
         print("error: --resume and --overwrite contradict each other", file=sys.stderr)
         return 2
+    check_trainable(cfg)  # before --overwrite deletes anything
     dist = init_distributed(cfg.model.device)  # one process: no torch.distributed at all
     if args.overwrite:
         dist.from_main(remove_output, out)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rspo.config import ConfigError, config_from_dict, deep_merge
+from rspo.config import ConfigError, check_trainable, config_from_dict, deep_merge
 from rspo.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 
 METRICS = ("win_rate", "lc_win_rate", "avg_length", "accuracy", "self_bleu")
@@ -77,7 +77,7 @@ def expand(spec: dict[str, Any], output: str | Path | None = None) -> list[Sweep
                     cfg, {"run": {"seed": seed, "output": str(out / label / f"seed{seed}")}}
                 )
                 try:  # every cell's config (regularizer spec included) before any run
-                    config_from_dict(cfg)
+                    check_trainable(config_from_dict(cfg))
                 except ConfigError as e:
                     raise ConfigError(f"sweep setting {label!r}: {e}") from e
                 cell = out / label / f"seed{seed}"

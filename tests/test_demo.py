@@ -44,7 +44,7 @@ def test_demo_overwrite_starts_over(tmp_path):
     any run, so this costs nothing)."""
     out = tmp_path / "demo"
     (out / "sppo").mkdir(parents=True)
-    (out / "sppo" / "config.yaml").write_text("{}")  # an earlier demo's run
+    (out / "sppo" / "run.json").write_text('{"rspo": "0.1.0"}')  # an earlier demo's run
     (out / "old.txt").write_text("from an earlier demo")
     assert (
         main(["demo", "--quick", "--output", str(out), "--overwrite", "--objective.eta", "x"]) == 2

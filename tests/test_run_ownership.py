@@ -83,9 +83,14 @@ def test_overwrite_deletes_rspo_output_only(env, tmp_path, monkeypatch):
     finally:
         held.unlock()
     assert (run / "config.yaml").exists() and (run / LOCK_FILE).exists()
-    demo = tmp_path / "demo"  # a demo or sweep holds runs one level down
+    demo = tmp_path / "demo"  # a demo holds runs one level down
     (demo / "sppo").mkdir(parents=True)
-    (demo / "sppo" / "config.yaml").write_text("{}")
+    (demo / "sppo" / "run.json").write_text('{"rspo": "0.1.0"}')
+    proj = tmp_path / "proj"  # a config.yaml alone is anybody's file
+    (proj / "myproj").mkdir(parents=True)
+    (proj / "myproj" / "config.yaml").write_text("{}")
+    with pytest.raises(ConfigError, match="holds no rspo run"):
+        remove_output(proj)
     (demo / "summary.json").write_text("{}")
     for path in (run, demo, tmp_path / "absent"):
         remove_output(path)
@@ -110,21 +115,29 @@ def test_overwrite_spares_a_run_held_one_level_down_and_keeps_a_symlink(tmp_path
     RunDir(demo / "sppo").lock()
     held = RunDir(demo / "rspo")
     held.lock()
-    (demo / "sppo" / "config.yaml").write_text("{}")
+    (demo / "sppo" / "run.json").write_text('{"rspo": "0.1.0"}')
     try:
         with pytest.raises(ConfigError, match=r"demo/rspo is in use by another rspo process"):
             remove_output(demo)
-        assert (demo / "sppo" / "config.yaml").exists()
+        assert (demo / "sppo" / "run.json").exists()
     finally:
         held.unlock()
     target = tmp_path / "elsewhere"
     (target / "iter_001").mkdir(parents=True)
-    (target / "config.yaml").write_text("{}")
+    (target / "run.json").write_text('{"rspo": "0.1.0"}')
     link = tmp_path / "link"
     link.symlink_to(target, target_is_directory=True)
     remove_output(link)
     assert link.is_symlink() and target.is_dir() and not list(target.iterdir())
     RunDir(link).lock()  # the run is recreated through the link
+    # an interrupted delete (a leftover sibling) does not block the next --overwrite
+    run = tmp_path / "run"
+    (run / "iter_001").mkdir(parents=True)
+    (run / "run.json").write_text('{"rspo": "0.1.0"}')
+    stale = tmp_path / ".run.deleting.123"
+    (stale / "iter_009").mkdir(parents=True)
+    remove_output(run)
+    assert not run.exists() and not stale.exists()
 
 
 def test_a_filesystem_without_locks_runs_unprotected_with_a_warning(tmp_path, monkeypatch):
@@ -174,3 +187,20 @@ def test_a_resume_removes_temp_files_a_kill_left(env, tmp_path):
     run_selfplay(cfg, log=lambda m: None)
     assert not any(f.exists() for f in stale)
     assert (out / "iter_001" / "dataset.json").exists()
+
+
+def test_a_directory_with_iterations_but_no_config_is_not_started_over(env, tmp_path):
+    """What an interrupted delete could leave (iter_* without config.yaml) is refused, not
+    mixed into a fresh run that would skip stages on the old .done markers."""
+    out = tmp_path / "half"
+    (out / "iter_001").mkdir(parents=True)
+    (out / "iter_001" / "generate.done").write_text("{}")
+    with pytest.raises(ConfigError, match="iteration directories but no config.yaml"):
+        run_selfplay(_cfg(env, out), log=lambda m: None)
+
+
+def test_a_float16_run_is_refused_before_overwrite_deletes_anything(env, tmp_path):
+    out = tmp_path / "keep"
+    run_selfplay(_cfg(env, out), log=lambda m: None)
+    assert main(["train", "--output", str(out), "--overwrite", "--model.dtype", "float16"]) == 2
+    assert (out / "config.yaml").exists()

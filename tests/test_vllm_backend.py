@@ -254,3 +254,52 @@ def test_a_lora_base_given_as_an_uncached_hub_id_is_left_to_vllm(fake_vllm, monk
     with pytest.raises(ValueError, match="full fine-tuning serves the policy from local files"):
         local_model_dir("org/not-cached", need_weights=True)
     assert local_model_dir(str(tmp_path)) == str(tmp_path.resolve())
+
+
+def test_the_lora_base_by_hub_id_stays_the_base_after_vllm_fetched_it(
+    fake_vllm, monkeypatch, tmp_path
+):
+    """An uncached hub id is handed to vLLM, which downloads it; afterwards the same id
+    resolves to a cache snapshot, and must still be the base (no LoRARequest for it)."""
+    import huggingface_hub
+
+    from rspo.generation.vllm import VLLMBackend
+
+    snap = tmp_path / "snapshot"
+    snap.mkdir()
+    (snap / "model.safetensors").write_bytes(b"")
+    cached = {"now": False}
+
+    def snapshot_download(repo_id, local_files_only=True, **_):
+        if not cached["now"]:
+            raise FileNotFoundError(repo_id)
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    engine = VLLMBackend.__new__(VLLMBackend)  # the engine itself is vLLM's (not built here)
+    engine.lora, engine._given, engine._lora_ids = True, "org/m", {}
+    engine.base_path = engine.policy = "org/m"
+    cached["now"] = True  # vLLM fetched it while building the engine
+    for spelling in ("org/m", str(snap)):
+        engine.set_policy(spelling)
+        assert engine.policy == "org/m" and engine._lora_request() is None, spelling
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    engine.set_policy(str(adapter))
+    assert engine._lora_request().lora_path == str(adapter.resolve())
+
+
+def test_the_engine_length_is_capped_at_the_models_context(env):
+    """Eval prompts (sampled by rspo eval even when training evaluates nothing) count, but
+    max_model_len never exceeds the model's context, which vLLM would refuse."""
+    from types import SimpleNamespace
+
+    from rspo.selfplay.loop import _check_context
+
+    tmp, model = env
+    cfg = load_config(None, _cfg(tmp, model, str(tmp / "ctx"), "vllm"))
+    cfg.evaluation.enabled = False
+    ctx = json.loads((model / "config.json").read_text())["max_position_embeddings"]
+    train = SimpleNamespace(ids=[[1] * 10])
+    assert _check_context(cfg, train, SimpleNamespace(ids=[[1] * 20])) == 20 + 8
+    assert _check_context(cfg, train, SimpleNamespace(ids=[[1] * ctx])) == ctx

@@ -191,7 +191,8 @@ class VLLMBackend(GenerationBackend):
         self.vllm = import_vllm()
         self.tok = tokenizer
         self.lora = lora_rank is not None
-        self.base_path = local_model_dir(str(model_path), need_weights=not self.lora)
+        self._given = str(model_path)  # the base as the run names it (a hub id vLLM may fetch)
+        self.base_path = local_model_dir(self._given, need_weights=not self.lora)
         self.generation_config = _generation_config(self.base_path, trust_remote_code)
         self.live_dir = Path(live_dir) if live_dir else None
         if not self.lora and self.live_dir is None:
@@ -246,7 +247,10 @@ class VLLMBackend(GenerationBackend):
 
     def set_policy(self, path: str) -> None:
         """Sample from the model (base or full checkpoint) or adapter directory at ``path``."""
-        self.policy = local_model_dir(str(path))
+        path = str(path)
+        # the base by any spelling (its hub id resolves to a snapshot once vLLM fetched it)
+        base = path == self._given or local_model_dir(path) == local_model_dir(self._given)
+        self.policy = self.base_path if base else local_model_dir(path)
 
     def update_weights(self, model: Any) -> None:
         """Point at new weights: a model directory path (in-memory models are not accepted)."""

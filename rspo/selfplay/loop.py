@@ -98,7 +98,7 @@ def _check_context(c: Config, train: PromptSet, evals: PromptSet) -> int:
                 f"(max_position_embeddings = {ctx}); lower {new_key} or data.max_prompt_length "
                 "(longer prompts are then errors)"
             )
-    return needed
+    return min(needed, ctx) if isinstance(ctx, int) else needed
 
 
 def _check_gym_only(c: Config, train: PromptSet, evals: PromptSet) -> None:
@@ -279,8 +279,8 @@ class SelfPlayRun:
         here, before the run directory is created or touched. True when resuming.
         """
         c = self.cfg
-        if self.dist.is_main and self.rd.root.is_dir():
-            self.rd.lock()  # a resumed run is ours from the start (not after loading models)
+        # a resumed run is ours from the start (not after loading models); every rank raises
+        self.dist.from_main(lambda: self.rd.root.is_dir() and self.rd.lock())
         self._check_ranks_agree("config", c.to_dict())
         engine = training_engine(self.dist)  # FSDP1 or DeepSpeed missing: refused before any work
         check_launch(c, engine, self.dist.world_size)

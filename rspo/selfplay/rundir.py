@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import socket
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -37,8 +38,6 @@ RESUMABLE_KEYS = (
 )
 #: the file an active run holds an exclusive lock on
 LOCK_FILE = ".lock"
-#: what marks a directory as rspo output (a run; a demo or sweep holds runs one level down)
-_MARKERS = ("config.yaml", "run.json")
 
 
 def _try_lock(root: Path) -> Any:
@@ -78,10 +77,31 @@ def _in_use(root: Path) -> ConfigError:
     )
 
 
+def _is_run(d: Path) -> bool:
+    """Whether ``d`` is an rspo run directory: its ``run.json`` names the rspo version."""
+    try:
+        return "rspo" in json.loads((d / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _empty_in_place(d: Path) -> None:
+    """Delete what ``d`` holds but its ``.lock``, keeping ``d`` (a symlink's target, a mount
+    point): everything is first moved into one hidden folder (renames are atomic), so an
+    interrupted delete never leaves a half-emptied run that looks like a fresh one."""
+    bin_ = Path(tempfile.mkdtemp(prefix=".deleting.", dir=d))
+    for c in d.iterdir():
+        if c != bin_ and c.name != LOCK_FILE and not c.name.startswith(".deleting."):
+            c.rename(bin_ / c.name)
+    for c in d.glob(".deleting.*"):  # this one, and any an interrupted delete left
+        shutil.rmtree(c, ignore_errors=True)
+
+
 def remove_output(path: str | Path) -> None:
-    """``--overwrite``: delete a previous run's (or demo's, sweep's) output directory. Refuses
-    the current directory or one above it, a directory that holds no rspo output, and a run
-    another process is using, so a mistyped path deletes nothing."""
+    """``--overwrite``: delete a previous run's (or demo's) output directory. Refuses the
+    current directory or one above it, a directory that is not an rspo run and holds none
+    one level down (``run.json`` naming rspo), and a run another process is using, so a
+    mistyped path deletes nothing."""
     p = Path(path)
     if not p.exists():
         return
@@ -94,29 +114,36 @@ def remove_output(path: str | Path) -> None:
     if not r.is_dir():
         raise ConfigError(f"--overwrite: {p} is a file, not a run directory; not deleting it")
     inside = list(r.iterdir())
-    ours = any((r / m).exists() for m in _MARKERS) or any(
-        (c / m).exists() for c in inside if c.is_dir() for m in _MARKERS
-    )
-    if inside and not ours:
+    subdirs = [c for c in inside if c.is_dir() and not c.is_symlink()]
+    visible = [c for c in inside if c.name != LOCK_FILE and not c.name.startswith(".deleting.")]
+    if visible and not (_is_run(r) or any(_is_run(c) for c in subdirs)):
         raise ConfigError(
-            f"--overwrite: {p} holds no rspo run (no {' or '.join(_MARKERS)} in it or its "
-            "subdirectories); not deleting it"
+            f"--overwrite: {p} holds no rspo run (no run.json written by rspo in it or one "
+            "level down); not deleting it"
         )
     held = []  # a run here or one level down (a demo's, rspo eval's) that another process runs
     try:
-        for d in [r, *(c for c in inside if c.is_dir() and not c.is_symlink())]:
+        for d in [r, *subdirs]:
             if (d / LOCK_FILE).exists():
                 lock = _try_lock(d)
                 if lock is None:
                     raise _in_use(d)
                 held.append(lock)
-        if p.is_symlink():  # keep the link (the run is recreated through it), empty its target
-            for c in inside:
-                shutil.rmtree(c) if c.is_dir() and not c.is_symlink() else c.unlink()
-        else:  # out of the way first, so the path is free even if the delete is interrupted
-            gone = r.with_name(f".{r.name}.deleting.{os.getpid()}")
+        if p.is_symlink() or os.path.ismount(r):  # keep the link or mount point itself
+            _empty_in_place(r)
+            return
+        for old in r.parent.glob(f".{r.name}.deleting.*"):  # left by an interrupted delete
+            shutil.rmtree(old, ignore_errors=True)
+        gone = Path(tempfile.mkdtemp(prefix=f".{r.name}.deleting.", dir=r.parent))
+        try:  # out of the way first (onto the empty temp dir), then deleted
             r.rename(gone)
-            shutil.rmtree(gone)
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.EXDEV):
+                raise
+            gone.rmdir()
+            _empty_in_place(r)
+            return
+        shutil.rmtree(gone)
     finally:
         for lock in held:
             if lock is not True:
@@ -192,12 +219,20 @@ class RunDir:
                     f"run directory {self.root} was made with a different config; differing keys: "
                     f"{', '.join(diff)}. Use another --output, or --overwrite to start over."
                 )
-            for tmp in self.root.rglob(".*.tmp"):  # a kill mid atomic write left its temp file
+            # a kill mid atomic write left its temp file: this run's own (not in a directory
+            # another process may hold, such as rspo eval's <run>/eval)
+            for tmp in [*self.root.glob(".*.tmp"), *self.root.glob("iter_*/.*.tmp")]:
                 if tmp.is_file():
                     tmp.unlink(missing_ok=True)
             atomic_write_text(cfg_path, cfg.to_yaml())
             return True
         self.lock()
+        if not fresh and any(self.root.glob("iter_*")):
+            raise ConfigError(
+                f"run directory {self.root} holds iteration directories but no config.yaml (an "
+                "interrupted --overwrite, or files copied by hand); delete it or use another "
+                "--output"
+            )
         atomic_write_text(cfg_path, cfg.to_yaml())
         import torch
         import transformers
