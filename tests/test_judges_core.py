@@ -140,6 +140,36 @@ def test_python_judge_id_changes_with_code():
     j2 = PythonJudge(lambda p, a, b: 0.2)
     assert j1.judge_id != j2.judge_id
     assert PythonJudge(length_pref, version="v2").judge_id.endswith("version=v2]")
+    # a changed call (only co_names differ) and a changed default are other judges
+    assert PythonJudge(lambda p, a, b: float(max(a, b) == a)).judge_id != (
+        PythonJudge(lambda p, a, b: float(min(a, b) == a)).judge_id
+    )
+    assert PythonJudge(lambda p, a, b, t=1: 0.5).judge_id != (
+        PythonJudge(lambda p, a, b, t=2: 0.5).judge_id
+    )
+
+
+def test_python_judge_id_is_the_same_in_every_process(tmp_path):
+    """A comprehension or generator is a nested code object whose repr holds an address:
+    hashing that gave every process another cache key (no hits across a resume)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "myjudge.py").write_text(
+        "def judge(p, a, b):\n"
+        "    return float(sum(1 for w in a.split()) > sum(1 for w in b.split()))\n"
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from rspo.judges import build_judge; "
+        "print(build_judge('python', fn='myjudge:judge').judge_id)"
+    )
+    ids = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(2)
+    }
+    assert len(ids) == 1 and "code=" in ids.pop()
 
 
 # -- order swap and batching -------------------------------------------------------

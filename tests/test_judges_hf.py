@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -155,6 +157,26 @@ def test_reward_model_id_tracks_weights(model_dirs, tmp_path):
     build_byte_tokenizer(model_max_length=1024).save_pretrained(other)
     j2 = build_judge("reward_model", model=str(other))
     assert j1.judge_id.split("fp=")[1][:12] != j2.judge_id.split("fp=")[1][:12]
+    # another tokenizer computes other scores: another cache key (for both HF judges)
+    tok_dir = tmp_path / "tok"
+    build_byte_tokenizer(model_max_length=512).save_pretrained(tok_dir)
+    for kind, name in (("reward_model", "rm"), ("pairwise_lm", "lm")):
+        plain = build_judge(kind, model=str(model_dirs[name]))
+        with_tok = build_judge(kind, model=str(model_dirs[name]), tokenizer=str(tok_dir))
+        assert plain.judge_id != with_tok.judge_id, kind
+
+
+def test_judge_inputs_never_exceed_the_models_positions(model_dirs, tmp_path):
+    """A tokenizer without a real model_max_length (1e30): the judge's limit is the model's
+    max_position_embeddings, not unlimited (a learned-position model crashed on long input)."""
+    d = tmp_path / "rm_nolimit"
+    shutil.copytree(model_dirs["rm"], d)
+    build_byte_tokenizer(model_max_length=int(1e30)).save_pretrained(d)
+    j = build_judge("reward_model", model=str(d))
+    ctx = json.loads((d / "config.json").read_text())["max_position_embeddings"]
+    assert j.max_length == ctx
+    p = j.prefer(["hi"], ["a" * (3 * ctx)], ["b"])
+    assert 0.0 <= p[0] <= 1.0
 
 
 @torch.no_grad()

@@ -93,12 +93,25 @@ def wants_chat_template(tokenizer: Any, use_chat_template: bool | None) -> bool:
     return has if use_chat_template is None else bool(use_chat_template)
 
 
-def effective_max_length(tokenizer: Any, max_length: int | None) -> int | None:
-    """``max_length`` or the tokenizer's ``model_max_length`` when that is a real limit."""
-    if max_length is not None:
+def effective_max_length(tokenizer: Any, max_length: int | None, config: Any = None) -> int | None:
+    """``max_length``, else the tokenizer's ``model_max_length`` when that is a real limit;
+    never more than the model's own positions (``max_position_embeddings`` / ``n_positions``):
+    a longer input crashes a learned-position model and runs a rotary one past its context."""
+    if max_length is None:
+        mml = getattr(tokenizer, "model_max_length", None)
+        max_length = mml if isinstance(mml, int) and mml < 1_000_000 else None
+    cfg = getattr(config, "get_text_config", lambda: config)() if config is not None else None
+    ctx = next(
+        (
+            v
+            for k in ("max_position_embeddings", "n_positions")
+            if isinstance(v := getattr(cfg, k, None), int) and v > 0
+        ),
+        None,
+    )
+    if ctx is None:
         return max_length
-    mml = getattr(tokenizer, "model_max_length", None)
-    return mml if isinstance(mml, int) and mml < 1_000_000 else None
+    return ctx if max_length is None else min(max_length, ctx)
 
 
 def load_model(

@@ -68,7 +68,6 @@ class PairwiseLMJudge(Judge):
         self.device = _hf.resolve_device(device)
         self.tokenizer = _hf.load_tokenizer(model, tokenizer, trust_remote_code, local_files_only)
         self.use_chat_template = _hf.wants_chat_template(self.tokenizer, use_chat_template)
-        self.max_length = _hf.effective_max_length(self.tokenizer, max_length)
         self.model = _hf.load_model(
             AutoModelForCausalLM,
             self.model_path,
@@ -77,8 +76,12 @@ class PairwiseLMJudge(Judge):
             trust_remote_code,
             local_files_only,
         )
+        self.max_length = _hf.effective_max_length(self.tokenizer, max_length, self.model.config)
         self.choice_ids = self._choice_token_ids()
-        self._fingerprint = _hf.fingerprint(model)
+        # the tokenizer is part of what the judge computes: another one, another cache key
+        self._fingerprint = _hf.fingerprint(model) + (
+            f"+tok:{_hf.fingerprint(tokenizer)}" if tokenizer is not None else ""
+        )
         self._dtype_name = str(self.model.dtype).removeprefix("torch.")
 
     @property

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,13 +19,33 @@ def load_callable(spec: str) -> Callable[..., Any]:
 
 
 def _code_fingerprint(fn: Callable[..., Any]) -> str:
-    """Short hash of the function's bytecode and constants, so edits invalidate caches."""
+    """Short hash of what the function computes, so edits invalidate caches and the same code
+    gets the same key in every process: its bytecode, the names it calls (``max`` -> ``min``
+    changes only ``co_names``), constants, default arguments and nested code (comprehensions,
+    lambdas) hashed the same way, never by ``repr`` (which holds memory addresses)."""
     code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
     if code is None:
         return "nocode"
-    h = hashlib.sha256(code.co_code)
-    h.update(repr(code.co_consts).encode("utf-8", "replace"))
+    h = hashlib.sha256()
+    _hash_code(code, h)
+    for d in (getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None)):
+        h.update(_stable_repr(d).encode("utf-8", "replace"))
     return h.hexdigest()[:12]
+
+
+def _hash_code(code: types.CodeType, h: Any) -> None:
+    h.update(code.co_code)
+    h.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            _hash_code(c, h)
+        else:
+            h.update(_stable_repr(c).encode("utf-8", "replace"))
+
+
+def _stable_repr(value: Any) -> str:
+    """``repr`` with object addresses removed (``<object at 0x7f...>``)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
 @register_judge("python")

@@ -70,7 +70,6 @@ class RewardModelJudge(Judge):
         self.device = _hf.resolve_device(device)
         self.tokenizer = _hf.load_tokenizer(model, tokenizer, trust_remote_code, local_files_only)
         self.use_chat_template = _hf.wants_chat_template(self.tokenizer, use_chat_template)
-        self.max_length = _hf.effective_max_length(self.tokenizer, max_length)
         self.model = _hf.load_model(
             AutoModelForSequenceClassification,
             self.model_path,
@@ -79,6 +78,7 @@ class RewardModelJudge(Judge):
             trust_remote_code,
             local_files_only,
         )
+        self.max_length = _hf.effective_max_length(self.tokenizer, max_length, self.model.config)
         n_labels = self.model.config.num_labels
         if label_index is None:
             if n_labels != 1:
@@ -90,7 +90,10 @@ class RewardModelJudge(Judge):
         if not 0 <= label_index < n_labels:
             raise ValueError(f"label_index {label_index} out of range for {n_labels} labels")
         self.label_index = label_index
-        self._fingerprint = _hf.fingerprint(model)
+        # the tokenizer is part of what the judge computes: another one, another cache key
+        self._fingerprint = _hf.fingerprint(model) + (
+            f"+tok:{_hf.fingerprint(tokenizer)}" if tokenizer is not None else ""
+        )
         self._dtype_name = str(self.model.dtype).removeprefix("torch.")
 
     @property
