@@ -72,3 +72,20 @@ def make_pipeline_env(tmp: Path) -> tuple[Path, Path]:
     write_prompts(tmp / "train.jsonl", 12)
     write_prompts(tmp / "eval.jsonl", 12, prefix="Evaluate")
     return tmp, model
+
+
+def tie_judge(prompt: str, a: str, b: str) -> float:
+    """A judge that prefers nothing: P = 1/2 for every pair."""
+    return 0.5
+
+
+def ci_subset(prompt: str) -> str:
+    """A subset label that collides with a metric rspo reports (win_rate_ci)."""
+    return "ci"
+
+
+def picky_correct(prompt: str, response: str) -> bool:
+    """An accuracy_fn that fails on some prompts (a user bug)."""
+    if prompt.endswith("#3:"):
+        raise KeyError("no answer key for this prompt")
+    return True

@@ -377,3 +377,40 @@ def test_resuming_with_fewer_iterations_reports_those(reference_run, tmp_path):
     again = run_selfplay(fewer, log=lambda m: None)
     assert again == rows[:2]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_pair_losses_skip_prompts_whose_samples_the_judge_tied(setup, tmp_path):
+    """sppo_hard / inpo train chosen-vs-rejected pairs: with every p-hat tied there is no
+    preference, so no pair (they trained on a made-up winner at loss 50 before)."""
+    tmp, model = setup
+    over = {
+        "objective.loss_type": "sppo_hard",
+        "objective.samples": "best_worst",
+        "judge.kwargs": "{fn: 'fixtures_lm:tie_judge'}",
+        "run.iterations": 1,
+        "evaluation.enabled": False,
+    }
+    cfg = load_config(None, _cfg(tmp, model, str(tmp_path / "tied"), **over))
+    run_selfplay(cfg, log=lambda m: None)
+    it = tmp_path / "tied" / "iter_001"
+    assert json.loads((it / "dataset.json").read_text())["examples"] == []
+    assert json.loads((it / "score.done").read_text())["tied_prompts"] == 12
+
+
+@pytest.mark.parametrize(
+    ("key", "fn", "pattern"),
+    [
+        ("evaluation.subset_fn", "fixtures_lm:ci_subset", r"labels \['ci'\] name metrics"),
+        (
+            "evaluation.accuracy_fn",
+            "fixtures_lm:picky_correct",
+            r"accuracy_fn fixtures_lm:picky_correct failed on eval prompt 3 .*KeyError",
+        ),
+    ],
+)
+def test_evaluation_functions_failing_are_named(setup, tmp_path, key, fn, pattern):
+    tmp, model = setup
+    over = {key: fn, "run.iterations": 1}
+    cfg = load_config(None, _cfg(tmp, model, str(tmp_path / "evfn"), **over))
+    with pytest.raises(ValueError, match=pattern):
+        run_selfplay(cfg, log=lambda m: None)

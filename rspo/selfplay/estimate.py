@@ -24,7 +24,9 @@ def win_rates(P: Sequence[Sequence[float]], include_self_match: bool = True) -> 
 
 
 def best_worst(p_hat: Sequence[float]) -> tuple[int, int]:
-    """Indices of the best and worst response by estimated win rate (first on ties)."""
+    """Indices of the best and worst response by estimated win rate (first on ties; when all
+    are tied, two distinct samples: pair losses skip such prompts, the square loss's target
+    is 0 for both)."""
     arr = np.asarray(p_hat)
     best, worst = int(np.argmax(arr)), int(np.argmin(arr))
     if best == worst:  # all equal: keep two distinct samples

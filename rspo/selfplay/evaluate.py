@@ -137,7 +137,15 @@ def evaluate_iteration(
     correct = None
     if e.accuracy_fn:
         fn = load_callable(e.accuracy_fn)
-        correct = [bool(fn(p, x["text"])) for p, x in zip(texts, a)]
+        correct = []
+        for i, (p, x) in enumerate(zip(texts, a)):
+            try:
+                correct.append(bool(fn(p, x["text"])))
+            except Exception as err:  # a user function: say which prompt broke it
+                raise ValueError(
+                    f"evaluation.accuracy_fn {e.accuracy_fn} failed on eval prompt {i // k} "
+                    f"({p[:60]!r}): {type(err).__name__}: {err}"
+                ) from err
     metrics = run.dist.from_main(  # computed once, on rank 0
         evaluate_responses,
         texts,
@@ -154,7 +162,14 @@ def evaluate_iteration(
         group_size=k,
     )
     if e.subset_fn:
-        metrics.update(subset_win_rates(load_callable(e.subset_fn), run.eval_prompts.texts, probs))
+        subsets = subset_win_rates(load_callable(e.subset_fn), run.eval_prompts.texts, probs)
+        taken = sorted(set(subsets) & set(metrics))
+        if taken:  # e.g. a label "ci" would overwrite win_rate_ci
+            raise ValueError(
+                f"evaluation.subset_fn {e.subset_fn}: labels {[k[9:] for k in taken]} name "
+                f"metrics rspo reports ({', '.join(taken)}); return other labels"
+            )
+        metrics.update(subsets)
     first = [r["responses"][0]["text"] for r in pol]
     run.dist.main_only(
         write_alpaca_outputs,

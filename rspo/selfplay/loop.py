@@ -485,12 +485,16 @@ class SelfPlayRun:
         judg = self._complete(t, "judgments.jsonl", want)
         pair_losses = c.objective.loss_type in ("sppo_hard", "inpo")
         rows = []
+        tied = 0
         for j in judg:
             i = j["prompt_index"]
             p_hat = win_rates(j["P"], c.judge.include_self_match)
             resp = gens[i]["responses"]
             if c.objective.samples == "best_worst" or pair_losses:
                 b, w = best_worst(p_hat)
+                if pair_losses and p_hat[b] == p_hat[w]:
+                    tied += 1  # the judge preferred none of them: no chosen/rejected pair
+                    continue
                 chosen = [(b, 1), (w, -1)]
             else:
                 chosen = [(k, 0) for k in range(len(resp))]
@@ -535,7 +539,8 @@ class SelfPlayRun:
             self.rd.iter_dir(t) / "dataset.json",
             {"coef": coef, "measured": measured, "examples": rows, "ref_examples": ref_rows},
         )
-        self.rd.mark_done(t, "score", {"examples": len(rows), "ref_examples": len(ref_rows)})
+        info = {"examples": len(rows), "ref_examples": len(ref_rows), "tied_prompts": tied}
+        self.rd.mark_done(t, "score", info)
 
     def _coef_for(self, t: int, rows: list[dict[str, Any]]) -> tuple[float, float | None]:
         """λ for iteration t: fixed, or adapted from λ_{t−1} toward objective.adaptive_target."""
