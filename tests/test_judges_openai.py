@@ -142,6 +142,18 @@ def test_hard_verdicts_and_unparseable(server):
     assert make(server, logprobs=False, on_unparseable="half").prefer(["z"], ["a"], ["b"]) == [0.5]
 
 
+def test_verdicts_match_the_choices_without_case_or_spacing(server):
+    """A reply 'a', a top token 'a' and choices written ' A' / ' B' are the same verdicts
+    (a lowercase top token read as no vote for A gave P = 0 against a 95% vote before)."""
+    server.respond = lambda n, body, h: (200, completion("a", {"a": 0.95, "B": 0.05}), 0.0, {})
+    assert make(server).prefer(["q"], ["x"], ["y"]) == pytest.approx([0.95])
+    server.respond = lambda n, body, h: (200, completion(" A"), 0.0, {})
+    judge = make(server, logprobs=False, choices=[" A", " B"])
+    assert judge.prefer(["q"], ["x"], ["y"]) == [1.0]
+    with pytest.raises(ValueError, match="must differ in more than case"):
+        make(server, choices=["A", "a"])
+
+
 def test_429_then_success_is_retried(server):
     server.respond = lambda n, body, h: (
         (429, {"error": "slow down"}, 0.0, {"Retry-After": "0"})

@@ -36,6 +36,11 @@ RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
 _STRIP = " \t\r\n*\"'`().:[]"
 
 
+def _norm(text: str) -> str:
+    """A verdict or choice as compared: no surrounding spaces, quotes or punctuation, no case."""
+    return text.strip(_STRIP).casefold()
+
+
 class _Retryable(Exception):
     """An attempt failed in a way worth retrying."""
 
@@ -106,6 +111,13 @@ class OpenAIJudge(Judge):
         self.template = template
         self.system_prompt = system_prompt
         self.choices = (str(choices[0]), str(choices[1]))
+        # replies are matched to the choices without case, spacing or quoting ("a", " A")
+        self._keys = tuple(_norm(c) for c in self.choices)
+        if not all(self._keys) or self._keys[0] == self._keys[1]:
+            raise ValueError(
+                f"openai judge: choices {list(self.choices)} must differ in more than case, "
+                "spacing and punctuation"
+            )
         self.logprobs = logprobs
         self.top_logprobs = top_logprobs
         self.temperature = temperature
@@ -276,12 +288,12 @@ class OpenAIJudge(Judge):
         p = self._from_logprobs(choice.get("logprobs"))
         if p is not None:
             return p
-        verdict = content.strip(_STRIP)
+        verdict = _norm(content)
         with self._lock:
             self.stats["hard_verdicts"] += 1
-        if verdict == self.choices[0]:
+        if verdict == self._keys[0]:
             return 1.0
-        if verdict == self.choices[1]:
+        if verdict == self._keys[1]:
             return 0.0
         if self.on_unparseable == "half":
             return 0.5
@@ -303,11 +315,11 @@ class OpenAIJudge(Judge):
         mass = [0.0, 0.0]
         for c in cands:
             try:
-                tok, logprob = str(c["token"]).strip(_STRIP), float(c["logprob"])
+                tok, logprob = _norm(str(c["token"])), float(c["logprob"])
             except (KeyError, TypeError, ValueError):
                 continue
             for k in (0, 1):
-                if tok == self.choices[k]:
+                if tok == self._keys[k]:
                     mass[k] += math.exp(logprob)
         total = mass[0] + mass[1]
         return None if total <= 0.0 else mass[0] / total
