@@ -115,3 +115,65 @@ def test_more_gym_eval_prompts_than_the_split_holds_is_an_error():
     assert len(_read_raw("gym", "eval", size, 0)) == size
     with pytest.raises(ValueError, match=rf"data\.num_eval_prompts: {size + 1} is more than"):
         _read_raw("gym", "eval", size + 1, 0)
+
+
+def test_a_trailing_assistant_turn_is_the_datasets_answer_not_the_prompt(tok, tmp_path):
+    """UltraFeedback-style rows carry the answer as the last message: the policy must answer
+    the conversation up to its last user turn, and the judge must not see the answer."""
+    f = tmp_path / "uf.jsonl"
+    rows = [
+        {"prompt": "What is 2+2?", "messages": [
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "4"}]},
+        {"messages": [{"role": "assistant", "content": "only an answer"}]},
+    ]  # fmt: skip
+    f.write_text(json.dumps(rows[0]) + "\n")
+    ps = load_prompts(str(f), tok)
+    assert ps.texts == ["What is 2+2?"]  # one user turn: the judge sees its text
+    assert ps.ids == [plain(tok, "<user>What is 2+2?<assistant>")]
+    f.write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(ValueError, match=r"uf\.jsonl:1: field 'messages' holds only assistant"):
+        load_prompts(str(f), tok)
+
+
+def test_a_chat_template_error_names_the_prompt(tmp_path):
+    t = build_byte_tokenizer()
+    t.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}{{ m['content'] }}"
+        "{% endfor %}"
+    )
+    f = tmp_path / "sys.jsonl"
+    f.write_text(
+        json.dumps({"messages": [{"role": "system", "content": "be brief"},
+                                 {"role": "user", "content": "hi"}]}) + "\n"
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"sys\.jsonl:1: .*System role not supported"):
+        load_prompts(str(f), t)
+
+
+def test_dataset_splits_are_chosen_by_name_never_train_for_eval(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    d = tmp_path / "ds"
+    datasets.DatasetDict(
+        {
+            "train_prefs": datasets.Dataset.from_dict({"prompt": ["T0", "T1"]}),
+            "test_prefs": datasets.Dataset.from_dict({"prompt": ["E0"]}),
+        }
+    ).save_to_disk(str(d))
+    tok = build_byte_tokenizer()
+    with pytest.raises(ValueError, match=r"which split holds the eval prompts.*ds:SPLIT"):
+        load_prompts(str(d), tok, "eval")
+    assert load_prompts(f"{d}:test_prefs", tok, "eval").texts == ["E0"]
+    assert load_prompts(f"{d}:train_prefs", tok).texts == ["T0", "T1"]
+    with pytest.raises(ValueError, match=r"no split 'dev'"):
+        load_prompts(f"{d}:dev", tok)
+    e = tmp_path / "ds2"
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"prompt": ["T"]}),
+            "test": datasets.Dataset.from_dict({"prompt": ["E"]}),
+        }
+    ).save_to_disk(str(e))
+    assert load_prompts(str(e), tok, "eval").texts == ["E"]  # test, not train
+    assert load_prompts(str(e), tok).texts == ["T"]

@@ -63,6 +63,10 @@ def _prompt_field(rec: Any, where: str) -> Any:
             raise ValueError(
                 f"{where}: field 'messages' must be a non-empty list of {{role: str, content: str}}"
             )
+        while msgs and msgs[-1]["role"] == "assistant":  # a dataset's answer (UltraFeedback):
+            msgs = msgs[:-1]  # the policy answers the conversation up to its last user turn
+        if not msgs:
+            raise ValueError(f"{where}: field 'messages' holds only assistant turns")
         return msgs
     if "prompt" in rec:
         p = rec["prompt"]
@@ -89,7 +93,11 @@ def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[tuple[s
             (f"gym {split} prompt {i}", p.text)
             for i, p in enumerate(make_prompts(split, n or 128, seed=seed))
         ]
-    path = Path(source)
+    path, chosen = Path(source), None
+    if not path.exists() and ":" in source:  # DIR:SPLIT, a split of a local dataset
+        base, _, name = source.rpartition(":")
+        if Path(base).is_dir():
+            path, chosen = Path(base), name
     if not path.exists():
         raise FileNotFoundError(
             f"prompt source {path} does not exist (use a .jsonl file, a dataset dir or 'gym')"
@@ -104,13 +112,35 @@ def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[tuple[s
             ) from e
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split] if split in ds else ds[next(iter(ds))]
+            ds = ds[_dataset_split(path, list(ds), split, chosen)]
         raw = [(f"{path}[{i}]", _prompt_field(dict(r), f"{path}[{i}]")) for i, r in enumerate(ds)]
     else:
         raw = _read_jsonl_prompts(path)
     if not raw:
         raise ValueError(f"prompt file {path} contains no prompts")
     return raw[:n] if n else raw
+
+
+#: split names tried, in order, when a dataset directory is not given as DIR:SPLIT
+SPLIT_NAMES = {"train": ("train",), "eval": ("eval", "test", "validation", "valid")}
+
+
+def _dataset_split(path: Path, names: list[str], split: str, chosen: str | None) -> str:
+    """Which split of a local DatasetDict to read: ``DIR:SPLIT`` if given, else the usual
+    name for ``split``, else the only one; never the training split for evaluation."""
+    if chosen is not None:
+        if chosen not in names:
+            raise ValueError(f"{path}: no split {chosen!r} (splits: {', '.join(names)})")
+        return chosen
+    for name in SPLIT_NAMES.get(split, (split,)):
+        if name in names:
+            return name
+    if len(names) == 1 and split != "eval":
+        return names[0]
+    raise ValueError(
+        f"{path}: which split holds the {split} prompts? (splits: {', '.join(names)}); "
+        f"name it as {path}:SPLIT"
+    )
 
 
 def _token_ids(out: Any) -> list[int]:
@@ -169,7 +199,10 @@ def load_prompts(
     raw = _read_raw(source, split, n, seed)
     texts, ids = [], []
     for i, (where, p) in enumerate(raw):
-        text, pid = format_prompt(tok, p, chat_template)
+        try:
+            text, pid = format_prompt(tok, p, chat_template)
+        except Exception as e:  # e.g. a chat template that rejects a system turn (jinja2)
+            raise ValueError(f"{where}: {type(e).__name__}: {e}") from e
         if len(pid) > max_prompt_length:
             raise ValueError(
                 f"{where}: prompt {i} has {len(pid)} tokens > data.max_prompt_length="

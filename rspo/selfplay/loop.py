@@ -310,6 +310,12 @@ class SelfPlayRun:
             d.chat_template,
             d.max_prompt_length,
         )
+        for key, ps, want in (
+            ("data.num_prompts", self.train_prompts, d.num_prompts),
+            ("data.num_eval_prompts", self.eval_prompts, d.num_eval_prompts),
+        ):
+            if want and len(ps.ids) < want and self.dist.is_main:
+                self.log(f"{key}: {want} asked for, {ps.source} holds {len(ps.ids)}; using those")
         self._check_ranks_agree(
             "prompts",
             {
