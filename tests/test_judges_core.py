@@ -329,3 +329,9 @@ def test_pairrm_with_stub_blender(monkeypatch):
     assert j.blender.loaded == ("/models/pairrm", "cpu") and not j.order_sensitive
     ps = j.prefer(["q", "q"], ["abcd", "a"], ["ab", "a"])
     assert ps == pytest.approx([1 / (1 + math.exp(-1.0)), 0.5])
+
+
+def test_a_batched_python_judge_returning_a_scalar_is_named():
+    judge = PythonJudge(lambda p, a, b: 0.5, batched=True)
+    with pytest.raises(JudgeError, match=r"\(batched\) returned 0\.5; expected one number per"):
+        judge.prefer(["q"], ["a"], ["b"])

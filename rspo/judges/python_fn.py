@@ -100,6 +100,11 @@ class PythonJudge(Judge):
                 raise JudgeError(
                     f"python judge {self.spec!r} raised {type(e).__name__}: {e}"
                 ) from e
+            if isinstance(out, (str, bytes)) or not hasattr(out, "__iter__"):
+                raise JudgeError(
+                    f"python judge {self.spec!r} (batched) returned {out!r}; expected one number "
+                    f"per pair ({len(prompts)} of them)"
+                )
             return [self._as_float(p, i) for i, p in enumerate(out)]
         out = []
         for i, triple in enumerate(zip(prompts, responses_a, responses_b)):
