@@ -102,10 +102,13 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
-    from rspo.demo import run_demo
+    from rspo.config import check_trainable
+    from rspo.demo import DEMO_METHODS, demo_config, run_demo
     from rspo.selfplay.rundir import remove_output
 
     out = args.output or ("runs/demo-quick" if args.quick else "runs/demo")
+    for method in DEMO_METHODS:  # bad overrides fail before --overwrite deletes anything
+        check_trainable(demo_config(method, out, args.quick, extra))
     if args.overwrite:
         remove_output(out)
     try:

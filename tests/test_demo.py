@@ -39,17 +39,22 @@ def test_quick_demo_writes_summary_plots_and_report(tmp_path):
     assert [json.loads(r)["iteration"] for r in rows] == [0, 1, 2]
 
 
-def test_demo_overwrite_starts_over(tmp_path):
-    """`rspo demo --overwrite` removes the output first (a config error then stops it before
-    any run, so this costs nothing)."""
+def test_demo_overwrite_starts_over(tmp_path, monkeypatch):
+    """`rspo demo --overwrite` removes an earlier demo's output, but only once the demo's
+    configs are valid: a bad override or float16 stops it with the old output kept."""
+    import rspo.demo
+
     out = tmp_path / "demo"
     (out / "sppo").mkdir(parents=True)
     (out / "sppo" / "run.json").write_text('{"rspo": "0.1.0"}')  # an earlier demo's run
     (out / "old.txt").write_text("from an earlier demo")
-    assert (
-        main(["demo", "--quick", "--output", str(out), "--overwrite", "--objective.eta", "x"]) == 2
-    )
-    assert not (out / "old.txt").exists()
+    for bad in (["--objective.eta", "x"], ["--model.dtype", "float16"]):
+        assert main(["demo", "--quick", "--output", str(out), "--overwrite", *bad]) == 2
+        assert (out / "old.txt").exists(), bad
+    seen = []
+    monkeypatch.setattr(rspo.demo, "run_demo", lambda output, **k: seen.append(output))
+    assert main(["demo", "--quick", "--output", str(out), "--overwrite"]) == 0
+    assert seen == [str(out)] and not out.exists()  # deleted, then the demo ran
     other = tmp_path / "mine"  # not rspo output: refused, kept
     other.mkdir()
     (other / "notes.txt").write_text("keep")

@@ -335,3 +335,40 @@ def test_a_batched_python_judge_returning_a_scalar_is_named():
     judge = PythonJudge(lambda p, a, b: 0.5, batched=True)
     with pytest.raises(JudgeError, match=r"\(batched\) returned 0\.5; expected one number per"):
         judge.prefer(["q"], ["a"], ["b"])
+
+
+def test_python_judge_id_covers_sets_closures_and_partials(tmp_path):
+    """A set literal's order follows PYTHONHASHSEED (the key changed per process); a value a
+    factory closed over, or a partial's bound argument, changes the judge."""
+    import functools
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "setjudge.py").write_text(
+        "def judge(p, a, b):\n    return float(a in {'yes', 'sure', 'ok', 'fine', 'good'})\n"
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from rspo.judges import build_judge; "
+        "print(build_judge('python', fn='setjudge:judge').judge_id)"
+    )
+    ids = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True
+        )
+        ids.add(out.stdout)
+    assert len(ids) == 1
+
+    def make(threshold):
+        return lambda p, a, b: float(len(a) - len(b) > threshold)
+
+    assert PythonJudge(make(2.0)).judge_id != PythonJudge(make(3.0)).judge_id
+
+    def scaled(p, a, b, scale=1.0):
+        return 0.5 * scale
+
+    one, two = functools.partial(scaled, scale=1.0), functools.partial(scaled, scale=2.0)
+    assert PythonJudge(one).judge_id != PythonJudge(two).judge_id
+    assert "nocode" not in PythonJudge(one).judge_id

@@ -238,3 +238,18 @@ def test_a_reward_model_without_its_head_is_an_error_not_a_random_head(model_dir
     save_file(w, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"rm_renamed: the checkpoint has no weights for \['score"):
         build_judge("reward_model", model=str(d))
+
+
+def test_judge_length_limit_follows_rope_scaling_and_offset_positions():
+    from transformers import RobertaConfig
+
+    from rspo.judges._hf import effective_max_length
+
+    tok = build_byte_tokenizer(model_max_length=int(1e30))
+    yarn = LlamaConfig(
+        max_position_embeddings=32,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+    )
+    assert effective_max_length(tok, 1000, yarn) == 128  # the extended context, not 32
+    rob = RobertaConfig(max_position_embeddings=34, pad_token_id=1)
+    assert effective_max_length(tok, None, rob) == 32  # positions start at pad + 1

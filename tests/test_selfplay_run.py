@@ -379,22 +379,35 @@ def test_resuming_with_fewer_iterations_reports_those(reference_run, tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_pair_losses_skip_prompts_whose_samples_the_judge_tied(setup, tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"objective.regularizer": "forward_kl[nll]", "objective.coef": 0.1},  # needs π_ref samples
+        {"objective.adaptive": "kl", "objective.adaptive_target": 0.1},  # nothing to measure
+    ],
+    ids=["plain", "ref_samples", "adaptive"],
+)
+def test_pair_losses_skip_prompts_whose_samples_the_judge_tied(setup, tmp_path, extra):
     """sppo_hard / inpo train chosen-vs-rejected pairs: with every p-hat tied there is no
-    preference, so no pair (they trained on a made-up winner at loss 50 before)."""
+    preference, so no pair (they trained on a made-up winner at loss 50 before); an iteration
+    left with nothing to train keeps the policy, and an adaptive λ as it was."""
     tmp, model = setup
     over = {
         "objective.loss_type": "sppo_hard",
         "objective.samples": "best_worst",
         "judge.kwargs": "{fn: 'fixtures_lm:tie_judge'}",
-        "run.iterations": 1,
+        "run.iterations": 2,
         "evaluation.enabled": False,
+        **extra,
     }
     cfg = load_config(None, _cfg(tmp, model, str(tmp_path / "tied"), **over))
     run_selfplay(cfg, log=lambda m: None)
-    it = tmp_path / "tied" / "iter_001"
-    assert json.loads((it / "dataset.json").read_text())["examples"] == []
-    assert json.loads((it / "score.done").read_text())["tied_prompts"] == 12
+    for t in (1, 2):
+        it = tmp_path / "tied" / f"iter_{t:03d}"
+        data = json.loads((it / "dataset.json").read_text())
+        assert data["examples"] == [] and data["coef"] == cfg.objective.coef
+        assert json.loads((it / "score.done").read_text())["tied_prompts"] == 12
 
 
 @pytest.mark.parametrize(

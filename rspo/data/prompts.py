@@ -96,7 +96,7 @@ def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[tuple[s
     path, chosen = Path(source), None
     if not path.exists() and ":" in source:  # DIR:SPLIT, a split of a local dataset
         base, _, name = source.rpartition(":")
-        if Path(base).is_dir():
+        if (Path(base) / "dataset_dict.json").is_file():  # saved by DatasetDict.save_to_disk
             path, chosen = Path(base), name
     if not path.exists():
         raise FileNotFoundError(

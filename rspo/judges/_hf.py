@@ -111,7 +111,17 @@ def effective_max_length(tokenizer: Any, max_length: int | None, config: Any = N
     )
     if ctx is None:
         return max_length
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    if isinstance(scaling, dict) and scaling.get("factor"):  # YaRN etc. extend the context
+        base = scaling.get("original_max_position_embeddings") or ctx
+        ctx = max(ctx, int(base * float(scaling["factor"])))
+    if getattr(cfg, "model_type", "") in _OFFSET_POSITIONS:  # positions start at pad + 1
+        ctx -= int(getattr(cfg, "pad_token_id", None) or 1) + 1
     return ctx if max_length is None else min(max_length, ctx)
+
+
+#: model types whose position ids start after the padding index (RoBERTa's 514 = 512 + 2)
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "roberta-prelayernorm"}
 
 
 def load_model(

@@ -153,6 +153,7 @@ class OpenAIJudge(Judge):
             self.max_tokens,
             self.on_unparseable,
             sorted(self.extra_body.items()),
+            "verdicts-v2",  # replies matched without case (v1's cached P = 0 for "a" not reused)
         ]
         h = hashlib.sha256(json.dumps(settings, default=repr).encode()).hexdigest()[:12]
         return f"openai[url={self.base_url},model={self.model},settings={h}]"

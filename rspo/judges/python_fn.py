@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -23,13 +24,21 @@ def _code_fingerprint(fn: Callable[..., Any]) -> str:
     gets the same key in every process: its bytecode, the names it calls (``max`` -> ``min``
     changes only ``co_names``), constants, default arguments and nested code (comprehensions,
     lambdas) hashed the same way, never by ``repr`` (which holds memory addresses)."""
+    h = hashlib.sha256()
+    while isinstance(fn, functools.partial):  # the bound arguments are part of the judge
+        h.update(_stable_repr((fn.args, sorted(fn.keywords.items()))).encode())
+        fn = fn.func
     code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
     if code is None:
         return "nocode"
-    h = hashlib.sha256()
     _hash_code(code, h)
     for d in (getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None)):
         h.update(_stable_repr(d).encode("utf-8", "replace"))
+    for cell in getattr(fn, "__closure__", None) or ():  # values a factory closed over
+        try:
+            h.update(_stable_repr(cell.cell_contents).encode("utf-8", "replace"))
+        except ValueError:  # an empty cell
+            pass
     return h.hexdigest()[:12]
 
 
@@ -44,7 +53,15 @@ def _hash_code(code: types.CodeType, h: Any) -> None:
 
 
 def _stable_repr(value: Any) -> str:
-    """``repr`` with object addresses removed (``<object at 0x7f...>``)."""
+    """``repr`` that is the same in every process: object addresses removed
+    (``<object at 0x7f...>``), set elements sorted (their order follows PYTHONHASHSEED)."""
+    if isinstance(value, (set, frozenset)):
+        return "{" + ",".join(sorted(_stable_repr(v) for v in value)) + "}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(_stable_repr(v) for v in value) + ")"
+    if isinstance(value, dict):
+        items = sorted(f"{_stable_repr(k)}:{_stable_repr(v)}" for k, v in value.items())
+        return "{" + ",".join(items) + "}"
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
@@ -100,7 +117,11 @@ class PythonJudge(Judge):
                 raise JudgeError(
                     f"python judge {self.spec!r} raised {type(e).__name__}: {e}"
                 ) from e
-            if isinstance(out, (str, bytes)) or not hasattr(out, "__iter__"):
+            try:
+                n_out = len(out)  # a 0-d array or tensor has no len
+            except TypeError:
+                n_out = None
+            if isinstance(out, (str, bytes)) or n_out is None:
                 raise JudgeError(
                     f"python judge {self.spec!r} (batched) returned {out!r}; expected one number "
                     f"per pair ({len(prompts)} of them)"

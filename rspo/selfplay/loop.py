@@ -498,7 +498,7 @@ class SelfPlayRun:
             resp = gens[i]["responses"]
             if c.objective.samples == "best_worst" or pair_losses:
                 b, w = best_worst(p_hat)
-                if pair_losses and p_hat[b] == p_hat[w]:
+                if pair_losses and p_hat[b] - p_hat[w] <= 1e-9:
                     tied += 1  # the judge preferred none of them: no chosen/rejected pair
                     continue
                 chosen = [(b, 1), (w, -1)]
@@ -554,6 +554,8 @@ class SelfPlayRun:
         if o.adaptive == "none":
             return o.coef, None
         prev = o.coef if t == 1 else read_json(self.rd.iter_dir(t - 1) / "dataset.json")["coef"]
+        if not rows:  # nothing measured (every prompt tied): keep λ
+            return prev, None
         m = measure(
             o.adaptive,
             [r["logp_t"] for r in rows],

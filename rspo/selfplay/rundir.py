@@ -12,6 +12,7 @@ runs/NAME/iter_001/            generations.jsonl, judgments.jsonl, dataset.json,
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import platform
@@ -132,7 +133,7 @@ def remove_output(path: str | Path) -> None:
         if p.is_symlink() or os.path.ismount(r):  # keep the link or mount point itself
             _empty_in_place(r)
             return
-        for old in r.parent.glob(f".{r.name}.deleting.*"):  # left by an interrupted delete
+        for old in r.parent.glob(f".{glob.escape(r.name)}.deleting.*"):  # an interrupted delete's
             shutil.rmtree(old, ignore_errors=True)
         gone = Path(tempfile.mkdtemp(prefix=f".{r.name}.deleting.", dir=r.parent))
         try:  # out of the way first (onto the empty temp dir), then deleted
@@ -281,7 +282,8 @@ class RunDir:
                             f"{key}: {split} prompt {a['index']} is not the one this run "
                             f"started with ({path}: {what}); its records refer to prompts by "
                             "position: restore the prompt file (or the tokenizer), or start "
-                            "over with --overwrite or another --output"
+                            "over with --overwrite or another --output (an unchanged file reads "
+                            "differently since rspo drops trailing assistant turns of messages)"
                         )
             return
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

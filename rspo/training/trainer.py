@@ -104,6 +104,8 @@ def train_policy(
     unit = 2 if pairwise else 1
     if pairwise and (len(examples) % 2 or cfg.micro_batch_size % 2):
         raise ValueError("pair losses need an even number of examples and an even micro_batch_size")
+    if not examples:  # e.g. every prompt tied under a pair loss: nothing to train on
+        return {}
     if loss_fn.needs_ref_samples and not ref_examples:
         raise ValueError("the regularizer's estimator needs samples from π_ref, none were given")
     ref_by_group: dict[int, list[RefExample]] = {}
