@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from rspo.utils.hf_config import context_length
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -100,28 +102,10 @@ def effective_max_length(tokenizer: Any, max_length: int | None, config: Any = N
     if max_length is None:
         mml = getattr(tokenizer, "model_max_length", None)
         max_length = mml if isinstance(mml, int) and mml < 1_000_000 else None
-    cfg = getattr(config, "get_text_config", lambda: config)() if config is not None else None
-    ctx = next(
-        (
-            v
-            for k in ("max_position_embeddings", "n_positions")
-            if isinstance(v := getattr(cfg, k, None), int) and v > 0
-        ),
-        None,
-    )
+    ctx = context_length(config) if config is not None else None
     if ctx is None:
         return max_length
-    scaling = getattr(cfg, "rope_scaling", None) or {}
-    if isinstance(scaling, dict) and scaling.get("factor"):  # YaRN etc. extend the context
-        base = scaling.get("original_max_position_embeddings") or ctx
-        ctx = max(ctx, int(base * float(scaling["factor"])))
-    if getattr(cfg, "model_type", "") in _OFFSET_POSITIONS:  # positions start at pad + 1
-        ctx -= int(getattr(cfg, "pad_token_id", None) or 1) + 1
     return ctx if max_length is None else min(max_length, ctx)
-
-
-#: model types whose position ids start after the padding index (RoBERTa's 514 = 512 + 2)
-_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "roberta-prelayernorm"}
 
 
 def load_model(

@@ -38,7 +38,6 @@ from rspo.selfplay.adaptive import measure, update_coef
 from rspo.selfplay.estimate import best_worst, win_rates
 from rspo.selfplay.models import PolicyModels
 from rspo.selfplay.rundir import RunDir
-from rspo.training.checkpoint import recover_state_dir
 from rspo.training.fsdp import (
     check_launch,
     engine_label,
@@ -49,6 +48,7 @@ from rspo.training.fsdp import (
 )
 from rspo.training.trainer import RefExample, TrainExample, train_policy
 from rspo.utils.faults import fault_point
+from rspo.utils.hf_config import context_length
 from rspo.utils.io import (
     append_jsonl,
     atomic_write_json,
@@ -68,29 +68,21 @@ def _check_context(c: Config, train: PromptSet, evals: PromptSet) -> int:
     the longest prompt + response the run can produce (the vLLM engine's ``max_model_len``)."""
     from transformers import AutoConfig
 
-    sets = [("data.prompts", train, "generation.max_new_tokens", c.generation.max_new_tokens)]
+    g, e = c.generation.max_new_tokens, c.evaluation.max_new_tokens
+    train_len = max((len(p) for p in train.ids), default=0)
+    eval_len = max((len(p) for p in evals.ids), default=0)
+    sets = [("data.prompts", train_len, "generation.max_new_tokens", g)]
     if c.evaluation.enabled:
-        e = c.evaluation.max_new_tokens
-        sets.append(("data.eval_prompts", evals, "evaluation.max_new_tokens", e))
-    longest_eval = max((len(p) for p in evals.ids), default=0)  # rspo eval samples them anyway
-    needed = max(
-        longest_eval + c.evaluation.max_new_tokens,
-        *(max((len(p) for p in ps.ids), default=0) + new for _, ps, _, new in sets),
-    )
+        sets.append(("data.eval_prompts", eval_len, "evaluation.max_new_tokens", e))
+    needed = max(train_len + g, eval_len + e)  # eval prompts count: rspo eval samples them
     try:
         conf = AutoConfig.from_pretrained(
             resolve_model_path(c.model.path), trust_remote_code=c.model.trust_remote_code
         )
     except (OSError, ValueError):  # an adapter directory, a hub id offline: the load says why
         return needed
-    conf = getattr(conf, "get_text_config", lambda: conf)()
-    ctx = getattr(conf, "max_position_embeddings", None)
-    scaling = getattr(conf, "rope_scaling", None) or {}
-    if isinstance(ctx, int) and isinstance(scaling, dict) and scaling.get("factor"):
-        base = scaling.get("original_max_position_embeddings") or ctx  # YaRN etc. extend it
-        ctx = max(ctx, int(base * float(scaling["factor"])))
-    for key, ps, new_key, new in sets:
-        longest = max((len(p) for p in ps.ids), default=0)
+    ctx = context_length(conf)
+    for key, longest, new_key, new in sets:
         if isinstance(ctx, int) and longest + new > ctx:
             raise ConfigError(
                 f"{key}: the longest prompt ({longest} tokens) + {new_key} ({new}) = "
@@ -587,11 +579,11 @@ class SelfPlayRun:
         ]
         model = self.models.trainable(self._policy_path(t))
         logf = self.rd.iter_dir(t) / "train_log.jsonl"
-        saved = self.dist.from_main(recover_state_dir, self.rd.iter_dir(t) / "train_state")
-        resumed = read_json(saved / "trainer_state.json")["step"] if saved else 0
-        self.dist.main_only(_truncate_log, logf, resumed)
-        if resumed:
-            self.log(f"iteration {t}: training resumes after step {resumed} (saved state)")
+
+        def on_resume(resumed: int) -> None:  # the step the trainer's saved state gave
+            self.dist.main_only(_truncate_log, logf, resumed)
+            if resumed:
+                self.log(f"iteration {t}: training resumes after step {resumed} (saved state)")
 
         def on_step(step: int) -> None:
             fault_point("train", step)
@@ -612,6 +604,7 @@ class SelfPlayRun:
             log=(lambda m: append_jsonl(logf, [m])) if self.dist.is_main else None,
             on_step=on_step,
             dist=self.dist,
+            on_resume=on_resume,
         )
         state = full_state_dict(model) if is_sharded(model) else None  # a collective
         self.dist.main_only(self._save_checkpoint, t, model, state)

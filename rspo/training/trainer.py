@@ -91,8 +91,10 @@ def train_policy(
     log: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     dist: DistContext | None = None,
+    on_resume: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Run the optimizer over ``examples``; resumes from ``state_dir`` if it holds a state.
+    """Run the optimizer over ``examples``; resumes from ``state_dir`` if it holds a state
+    (``on_resume`` gets the step training starts after, 0 for a fresh start, before any step).
 
     Pair losses (``sppo_hard``, ``inpo``) expect ``examples`` ordered as (chosen, rejected)
     pairs; the pairs are never split across micro-batches. With ``dist`` (several ranks,
@@ -133,6 +135,8 @@ def train_policy(
             start = load_fsdp_optimizer(found, model, optimizer, dist)
         else:
             start = load_train_state(found, optimizer)["step"]
+    if on_resume is not None:
+        on_resume(start)
     steps = _batches(len(examples) // unit, unit, cfg, seed)
     restore = disable_dropout(model) if cfg.disable_dropout else []
     model.train()
