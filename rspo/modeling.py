@@ -13,6 +13,7 @@ import json
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -220,6 +221,22 @@ def load_model(
         **kwargs,
     )
     return model if load_in_4bit else model.to(dev)
+
+
+def load_trainable(
+    path: str, model_cfg: Any, device: torch.device, checkpointing: bool, lora: Any = None
+) -> torch.nn.Module:
+    """The policy at ``path`` as training takes it: under fresh-or-loaded LoRA adapters on a
+    frozen (maybe 4-bit) base when ``lora`` (a :class:`rspo.training.peft.LoraPolicy`) is
+    given, else the full model (``model_cfg``: dtype, trust_remote_code); with gradient
+    checkpointing when asked. The run and its dry run build it the same way."""
+    if lora is not None:
+        model = lora.trainable(path)
+    else:
+        model = load_model(path, model_cfg.dtype, device, model_cfg.trust_remote_code)
+    if checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

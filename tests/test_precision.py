@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import rspo.modeling
 import rspo.selfplay.loop as loop_mod
 import rspo.selfplay.models as models_mod
 from rspo.config import ConfigError, load_config
@@ -149,6 +150,7 @@ def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch
         return backend
 
     monkeypatch.setattr(models_mod, "load_model", tracking_load)
+    monkeypatch.setattr(rspo.modeling, "load_model", tracking_load)  # load_trainable's loads
     monkeypatch.setattr(loop_mod, "train_policy", spy_train)
     monkeypatch.setattr(models_mod.PolicyModels, "generator", spy_gen)
     cfg = load_config(None, _cfg(tmp, model_dir, "resident"))

@@ -23,10 +23,10 @@ from rspo.config import Config
 from rspo.distributed import DistContext
 from rspo.generation import GenerationBackend, build_backend
 from rspo.modeling import (
-    enable_gradient_checkpointing,
     free_memory,
     is_adapter_dir,
     load_model,
+    load_trainable,
     resolve_dtype,
     resolve_model_path,
 )
@@ -97,10 +97,10 @@ class PolicyModels:
             self._kept = None
             return self._cache.pop(path)  # equal to the checkpoint it was saved as
         self.drop_cache()
-        model = self.lora.trainable(path) if self.lora is not None else self._load(path)
-        if self.cfg.training.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        return model
+        c = self.cfg
+        return load_trainable(
+            path, c.model, self.device, c.training.gradient_checkpointing, self.lora
+        )
 
     def keep(self, path: str, model: Any) -> None:
         """Hold a just-trained policy as the read-only model at ``path`` (its checkpoint): the

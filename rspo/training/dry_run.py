@@ -21,9 +21,9 @@ from rspo.config import Config, ConfigError, check_trainable
 from rspo.distributed import init_distributed, quiet_deepspeed_on_cpu
 from rspo.modeling import (
     batched_sequence_logprobs,
-    enable_gradient_checkpointing,
     load_model,
     load_tokenizer,
+    load_trainable,
     use_packing,
 )
 from rspo.objectives import RSPOLoss
@@ -209,15 +209,12 @@ def _load(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, list[Any]
     checkpointing) and the judges it keeps resident (training judge, evaluation judge)."""
     from rspo.judges import build_judge
 
-    m = cfg.model
+    m, lora = cfg.model, None
     if m.lora is not None:  # the base (4-bit with load_in_4bit) under fresh adapters
         from rspo.training.peft import LoraPolicy
 
-        model = LoraPolicy(m, cfg.run.seed, device).trainable(m.path)
-    else:
-        model = load_model(m.path, m.dtype, device, m.trust_remote_code)
-    if cfg.training.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
+        lora = LoraPolicy(m, cfg.run.seed, device)
+    model = load_trainable(m.path, m, device, cfg.training.gradient_checkpointing, lora)
     judges = [build_judge(cfg.judge.name, **cfg.judge.kwargs)]
     if cfg.evaluation.enabled:
         judges.append(build_judge(cfg.evaluation.judge, **cfg.evaluation.judge_kwargs))
