@@ -209,10 +209,7 @@ class RunDir:
         if not self.writer:
             raise RuntimeError("RunDir.init is rank 0's job (writer=False here)")
         cfg_path = self.root / "config.yaml"
-        if str(self.root) in ("", "."):
-            raise ConfigError("run.output: empty; give the run its own directory")
-        if cfg_path.exists() or self.root.exists():
-            self.lock()  # before reading what another process might be writing
+        self.lock()  # before reading what another process might be writing (setup may hold it)
         if cfg_path.exists() and not fresh:
             diff = [k for k in saved_config_diff(cfg_path, cfg) if k not in RESUMABLE_KEYS]
             if diff:
@@ -227,7 +224,6 @@ class RunDir:
                     tmp.unlink(missing_ok=True)
             atomic_write_text(cfg_path, cfg.to_yaml())
             return True
-        self.lock()
         if not fresh and any(self.root.glob("iter_*")):
             raise ConfigError(
                 f"run directory {self.root} holds iteration directories but no config.yaml (an "
