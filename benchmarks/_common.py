@@ -258,12 +258,17 @@ class Report:
 
 
 def run_worker(
-    python: str, script: Path, args: Sequence[str], timeout: float = 1800.0
+    python: str,
+    script: Path,
+    args: Sequence[str],
+    timeout: float = 1800.0,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run ``python script --worker-out FILE args`` in a fresh process; return FILE's JSON."""
+    """Run ``python script --worker-out FILE args`` in a fresh process (``env`` added to its
+    environment); return FILE's JSON."""
     import tempfile
 
-    env = {**os.environ, **WORKER_ENV}
+    env = {**os.environ, **WORKER_ENV, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     with tempfile.TemporaryDirectory(prefix="rspo-bench-") as tmp:
         out = Path(tmp) / "worker.json"

@@ -107,6 +107,7 @@ def selfplay_config(s: dict[str, Any], output: Path) -> dict[str, Any]:
             "output": str(output),
             "seed": s.get("seed", 0),
             "num_threads": s.get("threads", 1),
+            "keep_freed_memory": s.get("keep_freed_memory", True),
         },
     }
 

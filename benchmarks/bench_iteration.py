@@ -176,24 +176,39 @@ def trl_worker(s: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- driver
+RSPO, RSPO_GLIBC, RSPO_K4 = "rspo K=2", "rspo K=2, glibc malloc defaults", "rspo K=4"
+TRL_MATCHED = "TRL OnlineDPO (fp32, no grad ckpt)"
+TRL_MALLOC = "TRL OnlineDPO (fp32, no grad ckpt, rspo's malloc settings)"
+TRL_DEFAULTS = "TRL OnlineDPO (TRL defaults: bf16, grad ckpt)"
+
+
+def malloc_env() -> dict[str, str]:
+    """glibc's environment form of the thresholds ``run.keep_freed_memory`` sets (for TRL)."""
+    from rspo.utils.malloc import MMAP_THRESHOLD, TRIM_THRESHOLD
+
+    return {
+        "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+        "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+    }
+
+
 def systems(base: dict[str, Any], trl_python: str | None) -> list[dict[str, Any]]:
-    """The compared systems: rspo K=2 (TRL's sample count), rspo K=4, TRL matched, TRL defaults."""
+    """The compared systems: rspo K=2 (TRL's sample count) with and without its malloc
+    settings, rspo K=4, TRL matched with and without them, TRL defaults."""
     n = base["prompts"]
     out = [
-        {"name": "rspo K=2", "kind": "rspo", **base, "k": 2},
-        {"name": "rspo K=4", "kind": "rspo", **base, "k": 4, "prompts": max(1, n // 2)},
+        {"name": RSPO, "kind": "rspo", **base, "k": 2},
+        {"name": RSPO_GLIBC, "kind": "rspo", **base, "k": 2, "keep_freed_memory": False},
+        {"name": RSPO_K4, "kind": "rspo", **base, "k": 4, "prompts": max(1, n // 2)},
     ]
     if trl_python:
         trl_base = {**base, "kind": "trl", "python": trl_python}
+        matched = {**trl_base, "trl_gradient_checkpointing": False, "trl_bf16": False}
         out += [
+            {"name": TRL_MATCHED, **matched},
+            {"name": TRL_MALLOC, **matched, "env": malloc_env()},
             {
-                "name": "TRL OnlineDPO (fp32, no grad ckpt)",
-                **trl_base,
-                "trl_gradient_checkpointing": False,
-                "trl_bf16": False,
-            },
-            {
-                "name": "TRL OnlineDPO (TRL defaults: bf16, grad ckpt)",
+                "name": TRL_DEFAULTS,
                 **trl_base,
                 "trl_gradient_checkpointing": True,
                 "trl_bf16": True,
@@ -257,9 +272,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     # a fresh process per system and repeat, interleaved so load changes hit all alike;
     # --quick shares one process per kind (rspo, trl) to keep the smoke run short
     groups = [[x] for x in syss]
-    if args.quick:
-        groups = [[x for x in syss if x["kind"] == kind] for kind in ("rspo", "trl")]
-        groups = [g for g in groups if g]
+    if args.quick:  # (malloc settings are per process: systems that differ get their own)
+        key = [(x["kind"], x.get("keep_freed_memory", True), "env" in x) for x in syss]
+        groups = [[x for x, k in zip(syss, key) if k == g] for g in dict.fromkeys(key)]
     # repeat r uses seed r for every system (prompt draw and sampling), so the headline
     # averages over R prompt sets and sample draws instead of repeating one draw R times
     for r_i in range(R):
@@ -267,11 +282,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             py = group[0].get("python", sys.executable)
             seeded = [{**x, "seed": x.get("seed", 0) + r_i} for x in group]
             wargs = ["--worker", group[0]["kind"], "--settings", json.dumps(seeded)]
-            outs = run_worker(py, SCRIPT, [*wargs, "--threads", str(args.threads)])
+            outs = run_worker(
+                py, SCRIPT, [*wargs, "--threads", str(args.threads)], env=group[0].get("env")
+            )
             for x, out in zip(group, outs):
                 results[x["name"]].append(out)
     if trl_python:
-        rep.data["settings"]["trl_version"] = results[syss[2]["name"]][0]["trl"]
+        rep.data["settings"]["trl_version"] = results[TRL_MATCHED][0]["trl"]
 
     # ---- table 1: throughput
     rows, rate, cpu_rate, tok_rate = [], {}, {}, {}
@@ -386,8 +403,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             ["system", "generate", "judge (reward fn)", "policy fwd", "ref fwd", "rest", "total"],
             trows,
         )
-        matched, default = syss[2]["name"], syss[3]["name"]
-        r_m, t_m = rspo_m["rspo K=2"], summarize(results[matched], tkeys)
+        matched = TRL_MATCHED
+        r_m, t_m = rspo_m[RSPO], summarize(results[matched], tkeys)
         r_bwd = r_m["train_backward"] + r_m["train_optimizer"]
         r_known = (
             r_m["generate"] + r_m["judge"] + r_m["score_nograd_fwd"] + r_m["train_grad_fwd"] + r_bwd
@@ -426,31 +443,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 ["total", r_m["total"], t_m["total"], r_m["total"] - t_m["total"]],
             ],
         )
-        for key, other in (("trl", matched), ("trl_defaults", default)):
+        for key, other in (("trl", TRL_MATCHED), ("trl_defaults", TRL_DEFAULTS)):
             rep.ratio(
                 f"rspo_vs_{key}",
-                rate["rspo K=2"],
+                rate[RSPO],
                 rate[other],
                 f"samples/s (wall) of rspo K=2 / {other}",
                 target=">= 2" if key == "trl" else "",
             )
             rep.ratio(
                 f"rspo_vs_{key}_cpu",
-                cpu_rate["rspo K=2"],
+                cpu_rate[RSPO],
                 cpu_rate[other],
                 f"samples per CPU-second of rspo K=2 / {other}",
             )
             rep.ratio(
                 f"rspo_vs_{key}_tokens",
-                tok_rate["rspo K=2"],
+                tok_rate[RSPO],
                 tok_rate[other],
                 f"response tokens/s (wall) of rspo K=2 / {other} (corrects for sampled lengths)",
             )
+        # the malloc settings' share: both systems with them, both without
+        rep.ratio(
+            "rspo_vs_trl_same_malloc",
+            rate[RSPO],
+            rate[TRL_MALLOC],
+            f"samples/s of rspo K=2 / {TRL_MALLOC}: both with the same glibc thresholds",
+        )
+        rep.ratio(
+            "rspo_vs_trl_glibc_defaults",
+            rate[RSPO_GLIBC],
+            rate[TRL_MATCHED],
+            f"samples/s of {RSPO_GLIBC} / {TRL_MATCHED}: both with glibc's defaults",
+        )
+        rep.ratio(
+            "trl_malloc_gain",
+            rate[TRL_MALLOC],
+            rate[TRL_MATCHED],
+            f"samples/s of {TRL_MALLOC} / {TRL_MATCHED}",
+        )
     rep.ratio(
         "rspo_k4_vs_k2",
-        rate["rspo K=4"],
-        rate["rspo K=2"],
+        rate[RSPO_K4],
+        rate[RSPO],
         "samples/s of rspo K=4 (half the prompts, same samples) / rspo K=2",
+    )
+    rep.ratio(
+        "rspo_malloc_gain",
+        rate[RSPO],
+        rate[RSPO_GLIBC],
+        f"samples/s of rspo K=2 (run.keep_freed_memory: true, the default) / {RSPO_GLIBC}",
     )
     rep.note(
         "samples = generated completions that are judged and trained on; one optimizer step "
@@ -458,9 +500,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     rep.note(
         "rspo's iteration includes its run-directory work (JSONL records, sqlite judge cache, "
-        "loading pi_ref for scoring, saving the new checkpoint; the trained policy stays in "
-        "memory for the next generation and training) that makes it resumable; TRL keeps the "
-        "model in memory and saves nothing (save_strategy='no')."
+        "saving the new checkpoint; the trained policy stays in memory for the next "
+        "generation and training, and pi_ref too: model.keep_reference auto holds it when its "
+        "weights take at most 5% of the device's memory) that makes it resumable; TRL keeps "
+        "both models in memory and saves nothing (save_strategy='no')."
+    )
+    rep.note(
+        "rspo sets glibc's malloc trim and mmap thresholds at startup (run.keep_freed_memory, "
+        "on by default), so the memory a training step frees is reused by the next instead of "
+        f"being returned to the OS and faulted in again; '{RSPO_GLIBC}' runs without, and "
+        f"'{TRL_MALLOC}' gives TRL the same thresholds through MALLOC_MMAP_THRESHOLD_ and "
+        "MALLOC_TRIM_THRESHOLD_."
     )
     return rep.finish(args.json)
 

@@ -56,6 +56,10 @@ class ModelConfig:
     lora: LoraConfig | None = None
     #: QLoRA: load the base in 4-bit NF4 (needs model.lora, a CUDA device and bitsandbytes)
     load_in_4bit: bool = False
+    #: hold π_ref in memory for the whole run instead of loading it for each iteration's
+    #: scoring (one load fewer per iteration; one more copy of the weights beside generation
+    #: and training): auto (HF backend, weights at most 5% of the device's memory) | on | off
+    keep_reference: str = "auto"
 
 
 @dataclass
@@ -231,6 +235,10 @@ class RunConfig:
     #: directory of the SQLite judge caches (null = the run directory); on several machines
     #: with the run directory on a network filesystem, point it at local disk
     cache_dir: str | None = None
+    #: glibc: keep host memory freed by one step for the next instead of returning it to the
+    #: OS (mallopt trim/mmap thresholds; process-wide), so CPU training does not page its
+    #: activations in again every iteration; the heap stays at its peak. Same numbers
+    keep_freed_memory: bool = True
 
 
 @dataclass
@@ -262,6 +270,7 @@ class Config:
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16", "auto"),
+    "model.keep_reference": ("auto", "on", "off"),
     "data.chat_template": ("auto", "always", "never"),
     "generation.backend": ("hf", "vllm"),
     "generation.logprobs": ("auto", "on", "off"),

@@ -35,7 +35,7 @@ from rspo.config import TrainingConfig, load_config
 from rspo.data import load_prompts
 from rspo.generation.base import SamplingParams
 from rspo.generation.hf import HFBackend
-from rspo.generation.hf_decode import decode_supported
+from rspo.generation.hf_decode import decode_supported, step_mask_4d_supported
 from rspo.gym.tokenizer import build_byte_tokenizer
 from rspo.modeling import (
     batched_sequence_logprobs,
@@ -294,6 +294,11 @@ def test_greedy_batch_equals_unbatched_generate(arch):
     model = eos_prone(arch)
     loop = decode_supported(model, EOS, PAD)
     assert loop is (ARCHS[arch][3] == "loop"), "the decode probe took the other path"
+    # decode steps pass 4-D masks where packing's masks work too, on SDPA (the probe refuses
+    # ALiBi models, whose biases come from the 2-D mask, and local layers)
+    sdpa = model.config._attn_implementation == "sdpa"
+    want_4d = ARCHS[arch][2] == "packed" and sdpa
+    assert step_mask_4d_supported(model, EOS, PAD) is want_4d
     n = 12
     got = HFBackend(model, TOK, batch_size=8, logprobs=True).generate(
         GEN_PROMPTS, list(range(len(GEN_PROMPTS))), SamplingParams(n, 0.0)

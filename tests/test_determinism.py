@@ -65,7 +65,7 @@ def _run(env, out: str, **overrides) -> Path:
     return env[0] / out
 
 
-def _cli(env, out: str, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+def _cli(env, out: str, extra_env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
     """``rspo train`` in a fresh Python process (one torch thread, like this one)."""
     root = str(Path(rspo.__file__).resolve().parents[1])
     e = {
@@ -76,7 +76,7 @@ def _cli(env, out: str, extra_env: dict[str, str]) -> subprocess.CompletedProces
         **extra_env,
     }
     return subprocess.run(
-        [sys.executable, "-m", "rspo.cli", "train", *_args(env, out)],
+        [sys.executable, "-m", "rspo.cli", "train", *_args(env, out), *extra],
         env=e,
         capture_output=True,
         text=True,
@@ -99,6 +99,15 @@ def test_two_fresh_runs_in_different_processes_are_bitwise_identical(env, refere
     proc = _cli(env, "fresh_b", {"PYTHONHASHSEED": "12345"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same(reference, env[0] / "fresh_b")
+
+
+def test_held_memory_and_reference_settings_change_no_number(env, reference):
+    """glibc's default trimming (run.keep_freed_memory off) and π_ref loaded per stage
+    (model.keep_reference off) in a fresh process: the same bytes as the defaults."""
+    off = ("--run.keep_freed_memory", "false", "--model.keep_reference", "off")
+    proc = _cli(env, "defaults_off", {}, *off)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same(reference, env[0] / "defaults_off")
 
 
 def test_another_seed_gives_other_samples_and_metrics(env, reference):

@@ -293,6 +293,41 @@ def test_a_prompt_sampled_k_times_is_prefilled_once_with_the_same_samples():
     assert [c.logprob for c in got] == pytest.approx([c.logprob for c in want], abs=1e-4)
 
 
+def test_decode_steps_pass_a_4d_mask_to_sdpa_with_the_2d_masks_samples(monkeypatch):
+    """SDPA decode steps hand the attention its (rows, 1, 1, keys) boolean mask, so
+    transformers does not rebuild it each step; samples and log-probs are bitwise those of
+    the 2-D mask, with left padding and rows leaving the batch."""
+    from rspo.generation import hf, hf_decode
+    from rspo.modeling import load_model, load_tokenizer
+
+    tok, model = load_tokenizer("gym"), load_model("gym")
+    assert hf_decode.decode_supported(model, tok.eos_token_id, tok.pad_token_id)  # (probed)
+    assert hf_decode.step_mask_4d_supported(model, tok.eos_token_id, tok.pad_token_id)
+    prompts = [[257, 72, 105, 40, 41], [257, 65], [257, 80, 81, 82]] * 3
+    params, seeds = SamplingParams(24, 1.0), list(range(9))
+    masks: list[tuple[int, torch.dtype]] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: masks.append((kw["attention_mask"].dim(), kw["attention_mask"].dtype)),
+        with_kwargs=True,
+    )
+
+    def run():
+        b = HFBackend(model, tok, logprobs=True, decode="auto")
+        return [(c.ids, c.logprob, c.finished) for c in b.generate(prompts, seeds, params)]
+
+    try:
+        four_d = run()
+        steps = masks[1:]
+        monkeypatch.setattr(hf, "step_mask_4d_supported", lambda *a: False)
+        masks.clear()
+        two_d = run()
+    finally:
+        hook.remove()
+    assert len(steps) >= 5 and set(steps) == {(4, torch.bool)} and masks[0][0] == 2
+    assert {m for m in masks} == {(2, torch.long)}
+    assert four_d == two_d and 0 < sum(f for *_, f in four_d) < len(four_d)
+
+
 def test_decode_probe_falls_back_to_generate_when_the_loop_disagrees(monkeypatch):
     from rspo.generation import hf, hf_decode
 

@@ -1,5 +1,5 @@
 """Mixed precision and memory: float32 log-probs from bf16 logits, gradient checkpointing,
-dtype switches, and π_ref never resident while training or generating."""
+dtype switches, and which models are resident when (π_ref held or loaded per iteration)."""
 
 from __future__ import annotations
 
@@ -108,9 +108,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(env, lora):
         torch.testing.assert_close(got[True][k], got[False][k], atol=1e-6, rtol=0)
 
 
-def _cfg(tmp: Path, model: Path, out: str) -> dict:
+def _cfg(tmp: Path, model: Path, out: str, keep_reference: str = "off") -> dict:
     return tiny_run(
         tmp, model, str(tmp / out),
+        model={"keep_reference": keep_reference},
         data={"num_prompts": 6, "num_eval_prompts": 4},
         generation={"num_samples": 2, "max_new_tokens": 6, "batch_size": 12},
         objective={"eta": 10.0},
@@ -120,8 +121,9 @@ def _cfg(tmp: Path, model: Path, out: str) -> dict:
 
 
 def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch):
-    """Every model the run loads is tracked by weakref; at each train and generate call the
-    only live model must be the one in use (π_ref is dropped once its log-probs are stored)."""
+    """keep_reference off: every model the run loads is tracked by weakref; at each train and
+    generate call the only live model must be the one in use (π_ref is dropped once its
+    log-probs are stored)."""
     tmp, model_dir = env
     loaded: list[tuple[str, weakref.ref]] = []
     events: list[tuple[str, str, list[str]]] = []
@@ -166,3 +168,99 @@ def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch
     gens = [e for e in events if e[0] == "generate"]
     assert gens and all(e[2] == [True] for e in gens)  # ...but only the sampled policy lives
     assert any(e[1] == ck1 for e in gens)  # (the policy trained in iteration 1, kept)
+
+
+def _run_files(out: Path) -> dict[str, bytes]:
+    """Every record, metric and weight file of a run (not stage markers: they hold times)."""
+    return {
+        str(f.relative_to(out)): f.read_bytes()
+        for f in sorted(out.rglob("*"))
+        if f.suffix in (".jsonl", ".json", ".safetensors") and f.name != "run.json"
+    }
+
+
+def test_held_reference_loads_once_and_changes_no_number(env, monkeypatch):
+    """keep_reference on: π_ref is loaded once for the whole run (off: once per iteration
+    after the first) and every record, metric and checkpoint is bitwise the same."""
+    tmp, model_dir = env
+    loads: dict[str, list[str]] = {"on": [], "off": []}
+    real_load = models_mod.load_model
+    files = {}
+    for mode in ("off", "on"):
+
+        def counting(p, *a, m=mode, **k):
+            loads[m].append(str(p))
+            return real_load(p, *a, **k)
+
+        monkeypatch.setattr(models_mod, "load_model", counting)
+        cfg = load_config(None, _cfg(tmp, model_dir, f"held_{mode}", mode))
+        cfg.run.iterations = 3
+        run_selfplay(cfg, log=lambda m: None)
+        files[mode] = _run_files(Path(cfg.run.output))
+    base = str(model_dir)
+    # iteration 1 scores with log π_t (π_1 = π_ref); iterations 2 and 3 need π_ref
+    assert loads["off"].count(base) == loads["on"].count(base) + 1
+    assert loads["on"].count(base) == 2  # π_0 for iteration 1's sampling, then π_ref once
+    assert files["on"].keys() == files["off"].keys()
+    assert any("checkpoint" in k for k in files["on"]) and any("dataset" in k for k in files["on"])
+    assert [k for k in files["on"] if files["on"][k] != files["off"][k]] == []
+
+
+def test_held_reference_is_never_trained_and_release_drops_it(env):
+    """A held π_ref survives training and generation requests, is not the model handed out
+    for training (even at its own path), and is dropped by release()."""
+    _, model_dir = env
+    cfg = load_config(None, {"model": {"path": str(model_dir), "keep_reference": "on"}})
+    models = PolicyModels(cfg, CPU)
+    ref = str(model_dir)
+    models.reference = ref
+    held = models.get(ref)
+    before = {n: p.detach().clone() for n, p in held.named_parameters()}
+    trained = models.trainable(ref)  # π_t = π_ref (iteration 1): a fresh copy
+    assert trained is not held and models.get(ref) is held
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)
+    models.keep("ckpt", trained)
+    assert models.get("ckpt") is trained and models.get(ref) is held
+    assert all(torch.equal(p, before[n]) for n, p in held.named_parameters())
+    w = weakref.ref(held)
+    del held
+    models.release()
+    gc.collect()
+    assert w() is None and models.resident() == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "backend", "fraction", "want"),
+    [
+        ("auto", "hf", models_mod.KEEP_REFERENCE_FRACTION, True),  # a tiny model on the host
+        ("auto", "hf", 1e-12, False),  # weights above the share of memory
+        ("auto", "vllm", 1.0, False),  # the engine sizes itself on free GPU memory
+        ("off", "hf", 1.0, False),
+        ("on", "hf", 1e-12, True),
+    ],
+)
+def test_keep_reference_decision(env, monkeypatch, mode, backend, fraction, want):
+    _, model_dir = env
+    monkeypatch.setattr(models_mod, "KEEP_REFERENCE_FRACTION", fraction)
+    cfg = load_config(None, {"model": {"path": str(model_dir), "keep_reference": mode}})
+    models = PolicyModels(cfg, CPU)
+    cfg.generation.backend = backend  # (after construction: no vLLM engine is needed here)
+    assert models._hold_reference(load_model(str(model_dir))) is want
+
+
+def test_device_memory_respects_the_cgroup_limit(tmp_path, monkeypatch):
+    from rspo.utils import memory
+
+    phys = memory.device_memory("cpu")
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(memory, "_CGROUP_LIMITS", (str(limit),))
+    limit.write_text("max\n")
+    assert memory.device_memory("cpu") == phys > 2**26
+    limit.write_text(f"{2**26}\n")
+    assert memory.device_memory("cpu") == 2**26
+    assert memory.device_memory("meta") is None
+    lin = torch.nn.Linear(4, 3)  # 12 weights + 3 biases, float32
+    lin.register_buffer("b", torch.zeros(5, dtype=torch.float16))
+    assert memory.weight_bytes(lin) == 15 * 4 + 5 * 2

@@ -23,7 +23,7 @@ from rspo.generation.base import (
     stop_ids,
     until_eos,
 )
-from rspo.generation.hf_decode import decode, decode_supported
+from rspo.generation.hf_decode import decode, decode_supported, step_mask_4d_supported
 
 
 def filter_logits(
@@ -106,12 +106,18 @@ class SeededGumbelSampler(LogitsProcessor):
         n = len(self.gens)
         if self._noise is None or self._used == self._noise.shape[1]:
             ahead = max(1, min(16, self.NOISE_BUDGET // (n * vocab)))
-            live = range(n) if rows is None else rows.tolist()
-            u = torch.full((n, ahead * vocab), 0.5, dtype=torch.float64)
-            for i in live:
-                u[i] = torch.rand(ahead * vocab, generator=self.gens[i], dtype=torch.float64)
-            u = u.view(n, ahead, vocab)
-            self._noise = -torch.log(-torch.log(u.clamp_min(1e-300))).to(device, torch.float32)
+            live = list(range(n)) if rows is None else rows.tolist()
+            u = torch.stack(
+                [
+                    torch.rand(ahead * vocab, generator=self.gens[i], dtype=torch.float64)
+                    for i in live
+                ]
+            )
+            noise = torch.zeros((n, ahead, vocab), dtype=torch.float32)  # finished rows: none
+            noise[live] = (
+                (-torch.log(-torch.log(u.clamp_min(1e-300)))).view(-1, ahead, vocab).float()
+            )
+            self._noise = noise.to(device)
             self._used = 0
         self._used += 1
         noise = self._noise[:, self._used - 1]
@@ -225,7 +231,8 @@ class HFBackend(GenerationBackend):
         ids, attn = (x.to(device) for x in left_pad(prompt_ids, pad))
         sampler = SeededGumbelSampler(seeds, params, record=self.logprobs)
         if self.decode == "auto" and decode_supported(model, eos, pad):
-            toks, fin, lps = decode(model, ids, attn, sampler, params.max_new_tokens, stops)
+            four_d = step_mask_4d_supported(model, eos, pad)
+            toks, fin, lps = decode(model, ids, attn, sampler, params.max_new_tokens, stops, four_d)
         else:
             toks, fin, lps = self._generate_hf(ids, attn, sampler, params, stops)
         return [

@@ -57,6 +57,7 @@ from rspo.utils.io import (
     read_jsonl,
     writing,
 )
+from rspo.utils.malloc import keep_freed_memory
 from rspo.utils.seeds import derive_seed, seed_everything
 
 Log = Callable[[str], None]
@@ -278,6 +279,8 @@ class SelfPlayRun:
         check_launch(c, engine, self.dist.world_size)
         if c.run.num_threads:
             torch.set_num_threads(c.run.num_threads)
+        if c.run.keep_freed_memory:
+            keep_freed_memory()
         seed_everything(c.run.seed)
         self.tok = load_tokenizer(c.model.path, c.model.trust_remote_code)
         if c.model.ref_path:
@@ -478,6 +481,7 @@ class SelfPlayRun:
     def stage_score(self, t: int) -> None:
         """Win rates, pair selection and log π_t, log π_ref of the training samples."""
         c = self.cfg
+        self.models.reference = self._ref_path(t)  # held across iterations if keep_reference
         want = self._prompt_indices(t)
         gens = {g["prompt_index"]: g for g in self._complete(t, "generations.jsonl", want)}
         judg = self._complete(t, "judgments.jsonl", want)

@@ -4,11 +4,13 @@ The policy trained in iteration t − 1 stays resident: it samples iteration t, 
 π_ref while π_ref's log-probs are computed and while π_ref samples responses for the
 forward-KL ``nll`` estimator (two models without gradients, plus a KV cache: less than the
 training step's weights + gradients + optimizer state), and is the model iteration t trains,
-with no reload. Any other read-only model (π_ref; π_t on a resumed run) is dropped when
-another is asked for, and π_ref before training and before generation, so training and
-generation never hold π_ref once its log-probs are stored. With LoRA
-there is one model in all: π_t, π_ref (adapter disabled) and the trained policy share it.
-With the vLLM backend the engine sleeps whenever a Hugging Face model needs the GPU.
+with no reload. π_ref itself is loaded for each iteration's scoring and dropped before
+training and generation, unless ``model.keep_reference`` holds it for the whole run (auto:
+when its weights take at most :data:`KEEP_REFERENCE_FRACTION` of the device's memory, so
+the extra copy beside training cannot be what runs out). Any other read-only model (π_t on
+a resumed run) is dropped when another is asked for. With LoRA there is one model in all:
+π_t, π_ref (adapter disabled) and the trained policy share it. With the vLLM backend the
+engine sleeps whenever a Hugging Face model needs the GPU.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from rspo.modeling import (
     resolve_dtype,
     resolve_model_path,
 )
+from rspo.utils.memory import device_memory, weight_bytes
+
+#: ``model.keep_reference: auto`` holds π_ref when its weights take at most this share of
+#: the device's memory (training alone holds weights, gradients and two AdamW moments)
+KEEP_REFERENCE_FRACTION = 0.05
 
 
 class PolicyModels:
@@ -46,6 +53,9 @@ class PolicyModels:
             self.lora = LoraPolicy(cfg.model, cfg.run.seed, device)
         self._cache: dict[str, Any] = {}
         self._kept: str | None = None  # the trained policy held from training to training
+        #: π_ref's path (set by the loop; MPO moves it) and whether it is held once loaded
+        self.reference: str | None = None
+        self._keep_ref: bool | None = None  # decided at π_ref's first load
         self._vllm: Any = None
         self.max_len: int | None = None  # longest prompt + response of the run (vLLM engine)
         if cfg.generation.backend == "vllm":
@@ -65,8 +75,10 @@ class PolicyModels:
         return held
 
     def drop_cache(self, keep: str | None = None) -> None:
-        """Forget the read-only models (π_t, π_ref) but the one at ``keep``; free their memory."""
-        gone = [p for p in self._cache if p != keep]
+        """Forget the read-only models (π_t, π_ref) but the one at ``keep`` and a held π_ref;
+        free their memory."""
+        held = self.reference if self._keep_ref else None
+        gone = [p for p in self._cache if p not in (keep, held)]
         if gone:
             refs = [weakref.ref(self._cache.pop(p)) for p in gone]
             if self._kept in gone:
@@ -75,8 +87,8 @@ class PolicyModels:
 
     def get(self, path: str) -> Any:
         """The policy at ``path`` for no-grad use. The previous model is dropped (unless LoRA),
-        except the kept trained policy, which stays beside π_ref while scoring; asking for the
-        kept policy (generation) drops everything else."""
+        except the kept trained policy, which stays beside π_ref while scoring, and a held
+        π_ref; asking for the kept policy (generation) drops everything else."""
         self._sleep_engine()
         if self.lora is not None and self.lora.serves(path):
             self.drop_cache()
@@ -84,9 +96,21 @@ class PolicyModels:
         if path not in self._cache:
             self.drop_cache(keep=self._kept)
             self._cache[path] = self._load(path)
+            if path == self.reference and self._keep_ref is None:
+                self._keep_ref = self._hold_reference(self._cache[path])
         elif path == self._kept:
             self.drop_cache(keep=path)
         return self._cache[path]
+
+    def _hold_reference(self, model: Any) -> bool:
+        """``model.keep_reference``: on, off, or auto (HF backend and small enough)."""
+        mode = self.cfg.model.keep_reference
+        if mode != "auto":
+            return mode == "on"
+        if self.cfg.generation.backend != "hf":
+            return False  # the vLLM engine sizes itself on the GPU memory left free
+        total = device_memory(self.device)
+        return total is not None and weight_bytes(model) <= KEEP_REFERENCE_FRACTION * total
 
     def trainable(self, path: str) -> Any:
         """A model initialised to the policy at ``path``, to be trained (nothing else held):
@@ -174,6 +198,7 @@ class PolicyModels:
 
     def release(self) -> None:
         """Drop every model (end of the run)."""
+        self._keep_ref = None
         self.drop_cache()
         if self.lora is not None:
             self.lora.release()

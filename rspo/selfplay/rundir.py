@@ -36,6 +36,8 @@ RESUMABLE_KEYS = (
     "run.keep_checkpoints",
     "run.num_threads",
     "run.cache_dir",
+    "run.keep_freed_memory",
+    "model.keep_reference",
 )
 #: the file an active run holds an exclusive lock on
 LOCK_FILE = ".lock"
