@@ -58,7 +58,8 @@ class ModelConfig:
     load_in_4bit: bool = False
     #: hold π_ref in memory for the whole run instead of loading it for each iteration's
     #: scoring (one load fewer per iteration; one more copy of the weights beside generation
-    #: and training): auto (HF backend, weights at most 5% of the device's memory) | on | off
+    #: and training): auto (HF backend, weights at most 5% of the device's memory) | on (HF
+    #: backend) | off; never for dynamic-RoPE models (their state changes with the inputs)
     keep_reference: str = "auto"
 
 
@@ -455,6 +456,11 @@ def _validate_scaling(cfg: Config) -> None:
         tm = lo.target_modules
         if (isinstance(tm, str) and not tm.strip()) or (isinstance(tm, list) and not tm):
             raise ConfigError('model.lora.target_modules: empty; give module names or "all-linear"')
+    if g.backend == "vllm" and m.keep_reference == "on":
+        raise ConfigError(
+            "model.keep_reference: on needs generation.backend hf (a held π_ref would take GPU "
+            "memory the vLLM engine was sized without); use auto or off"
+        )
     if g.backend == "vllm" and g.logprobs == "on":
         raise ConfigError(
             "generation.logprobs: on needs generation.backend hf (vLLM's sampler log-probs "

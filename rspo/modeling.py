@@ -23,6 +23,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rspo.utils.hf_config import has_stateful_rope
+from rspo.utils.memory import device_memory, weight_bytes
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -250,6 +253,25 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False  # the KV cache is useless (and warned about) in training
+
+
+#: ``model.keep_reference: auto`` holds π_ref when its weights take at most this share of
+#: the device's memory (training alone holds weights, gradients and two AdamW moments)
+KEEP_REFERENCE_FRACTION = 0.05
+
+
+def holds_reference(mode: str, backend: str, model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether a run holds π_ref (``model``) in memory for its whole length
+    (``model.keep_reference``): on (HF backend), off, or auto (HF backend and weights at most
+    :data:`KEEP_REFERENCE_FRACTION` of ``device``'s memory); never for dynamic-RoPE models,
+    whose frequencies change with the inputs seen (a fresh load each iteration scores as a
+    resumed run would)."""
+    if mode == "off" or backend != "hf" or has_stateful_rope(model.config):
+        return False  # (vLLM: the engine sizes itself on the GPU memory left free)
+    if mode == "on":
+        return True
+    total = device_memory(device)
+    return total is not None and weight_bytes(model) <= KEEP_REFERENCE_FRACTION * total
 
 
 def free_memory(dropped: Sequence[weakref.ref] = ()) -> None:

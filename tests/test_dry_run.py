@@ -127,3 +127,33 @@ def test_dry_run_trains_what_the_run_trains_lora_and_checkpointing(models, monke
     ck, n_ck = run("--training.gradient_checkpointing", "true")
     assert ck["gradient_checkpointing"] and ck["loss"] == pytest.approx(full["loss"], rel=1e-5)
     assert n_ck > n_full  # the training step ran each layer again in the backward pass
+
+
+@pytest.mark.parametrize("ref", ["same", "other"])
+def test_dry_run_holds_the_reference_the_run_would_hold(models, monkeypatch, ref):
+    """model.keep_reference: the dry run holds π_ref through every phase when the run would
+    (auto: a tiny model on the host), so the peaks include it; off loads it for scoring only."""
+    import rspo.training.dry_run as dr
+
+    tmp, policy, other = models
+    loads: list[str] = []
+    real = dr.load_model
+
+    def counting(path, *a, **k):
+        loads.append(Path(path).name)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(dr, "load_model", counting)
+    extra = {} if ref == "same" else {"model.ref_path": str(other)}
+    got = {}
+    for mode in ("auto", "off"):
+        loads.clear()
+        rep = dry_run(
+            load_config(None, _ov(tmp, policy, **extra, **{"model.keep_reference": mode}))
+        )
+        got[mode] = (rep["reference_held"], list(loads), rep["loss"])
+    assert got["auto"][0] and not got["off"][0]
+    want_held = ["policy"] if ref == "same" else ["ref"]
+    assert got["auto"][1] == want_held  # one load, held from before generation to the end
+    assert got["off"][1] == ([] if ref == "same" else ["ref"])  # scoring's own load
+    assert got["auto"][2] == pytest.approx(got["off"][2], rel=1e-6)

@@ -293,17 +293,40 @@ def test_a_prompt_sampled_k_times_is_prefilled_once_with_the_same_samples():
     assert [c.logprob for c in got] == pytest.approx([c.logprob for c in want], abs=1e-4)
 
 
-def test_decode_steps_pass_a_4d_mask_to_sdpa_with_the_2d_masks_samples(monkeypatch):
-    """SDPA decode steps hand the attention its (rows, 1, 1, keys) boolean mask, so
-    transformers does not rebuild it each step; samples and log-probs are bitwise those of
-    the 2-D mask, with left padding and rows leaving the batch."""
+def _gqa_llama():
+    """A tiny SDPA Llama with grouped-query attention (8 query heads over 2 key/value heads):
+    transformers calls SDPA differently with and without a mask for these."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_byte_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, attn_implementation="sdpa",
+    )  # fmt: skip
+    torch.manual_seed(5)
+    return tok, LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["gym", "gqa"])
+@pytest.mark.parametrize("lengths", ["padded", "same"])
+def test_decode_steps_pass_a_4d_mask_while_rows_are_padded(monkeypatch, arch, lengths):
+    """SDPA decode steps hand the attention its (rows, 1, 1, keys) boolean mask while a
+    running row has left padding, so transformers does not rebuild it each step; without
+    padding the 2-D mask goes in (transformers then drops it for SDPA's unmasked kernels).
+    Samples and log-probs are bitwise those of the 2-D mask, rows leaving the batch."""
     from rspo.generation import hf, hf_decode
     from rspo.modeling import load_model, load_tokenizer
 
-    tok, model = load_tokenizer("gym"), load_model("gym")
-    assert hf_decode.decode_supported(model, tok.eos_token_id, tok.pad_token_id)  # (probed)
-    assert hf_decode.step_mask_4d_supported(model, tok.eos_token_id, tok.pad_token_id)
-    prompts = [[257, 72, 105, 40, 41], [257, 65], [257, 80, 81, 82]] * 3
+    tok, model = (load_tokenizer("gym"), load_model("gym")) if arch == "gym" else _gqa_llama()
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    assert hf_decode.decode_supported(model, eos, pad)  # (probed before the hook)
+    assert hf_decode.step_mask_4d_supported(model, eos, pad)
+    if lengths == "padded":
+        prompts = [[257, 72, 105, 40, 41], [257, 65], [257, 80, 81, 82]] * 3
+    else:
+        prompts = [[257, 72, 105], [257, 65, 66], [257, 80, 81]] * 3
     params, seeds = SamplingParams(24, 1.0), list(range(9))
     masks: list[tuple[int, torch.dtype]] = []
     hook = model.register_forward_pre_hook(
@@ -323,9 +346,13 @@ def test_decode_steps_pass_a_4d_mask_to_sdpa_with_the_2d_masks_samples(monkeypat
         two_d = run()
     finally:
         hook.remove()
-    assert len(steps) >= 5 and set(steps) == {(4, torch.bool)} and masks[0][0] == 2
-    assert {m for m in masks} == {(2, torch.long)}
-    assert four_d == two_d and 0 < sum(f for *_, f in four_d) < len(four_d)
+    assert len(steps) >= 5 and masks[0][0] == 2 and set(masks) == {(2, torch.long)}
+    if lengths == "padded":  # the longest prompt's rows may finish first: then 2-D
+        assert steps[0] == (4, torch.bool)
+    else:
+        assert set(steps) == {(2, torch.long)}
+    assert four_d == two_d  # tokens, log-probs (bitwise) and finished flags
+    assert arch == "gqa" or 0 < sum(f for *_, f in four_d) < len(four_d)
 
 
 def test_decode_probe_falls_back_to_generate_when_the_loop_disagrees(monkeypatch):

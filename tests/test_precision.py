@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import types
 import weakref
 from pathlib import Path
 
@@ -232,22 +233,51 @@ def test_held_reference_is_never_trained_and_release_drops_it(env):
 
 
 @pytest.mark.parametrize(
-    ("mode", "backend", "fraction", "want"),
+    ("mode", "backend", "fraction", "rope", "want"),
     [
-        ("auto", "hf", models_mod.KEEP_REFERENCE_FRACTION, True),  # a tiny model on the host
-        ("auto", "hf", 1e-12, False),  # weights above the share of memory
-        ("auto", "vllm", 1.0, False),  # the engine sizes itself on free GPU memory
-        ("off", "hf", 1.0, False),
-        ("on", "hf", 1e-12, True),
+        ("auto", "hf", rspo.modeling.KEEP_REFERENCE_FRACTION, "default", True),  # tiny, host
+        ("auto", "hf", 1e-12, "default", False),  # weights above the share of memory
+        ("auto", "vllm", 1.0, "default", False),  # the engine sizes itself on free GPU memory
+        ("off", "hf", 1.0, "default", False),
+        ("on", "hf", 1e-12, "default", True),
+        ("on", "hf", 1.0, "dynamic", False),  # inv_freq changes with the inputs seen
+        ("auto", "hf", 1.0, "dynamic", False),
     ],
 )
-def test_keep_reference_decision(env, monkeypatch, mode, backend, fraction, want):
+def test_keep_reference_decision(env, monkeypatch, mode, backend, fraction, rope, want):
     _, model_dir = env
-    monkeypatch.setattr(models_mod, "KEEP_REFERENCE_FRACTION", fraction)
+    monkeypatch.setattr(rspo.modeling, "KEEP_REFERENCE_FRACTION", fraction)
     cfg = load_config(None, {"model": {"path": str(model_dir), "keep_reference": mode}})
     models = PolicyModels(cfg, CPU)
     cfg.generation.backend = backend  # (after construction: no vLLM engine is needed here)
-    assert models._hold_reference(load_model(str(model_dir))) is want
+    model = load_model(str(model_dir))
+    if rope == "dynamic":
+        model.config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}
+    assert models._hold_reference(model) is want
+    models.keep("ckpt", model)  # the trained policy is not kept either when its RoPE is stateful
+    assert (models.resident() == [model]) is (rope == "default" and backend == "hf")
+
+
+def test_stateful_rope_is_read_from_any_config_form():
+    from transformers import LlamaConfig
+
+    from rspo.utils.hf_config import has_stateful_rope
+
+    assert not has_stateful_rope(LlamaConfig())
+    dyn = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}
+    assert has_stateful_rope(LlamaConfig(rope_parameters=dyn))
+    yarn = {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}
+    assert not has_stateful_rope(LlamaConfig(rope_parameters=yarn))
+    per_layer = types.SimpleNamespace(
+        rope_parameters={"full_attention": {"rope_type": "default"}, "sliding_attention": dyn}
+    )
+    assert has_stateful_rope(per_layer)
+    assert has_stateful_rope(types.SimpleNamespace(rope_scaling={"type": "dynamic"}))
+
+
+def test_keep_reference_on_is_refused_with_vllm():
+    with pytest.raises(ConfigError, match=r"model.keep_reference: on needs generation.backend hf"):
+        load_config(None, ["--generation.backend", "vllm", "--model.keep_reference", "on"])
 
 
 def test_device_memory_respects_the_cgroup_limit(tmp_path, monkeypatch):

@@ -8,10 +8,11 @@ Tokens come from the same seeded sampler as the ``generate`` path; whether a mod
 driven correctly is checked once per model against ``generate`` (:func:`decode_supported`).
 A prompt that appears several times in a batch (K samples per prompt) is prefilled once
 and its cache rows copied. Decode steps of SDPA models hand the attention its 4-D boolean
-mask directly (one query row per sequence: the 2-D mask itself), so transformers does not
-rebuild it every step (8% of the gym's generation time), where a second probe shows the
-same tokens; models with local layers, or that derive more than the mask from it (ALiBi
-biases), get the 2-D mask.
+mask directly (one query row per sequence: the 2-D mask itself) while some running row has
+padding, so transformers does not rebuild it every step (8% of the gym's generation time),
+where a second probe shows the same tokens. Without padding the 2-D mask goes in and
+transformers drops it, keeping SDPA's unmasked kernels. Models with local layers, or that
+derive more than the mask from it (ALiBi biases), always get the 2-D mask.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def decode(
     tokens: list[list[int]] = [[] for _ in range(n)]
     finished = [False] * n
     logp = torch.zeros(n, dtype=torch.float64)
+    # without padding transformers passes no mask at all (SDPA's unmasked kernels: flash,
+    # GQA): a 4-D mask is given only while a running row has padding (never regained)
+    padded = step_mask_4d and not bool(attn.all())
     for step in range(max_new_tokens):
         pick, lp = sampler.choose(logits, rows)
         logp[rows] += lp.cpu()
@@ -82,10 +86,11 @@ def decode(
             cache.batch_select_indices(sel)
             attn, next_pos, pick = attn[sel], next_pos[sel], pick[sel]
             rows = rows[sel.cpu()]
+            padded = padded and not bool(attn.all())
         attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=-1)
         out = model(
             input_ids=pick[:, None],
-            attention_mask=attn.bool()[:, None, None, :] if step_mask_4d else attn,
+            attention_mask=attn.bool()[:, None, None, :] if padded else attn,
             position_ids=next_pos[:, None],
             **{kv: cache},
             use_cache=True,

@@ -5,12 +5,12 @@ The policy trained in iteration t − 1 stays resident: it samples iteration t, 
 forward-KL ``nll`` estimator (two models without gradients, plus a KV cache: less than the
 training step's weights + gradients + optimizer state), and is the model iteration t trains,
 with no reload. π_ref itself is loaded for each iteration's scoring and dropped before
-training and generation, unless ``model.keep_reference`` holds it for the whole run (auto:
-when its weights take at most :data:`KEEP_REFERENCE_FRACTION` of the device's memory, so
-the extra copy beside training cannot be what runs out). Any other read-only model (π_t on
-a resumed run) is dropped when another is asked for. With LoRA there is one model in all:
-π_t, π_ref (adapter disabled) and the trained policy share it. With the vLLM backend the
-engine sleeps whenever a Hugging Face model needs the GPU.
+training and generation, unless ``model.keep_reference`` holds it for the whole run
+(:func:`rspo.modeling.holds_reference`; auto: when its weights take at most 5% of the
+device's memory). Any other read-only model (π_t on a resumed run) is dropped when another
+is asked for. With LoRA there is one model in all: π_t, π_ref (adapter disabled) and the
+trained policy share it. With the vLLM backend the engine sleeps whenever a Hugging Face
+model needs the GPU.
 """
 
 from __future__ import annotations
@@ -26,17 +26,14 @@ from rspo.distributed import DistContext
 from rspo.generation import GenerationBackend, build_backend
 from rspo.modeling import (
     free_memory,
+    holds_reference,
     is_adapter_dir,
     load_model,
     load_trainable,
     resolve_dtype,
     resolve_model_path,
 )
-from rspo.utils.memory import device_memory, weight_bytes
-
-#: ``model.keep_reference: auto`` holds π_ref when its weights take at most this share of
-#: the device's memory (training alone holds weights, gradients and two AdamW moments)
-KEEP_REFERENCE_FRACTION = 0.05
+from rspo.utils.hf_config import has_stateful_rope
 
 
 class PolicyModels:
@@ -103,14 +100,8 @@ class PolicyModels:
         return self._cache[path]
 
     def _hold_reference(self, model: Any) -> bool:
-        """``model.keep_reference``: on, off, or auto (HF backend and small enough)."""
-        mode = self.cfg.model.keep_reference
-        if mode != "auto":
-            return mode == "on"
-        if self.cfg.generation.backend != "hf":
-            return False  # the vLLM engine sizes itself on the GPU memory left free
-        total = device_memory(self.device)
-        return total is not None and weight_bytes(model) <= KEEP_REFERENCE_FRACTION * total
+        c = self.cfg
+        return holds_reference(c.model.keep_reference, c.generation.backend, model, self.device)
 
     def trainable(self, path: str) -> Any:
         """A model initialised to the policy at ``path``, to be trained (nothing else held):
@@ -130,9 +121,10 @@ class PolicyModels:
         """Hold a just-trained policy as the read-only model at ``path`` (its checkpoint): the
         next generation samples from it and the next training starts from it without
         reloading; skipped for LoRA, sharded or checkpointed models (their training form is
-        not the one generation wants)."""
+        not the one generation wants) and dynamic-RoPE models (their state is not saved)."""
         if (
             self.lora is not None
+            or has_stateful_rope(model.config)  # a reload (resume) would score differently
             or hasattr(model, "_rspo_tied")  # FSDP-sharded
             or self.cfg.training.gradient_checkpointing
             or self.cfg.generation.backend != "hf"

@@ -5,7 +5,9 @@ Runs the real code paths on random token ids of the maximum lengths
 judges loaded (they stay resident during a run): a forced full-length HF generate call of
 ``generation.batch_size`` sequences, the π_t/π_ref scoring pass, and one optimizer step on a
 worst-case micro-batch (every sample from another prompt, so each brings its K π_ref
-samples when the regularizer needs them). Reports peak memory and timings; writes nothing.
+samples when the regularizer needs them). A π_ref the run would hold
+(``model.keep_reference``) is held through every phase. Reports peak memory and timings;
+writes nothing.
 Launch it exactly like the run (same accelerate config and process count).
 """
 
@@ -21,6 +23,7 @@ from rspo.config import Config, ConfigError, check_trainable
 from rspo.distributed import init_distributed, quiet_deepspeed_on_cpu
 from rspo.modeling import (
     batched_sequence_logprobs,
+    holds_reference,
     load_model,
     load_tokenizer,
     load_trainable,
@@ -109,6 +112,17 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     vocab = min(model.config.vocab_size, len(tok))
     g = torch.Generator().manual_seed(cfg.run.seed + dist.rank)
 
+    # π_ref as the run holds it (model.keep_reference): resident through generation and
+    # training; otherwise loaded for scoring only (the policy itself when it is π_ref)
+    same_ref = not m.ref_path or m.ref_path == m.path
+    held = None
+    if m.lora is None and m.keep_reference != "off":
+        probe = model if same_ref else load_model(m.ref_path, m.dtype, device, m.trust_remote_code)
+        if holds_reference(m.keep_reference, cfg.generation.backend, probe, device):
+            held = (
+                probe if not same_ref else load_model(m.path, m.dtype, device, m.trust_remote_code)
+            )
+        del probe
     if cfg.generation.backend == "hf":
         phase("generate", lambda: _generate_full(model, tok, cfg, vocab, g))
     prompts = _random_ids(mb, P, vocab, g)
@@ -121,8 +135,8 @@ def dry_run(cfg: Config) -> dict[str, Any]:
 
     def score() -> tuple[list[float], list[float], list[float]]:
         lp_t = batched_sequence_logprobs(model, prompts, resps, pad, mb, packing)
-        ref = model
-        if m.ref_path and m.ref_path != m.path:
+        ref = held if held is not None else model
+        if held is None and not same_ref:
             ref = load_model(m.ref_path, m.dtype, device, m.trust_remote_code)
         lp_ref = batched_sequence_logprobs(ref, prompts, resps, pad, mb, packing)
         lr = (
@@ -190,6 +204,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         "micro_batch_size": mb,
         "packing": packing,
         "ref_sequences_in_micro_batch": n_ref,
+        "reference_held": held is not None,  # model.keep_reference: in every phase's peak
         "generate_batch": cfg.generation.batch_size if "generate" in phases else 0,
         "memory_kind": peak.kind,
         "peak_memory_bytes": max(per_rank),  # the largest over ranks

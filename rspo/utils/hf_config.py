@@ -30,3 +30,15 @@ def context_length(config: Any) -> int | None:
     if getattr(cfg, "model_type", "") in _OFFSET_POSITIONS:  # positions start at pad + 1
         ctx -= int(getattr(cfg, "pad_token_id", None) or 1) + 1
     return ctx
+
+
+def has_stateful_rope(config: Any) -> bool:
+    """Whether the model's rotary embedding changes with what it has seen: transformers'
+    dynamic NTK scaling rewrites ``inv_freq`` in place after a sequence longer than the
+    cached one, so a model kept in memory would score later inputs unlike a fresh load."""
+    cfg = getattr(config, "get_text_config", lambda: config)()
+    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    if not isinstance(params, dict):
+        return False
+    kinds = [params] + [v for v in params.values() if isinstance(v, dict)]  # per layer type
+    return any("dynamic" in str(k.get("rope_type", k.get("type", ""))) for k in kinds)
