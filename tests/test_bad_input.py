@@ -348,7 +348,7 @@ def _setup_cases(env: Env) -> list[tuple[str, dict, str]]:
             "response_beyond_the_context",
             {"generation.max_new_tokens": 100000},
             r"data.prompts: the longest prompt \(\d+ tokens\) \+ generation.max_new_tokens "
-            r"\(100000\).*max_position_embeddings = \d+",
+            r"\(100000\).*\(\d+ tokens: max_position_embeddings, extended by any rope scaling\)",
         ),
         (
             "gym_judge_on_other_prompts",

@@ -92,10 +92,25 @@ def test_dry_run_loss_at_theta_t_is_the_square_of_the_target(models):
 def test_length_beyond_the_model_context_is_a_clear_error(models):
     tmp, policy, _ = models
     cfg = load_config(None, _ov(tmp, policy, **{"data.max_prompt_length": 100000}))
-    with pytest.raises(
-        ConfigError, match=r"max_prompt_length \(100000\).*max_position_embeddings = 512"
-    ):
+    with pytest.raises(ConfigError, match=r"max_prompt_length \(100000\).*\(512 tokens: max_pos"):
         dry_run(cfg)
+
+
+def test_rope_scaling_extends_the_dry_runs_context_as_the_runs(models, tmp_path):
+    """A 512-position model with linear rope scaling x2 takes 700 tokens in the run's check
+    (rspo.utils.hf_config.context_length): the dry run accepts them too, and refuses 1100."""
+    import json
+
+    tmp, policy, _ = models
+    scaled = make_tiny_model_dir(tmp_path / "scaled")
+    conf = json.loads((scaled / "config.json").read_text())
+    assert conf["max_position_embeddings"] == 512
+    conf["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    (scaled / "config.json").write_text(json.dumps(conf))
+    ok = {"data.max_prompt_length": 676, "evaluation.enabled": "false"}  # 676 + 24 = 700
+    assert dry_run(load_config(None, _ov(tmp, scaled, **ok)))["prompt_tokens"] == 676
+    with pytest.raises(ConfigError, match=r"= 1100 tokens exceeds .*\(1024 tokens"):
+        dry_run(load_config(None, _ov(tmp, scaled, **{**ok, "data.max_prompt_length": 1076})))
 
 
 def test_dry_run_trains_what_the_run_trains_lora_and_checkpointing(models, monkeypatch):

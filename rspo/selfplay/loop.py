@@ -88,7 +88,8 @@ def _check_context(c: Config, train: PromptSet, evals: PromptSet) -> int:
             raise ConfigError(
                 f"{key}: the longest prompt ({longest} tokens) + {new_key} ({new}) = "
                 f"{longest + new} tokens exceeds the context of model.path={c.model.path} "
-                f"(max_position_embeddings = {ctx}); lower {new_key} or data.max_prompt_length "
+                f"({ctx} tokens: max_position_embeddings, extended by any rope scaling); "
+                f"lower {new_key} or data.max_prompt_length "
                 "(longer prompts are then errors)"
             )
     return min(needed, ctx) if isinstance(ctx, int) else needed

@@ -33,6 +33,7 @@ from rspo.objectives import RSPOLoss
 from rspo.training.deepspeed import DeepSpeedPolicy
 from rspo.training.fsdp import check_launch, engine_label, shard_policy, training_engine
 from rspo.training.trainer import RefExample, TrainExample, accumulate_gradients, build_optimizer
+from rspo.utils.hf_config import context_length
 
 
 def check_context(model: torch.nn.Module, cfg: Config) -> int:
@@ -41,13 +42,14 @@ def check_context(model: torch.nn.Module, cfg: Config) -> int:
         cfg.generation.max_new_tokens,
         cfg.evaluation.max_new_tokens if cfg.evaluation.enabled else 0,
     )
-    ctx = getattr(model.config, "max_position_embeddings", None)
+    ctx = context_length(model.config)  # as the run checks it (rope scaling extends it)
     if ctx is not None and longest > ctx:
         raise ConfigError(
             f"data.max_prompt_length ({cfg.data.max_prompt_length}) + the longest response "
             f"(generation.max_new_tokens {cfg.generation.max_new_tokens}, evaluation."
             f"max_new_tokens {cfg.evaluation.max_new_tokens}) = {longest} tokens exceeds the "
-            f"context of {cfg.model.path} (max_position_embeddings = {ctx}); lower them"
+            f"context of {cfg.model.path} ({ctx} tokens: max_position_embeddings, extended "
+            "by any rope scaling); lower them"
         )
     return longest
 
