@@ -478,11 +478,11 @@ def use_packing(model: torch.nn.Module, mode: str, pad_id: int) -> bool:
     """Resolve ``training.packing`` (auto | on | off) for ``model``; ``on`` raises if unusable."""
     if mode == "off":
         return False
-    from rspo.packing import packing_supported
+    from rspo.packing import attention_implementation, packing_supported
 
     ok = packing_supported(model, pad_id)
     if mode == "on" and not ok:
-        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        impl = attention_implementation(model)
         raise ValueError(
             f"training.packing: on, but this model (attention implementation {impl!r}) does "
             "not give the padded forward's log-probs on packed input (it needs sdpa or eager "

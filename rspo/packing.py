@@ -204,7 +204,8 @@ def pack(
     )
 
 
-def _attention_implementation(model: torch.nn.Module) -> str | None:
+def attention_implementation(model: torch.nn.Module) -> str | None:
+    """The attention implementation transformers runs the model with (sdpa, eager, ...)."""
     cfg = getattr(model, "config", None)
     return getattr(cfg, "_attn_implementation", None) if cfg is not None else None
 
@@ -222,7 +223,7 @@ def packed_sequence_logprobs(
     """
     from rspo.modeling import forward_accepts, token_logprobs
 
-    impl = _attention_implementation(model)
+    impl = attention_implementation(model)
     if impl not in MASKABLE:
         raise ValueError(
             f"packing needs attention implementation sdpa or eager, the model uses {impl!r}; "
@@ -299,7 +300,7 @@ def packing_supported(
 
 
 def _probe(model: torch.nn.Module, pad_id: int, rtol: float, atol: float) -> bool:
-    if _attention_implementation(model) not in MASKABLE or has_local_layers(model):
+    if attention_implementation(model) not in MASKABLE or has_local_layers(model):
         return False
     from rspo.modeling import sequence_logprobs
 

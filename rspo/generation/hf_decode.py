@@ -103,10 +103,9 @@ def decode(
 def _takes_step_mask(model) -> bool:
     """Whether a decode step may pass its mask as (rows, 1, 1, keys) booleans: SDPA models
     whose layers all attend to the whole prefix (a window or chunk would be dropped)."""
-    from rspo.packing import has_local_layers
+    from rspo.packing import attention_implementation, has_local_layers
 
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    return impl == "sdpa" and not has_local_layers(model)
+    return attention_implementation(model) == "sdpa" and not has_local_layers(model)
 
 
 def _shared_rows(ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

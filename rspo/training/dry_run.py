@@ -102,12 +102,8 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     tok = load_tokenizer(m.path, m.trust_remote_code)
     model, judges = phase("load", lambda: _load(cfg, device))
     check_context(model, cfg)
+    # (an odd micro-batch under a pair loss was refused by the config's validation)
     loss_fn = RSPOLoss(o.eta, o.regularizer or None, o.coef, o.loss_type, o.tau)
-    if loss_fn.pairwise and tr.micro_batch_size % 2:
-        raise ConfigError(
-            f"training.micro_batch_size ({tr.micro_batch_size}) must be even for pair losses "
-            f"(objective.loss_type {o.loss_type!r})"
-        )
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     P, R, K = cfg.data.max_prompt_length, cfg.generation.max_new_tokens, cfg.generation.num_samples
     mb, pad = tr.micro_batch_size, tok.pad_token_id
