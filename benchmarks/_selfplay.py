@@ -80,7 +80,11 @@ def selfplay_config(s: dict[str, Any], output: Path) -> dict[str, Any]:
     """The rspo config dict of one benchmark setting (one optimizer step per iteration)."""
     samples = s["prompts"] * s["k"]
     return {
-        "model": {"path": s.get("model", "gym"), "device": "cpu"},
+        "model": {
+            "path": s.get("model", "gym"),
+            "device": "cpu",
+            "cpu_linear": s.get("cpu_linear", "auto"),
+        },
         "data": {"prompts": "gym", "num_prompts": s["prompts"]},
         "generation": {
             "num_samples": s["k"],

@@ -90,6 +90,10 @@ def trl_worker(s: dict[str, Any]) -> dict[str, Any]:
     path = str(base_model_path())
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if s.get("cpu_linear"):  # rspo's oneDNN linear layers (deepcopied into TRL's reference)
+        from rspo.utils.onednn import route_linear
+
+        route_linear(model, s["cpu_linear"])
     prompts = [p.text for p in make_prompts("train", s["prompts"], seed=s.get("seed", 0))]
     steps = s["warmup"] + s["measured"]
     timer = StageTimer()
@@ -176,9 +180,12 @@ def trl_worker(s: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- driver
-RSPO, RSPO_GLIBC, RSPO_K4 = "rspo K=2", "rspo K=2, glibc malloc defaults", "rspo K=4"
+RSPO, RSPO_K4 = "rspo K=2", "rspo K=4"
+#: rspo with its two CPU engine settings off: glibc's malloc defaults, torch's F.linear (MKL)
+RSPO_PLAIN = "rspo K=2, glibc malloc + torch's F.linear"
 TRL_MATCHED = "TRL OnlineDPO (fp32, no grad ckpt)"
-TRL_MALLOC = "TRL OnlineDPO (fp32, no grad ckpt, rspo's malloc settings)"
+#: TRL matched with rspo's two CPU engine settings on: its malloc thresholds, oneDNN linear
+TRL_SAME = "TRL OnlineDPO (fp32, no grad ckpt, rspo's malloc + oneDNN linear)"
 TRL_DEFAULTS = "TRL OnlineDPO (TRL defaults: bf16, grad ckpt)"
 
 
@@ -193,12 +200,14 @@ def malloc_env() -> dict[str, str]:
 
 
 def systems(base: dict[str, Any], trl_python: str | None) -> list[dict[str, Any]]:
-    """The compared systems: rspo K=2 (TRL's sample count) with and without its malloc
-    settings, rspo K=4, TRL matched with and without them, TRL defaults."""
+    """The compared systems: rspo K=2 (TRL's sample count) with and without its CPU engine
+    settings (malloc thresholds, oneDNN linear), rspo K=4, TRL matched without and with
+    them, TRL defaults."""
     n = base["prompts"]
+    plain = {"keep_freed_memory": False, "cpu_linear": "torch"}
     out = [
         {"name": RSPO, "kind": "rspo", **base, "k": 2},
-        {"name": RSPO_GLIBC, "kind": "rspo", **base, "k": 2, "keep_freed_memory": False},
+        {"name": RSPO_PLAIN, "kind": "rspo", **base, "k": 2, **plain},
         {"name": RSPO_K4, "kind": "rspo", **base, "k": 4, "prompts": max(1, n // 2)},
     ]
     if trl_python:
@@ -206,7 +215,7 @@ def systems(base: dict[str, Any], trl_python: str | None) -> list[dict[str, Any]
         matched = {**trl_base, "trl_gradient_checkpointing": False, "trl_bf16": False}
         out += [
             {"name": TRL_MATCHED, **matched},
-            {"name": TRL_MALLOC, **matched, "env": malloc_env()},
+            {"name": TRL_SAME, **matched, "env": malloc_env(), "cpu_linear": "onednn"},
             {
                 "name": TRL_DEFAULTS,
                 **trl_base,
@@ -272,8 +281,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     # a fresh process per system and repeat, interleaved so load changes hit all alike;
     # --quick shares one process per kind (rspo, trl) to keep the smoke run short
     groups = [[x] for x in syss]
-    if args.quick:  # (malloc settings are per process: systems that differ get their own)
-        key = [(x["kind"], x.get("keep_freed_memory", True), "env" in x) for x in syss]
+    if args.quick:  # (engine settings are per process: systems that differ get their own)
+        key = [
+            (x["kind"], x.get("keep_freed_memory", True), x.get("cpu_linear"), "env" in x)
+            for x in syss
+        ]
         groups = [[x for x, k in zip(syss, key) if k == g] for g in dict.fromkeys(key)]
     # repeat r uses seed r for every system (prompt draw and sampling), so the headline
     # averages over R prompt sets and sample draws instead of repeating one draw R times
@@ -463,24 +475,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 tok_rate[other],
                 f"response tokens/s (wall) of rspo K=2 / {other} (corrects for sampled lengths)",
             )
-        # the malloc settings' share: both systems with them, both without
+        # the engine settings' share: both systems with them, both without
         rep.ratio(
-            "rspo_vs_trl_same_malloc",
+            "rspo_vs_trl_same_settings",
             rate[RSPO],
-            rate[TRL_MALLOC],
-            f"samples/s of rspo K=2 / {TRL_MALLOC}: both with the same glibc thresholds",
+            rate[TRL_SAME],
+            f"samples/s of rspo K=2 / {TRL_SAME}: both with rspo's malloc thresholds and "
+            "oneDNN linear layers",
         )
         rep.ratio(
-            "rspo_vs_trl_glibc_defaults",
-            rate[RSPO_GLIBC],
+            "rspo_vs_trl_torch_defaults",
+            rate[RSPO_PLAIN],
             rate[TRL_MATCHED],
-            f"samples/s of {RSPO_GLIBC} / {TRL_MATCHED}: both with glibc's defaults",
+            f"samples/s of {RSPO_PLAIN} / {TRL_MATCHED}: both with glibc's and torch's defaults",
         )
         rep.ratio(
-            "trl_malloc_gain",
-            rate[TRL_MALLOC],
+            "trl_settings_gain",
+            rate[TRL_SAME],
             rate[TRL_MATCHED],
-            f"samples/s of {TRL_MALLOC} / {TRL_MATCHED}",
+            f"samples/s of {TRL_SAME} / {TRL_MATCHED}",
         )
     rep.ratio(
         "rspo_k4_vs_k2",
@@ -489,10 +502,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "samples/s of rspo K=4 (half the prompts, same samples) / rspo K=2",
     )
     rep.ratio(
-        "rspo_malloc_gain",
+        "rspo_settings_gain",
         rate[RSPO],
-        rate[RSPO_GLIBC],
-        f"samples/s of rspo K=2 (run.keep_freed_memory: true, the default) / {RSPO_GLIBC}",
+        rate[RSPO_PLAIN],
+        f"samples/s of rspo K=2 (run.keep_freed_memory: true, model.cpu_linear: auto, the "
+        f"defaults) / {RSPO_PLAIN}",
     )
     rep.note(
         "samples = generated completions that are judged and trained on; one optimizer step "
@@ -506,11 +520,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "both models in memory and saves nothing (save_strategy='no')."
     )
     rep.note(
-        "rspo sets glibc's malloc trim and mmap thresholds at startup (run.keep_freed_memory, "
-        "on by default), so the memory a training step frees is reused by the next instead of "
-        f"being returned to the OS and faulted in again; '{RSPO_GLIBC}' runs without, and "
-        f"'{TRL_MALLOC}' gives TRL the same thresholds through MALLOC_MMAP_THRESHOLD_ and "
-        "MALLOC_TRIM_THRESHOLD_."
+        "rspo's two CPU engine settings, on by default: glibc's malloc trim and mmap "
+        "thresholds set at startup (run.keep_freed_memory), so the memory a training step "
+        "frees is reused by the next instead of being returned to the OS and faulted in "
+        "again; and float32 nn.Linear layers run by oneDNN instead of MKL (model.cpu_linear: "
+        "auto; on AMD CPUs MKL's float32 GEMM takes a slower generic path). "
+        f"'{RSPO_PLAIN}' runs without both; '{TRL_SAME}' gives TRL both (the thresholds "
+        "through MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_, its policy's linear layers "
+        "routed by rspo.utils.onednn.route_linear before the trainer copies it as the "
+        "reference)."
     )
     return rep.finish(args.json)
 

@@ -5,8 +5,9 @@ rspo (the baseline RSS), build a Llama from a config (no download), build one ba
 gym prompts with seeded random responses, then run the optimizer steps and read the
 peak RSS (``ru_maxrss``). rspo: :func:`rspo.training.trainer.train_policy` with the
 paper's regularizer on precomputed log pi_t / log pi_ref (computed without gradients, as
-the score stage does), so only the trained model is in memory. SFT: the same model,
-batch, micro-batching, AdamW and gradient clipping with HF's own ``labels=`` loss.
+the score stage does), so only the trained model is in memory, its linear layers on oneDNN
+as a run loads it (``model.cpu_linear: auto``). SFT: the same model, batch, micro-batching,
+AdamW and gradient clipping with HF's own ``labels=`` loss (torch's F.linear).
 
     python benchmarks/bench_memory.py [--quick] [--repeats N] [--json OUT]
 """
@@ -53,6 +54,7 @@ def worker(s: dict[str, Any]) -> dict[str, Any]:
     from rspo.modeling import batched_sequence_logprobs
     from rspo.objectives import RSPOLoss
     from rspo.training.trainer import RefExample, TrainExample, train_policy
+    from rspo.utils.onednn import route_linear
 
     rss_import = current_rss_mb()
     tok = build_byte_tokenizer()
@@ -96,6 +98,7 @@ def worker(s: dict[str, Any]) -> dict[str, Any]:
             opt.step()
             opt.zero_grad(set_to_none=True)
     else:
+        route_linear(model)  # as rspo.modeling.load_model does (model.cpu_linear: auto)
         lp = batched_sequence_logprobs(model, prompts, responses, pad, cfg.micro_batch_size)
         ex = [
             TrainExample(p, r, 0.25 + 0.5 * (i % 2), v, v, i)

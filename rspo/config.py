@@ -61,6 +61,10 @@ class ModelConfig:
     #: and training): auto (HF backend, weights at most 5% of the device's memory) | on (HF
     #: backend) | off; never for dynamic-RoPE models (their state changes with the inputs)
     keep_reference: str = "auto"
+    #: float32 linear layers on the CPU: auto (oneDNN, 1.5-2.5x MKL's matmul speed on AMD
+    #: CPUs, where this torch has it) | onednn (the same; an error where it cannot) | torch
+    #: (F.linear, MKL). Results differ by float rounding only; the GPU is unaffected
+    cpu_linear: str = "auto"
 
 
 @dataclass
@@ -272,6 +276,7 @@ class Config:
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16", "auto"),
     "model.keep_reference": ("auto", "on", "off"),
+    "model.cpu_linear": ("auto", "onednn", "torch"),
     "data.chat_template": ("auto", "always", "never"),
     "generation.backend": ("hf", "vllm"),
     "generation.logprobs": ("auto", "on", "off"),

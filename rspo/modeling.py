@@ -25,6 +25,7 @@ from transformers import (
 
 from rspo.utils.hf_config import has_stateful_rope
 from rspo.utils.memory import device_memory, weight_bytes
+from rspo.utils.onednn import route_linear
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -196,17 +197,22 @@ def load_model(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
     load_in_4bit: bool = False,
+    cpu_linear: str = "auto",
 ) -> PreTrainedModel:
     """Load a causal LM from safetensors onto ``device``.
 
     An adapter directory loads its base (``base_model_name_or_path``) plus the adapter, in
     eval mode; ``load_in_4bit`` quantizes the weights to NF4 (CUDA + bitsandbytes only).
+    ``cpu_linear`` (``model.cpu_linear``) routes a float32 CPU model's linear layers
+    (:func:`rspo.utils.onednn.route_linear`).
     """
     path = resolve_model_path(path)
     if is_adapter_dir(path):
         from rspo.training.peft import load_adapter_model
 
-        return load_adapter_model(path, dtype, device, trust_remote_code, load_in_4bit)
+        return load_adapter_model(
+            path, dtype, device, trust_remote_code, load_in_4bit, cpu_linear=cpu_linear
+        )
     dev = resolve_device(device) if isinstance(device, str) else device
     torch_dtype = resolve_dtype(dtype, dev)
     kwargs = {}
@@ -223,7 +229,18 @@ def load_model(
         use_safetensors=True,
         **kwargs,
     )
-    return model if load_in_4bit else model.to(dev)
+    if load_in_4bit:
+        return model
+    model = model.to(dev)
+    route_linear(model, cpu_linear)
+    return model
+
+
+def load_configured(path: str, model_cfg: Any, device: str | torch.device) -> PreTrainedModel:
+    """:func:`load_model` with ``model_cfg``'s (a :class:`rspo.config.ModelConfig`) dtype,
+    trust_remote_code and cpu_linear: how a run loads π_t and π_ref."""
+    m = model_cfg
+    return load_model(path, m.dtype, device, m.trust_remote_code, cpu_linear=m.cpu_linear)
 
 
 def load_trainable(
@@ -236,7 +253,7 @@ def load_trainable(
     if lora is not None:
         model = lora.trainable(path)
     else:
-        model = load_model(path, model_cfg.dtype, device, model_cfg.trust_remote_code)
+        model = load_configured(path, model_cfg, device)
     if checkpointing:
         enable_gradient_checkpointing(model)
     return model

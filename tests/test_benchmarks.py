@@ -63,6 +63,9 @@ def _check_iteration_rspo(data: dict) -> dict:
     k = data["ratios"]["rspo_k4_vs_k2"]
     assert k["numerator"] == thr["rspo K=4"]["samples/s"]
     assert k["denominator"] == thr["rspo K=2"]["samples/s"]
+    g = data["ratios"]["rspo_settings_gain"]  # the CPU engine settings on / off
+    assert g["numerator"] == thr["rspo K=2"]["samples/s"]
+    assert g["denominator"] == thr["rspo K=2, glibc malloc + torch's F.linear"]["samples/s"]
     for r in data["results"]["rspo_stages"]:
         stages = r["generate"] + r["judge"] + r["score"] + r["train"]
         assert stages == pytest.approx(r["total"], rel=0.05)  # medians of sums vs sums of medians
@@ -102,6 +105,9 @@ def test_bench_iteration_against_trl(tmp_path):
     assert r["numerator"] == thr["rspo K=2"]["samples/s"]
     assert r["denominator"] == thr[matched]["samples/s"]
     assert thr[matched]["samples/iter"] == thr["rspo K=2"]["samples/iter"]
+    same = data["ratios"]["rspo_vs_trl_same_settings"]
+    trl_same = thr[f"{matched[:-1]}, rspo's malloc + oneDNN linear)"]
+    assert same["denominator"] == trl_same["samples/s"]
     for row in data["results"]["trl_stages"]:
         parts = [row[k] for k in ("generate", "judge (reward fn)", "policy fwd", "ref fwd", "rest")]
         assert row["generate"] > 0 and row["policy fwd"] > 0 and row["ref fwd"] > 0

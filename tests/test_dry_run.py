@@ -152,13 +152,13 @@ def test_dry_run_holds_the_reference_the_run_would_hold(models, monkeypatch, ref
 
     tmp, policy, other = models
     loads: list[str] = []
-    real = dr.load_model
+    real = dr.load_configured
 
     def counting(path, *a, **k):
         loads.append(Path(path).name)
         return real(path, *a, **k)
 
-    monkeypatch.setattr(dr, "load_model", counting)
+    monkeypatch.setattr(dr, "load_configured", counting)
     extra = {} if ref == "same" else {"model.ref_path": str(other)}
     got = {}
     for mode in ("auto", "off"):

@@ -128,7 +128,7 @@ def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch
     tmp, model_dir = env
     loaded: list[tuple[str, weakref.ref]] = []
     events: list[tuple[str, str, list[str]]] = []
-    real_load = models_mod.load_model
+    real_load = rspo.modeling.load_model
 
     def tracking_load(path, *a, **k):
         m = real_load(path, *a, **k)
@@ -152,8 +152,8 @@ def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch
         events.append(("generate", str(path), [m is backend.model for m in held]))
         return backend
 
-    monkeypatch.setattr(models_mod, "load_model", tracking_load)
-    monkeypatch.setattr(rspo.modeling, "load_model", tracking_load)  # load_trainable's loads
+    # every load of the run (load_configured's and load_trainable's) goes through it
+    monkeypatch.setattr(rspo.modeling, "load_model", tracking_load)
     monkeypatch.setattr(loop_mod, "train_policy", spy_train)
     monkeypatch.setattr(models_mod.PolicyModels, "generator", spy_gen)
     cfg = load_config(None, _cfg(tmp, model_dir, "resident"))
@@ -185,7 +185,7 @@ def test_held_reference_loads_once_and_changes_no_number(env, monkeypatch):
     after the first) and every record, metric and checkpoint is bitwise the same."""
     tmp, model_dir = env
     loads: dict[str, list[str]] = {"on": [], "off": []}
-    real_load = models_mod.load_model
+    real_load = models_mod.load_configured
     files = {}
     for mode in ("off", "on"):
 
@@ -193,7 +193,7 @@ def test_held_reference_loads_once_and_changes_no_number(env, monkeypatch):
             loads[m].append(str(p))
             return real_load(p, *a, **k)
 
-        monkeypatch.setattr(models_mod, "load_model", counting)
+        monkeypatch.setattr(models_mod, "load_configured", counting)
         cfg = load_config(None, _cfg(tmp, model_dir, f"held_{mode}", mode))
         cfg.run.iterations = 3
         run_selfplay(cfg, log=lambda m: None)

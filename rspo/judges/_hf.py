@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from rspo.utils.hf_config import context_length
+from rspo.utils.onednn import route_linear
 
 _DTYPES = {
     "float32": torch.float32,
@@ -116,7 +117,8 @@ def load_model(
     trust_remote_code: bool,
     local_files_only: bool,
 ) -> Any:
-    """A judge model from safetensors via ``auto_cls``, on ``device``, in eval mode. Weights
+    """A judge model from safetensors via ``auto_cls``, on ``device``, in eval mode, with its
+    float32 CPU linear layers on oneDNN (:func:`rspo.utils.onednn.route_linear`, auto). Weights
     missing from the checkpoint are an error (transformers would initialise them at random:
     a reward head saved under another name would judge by noise)."""
     model, info = auto_cls.from_pretrained(
@@ -137,4 +139,5 @@ def load_model(
         )
     model = model.to(device)
     model.eval()
+    route_linear(model)
     return model

@@ -28,7 +28,7 @@ from rspo.modeling import (
     free_memory,
     holds_reference,
     is_adapter_dir,
-    load_model,
+    load_configured,
     load_trainable,
     resolve_dtype,
     resolve_model_path,
@@ -61,8 +61,7 @@ class PolicyModels:
             import_vllm()  # a missing extra fails here, before the run directory is touched
 
     def _load(self, path: str) -> Any:
-        m = self.cfg.model
-        return load_model(path, m.dtype, self.device, m.trust_remote_code)
+        return load_configured(path, self.cfg.model, self.device)
 
     def resident(self) -> list[Any]:
         """The models held now (for memory checks)."""

@@ -38,6 +38,7 @@ RESUMABLE_KEYS = (
     "run.cache_dir",
     "run.keep_freed_memory",
     "model.keep_reference",
+    "model.cpu_linear",
 )
 #: the file an active run holds an exclusive lock on
 LOCK_FILE = ".lock"

@@ -24,7 +24,7 @@ from rspo.distributed import init_distributed, quiet_deepspeed_on_cpu
 from rspo.modeling import (
     batched_sequence_logprobs,
     holds_reference,
-    load_model,
+    load_configured,
     load_tokenizer,
     load_trainable,
     use_packing,
@@ -115,11 +115,9 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     same_ref = not m.ref_path or m.ref_path == m.path
     held = None
     if m.lora is None and m.keep_reference != "off":
-        probe = model if same_ref else load_model(m.ref_path, m.dtype, device, m.trust_remote_code)
+        probe = model if same_ref else load_configured(m.ref_path, m, device)
         if holds_reference(m.keep_reference, cfg.generation.backend, probe, device):
-            held = (
-                probe if not same_ref else load_model(m.path, m.dtype, device, m.trust_remote_code)
-            )
+            held = probe if not same_ref else load_configured(m.path, m, device)
         del probe
     if cfg.generation.backend == "hf":
         phase("generate", lambda: _generate_full(model, tok, cfg, vocab, g))
@@ -135,7 +133,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
         lp_t = batched_sequence_logprobs(model, prompts, resps, pad, mb, packing)
         ref = held if held is not None else model
         if held is None and not same_ref:
-            ref = load_model(m.ref_path, m.dtype, device, m.trust_remote_code)
+            ref = load_configured(m.ref_path, m, device)
         lp_ref = batched_sequence_logprobs(ref, prompts, resps, pad, mb, packing)
         lr = (
             batched_sequence_logprobs(ref, ref_prompts, ref_resps, pad, mb, packing)

@@ -139,8 +139,10 @@ def load_adapter_model(
     trust_remote_code: bool = False,
     load_in_4bit: bool = False,
     base_path: str | None = None,
+    cpu_linear: str = "auto",
 ) -> Any:
-    """Base model (``base_path`` or the adapter's ``base_model_name_or_path``) + adapter, eval."""
+    """Base model (``base_path`` or the adapter's ``base_model_name_or_path``) + adapter, eval
+    (``cpu_linear``: see :func:`rspo.modeling.load_model`)."""
     peft = require_peft()
     base_path = base_path or read_adapter_config(path).get("base_model_name_or_path")
     if not base_path:
@@ -148,7 +150,9 @@ def load_adapter_model(
             f"{path}/adapter_config.json names no base_model_name_or_path; load it with "
             "model.path set to its base model and model.lora set"
         )
-    base = load_model(base_path, dtype, device, trust_remote_code, load_in_4bit)
+    base = load_model(
+        base_path, dtype, device, trust_remote_code, load_in_4bit, cpu_linear=cpu_linear
+    )
     with _quiet_peft():
         model = peft.PeftModel.from_pretrained(base, path, is_trainable=False, use_safetensors=True)
     return model.eval()
@@ -221,7 +225,12 @@ class LoraPolicy:
             peft = require_peft()
             c = self.cfg
             base = load_model(
-                self.base_path, c.dtype, self.device, c.trust_remote_code, c.load_in_4bit
+                self.base_path,
+                c.dtype,
+                self.device,
+                c.trust_remote_code,
+                c.load_in_4bit,
+                cpu_linear=c.cpu_linear,
             )
             if c.load_in_4bit:
                 base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
