@@ -61,9 +61,10 @@ class ModelConfig:
     #: and training): auto (HF backend, weights at most 5% of the device's memory) | on (HF
     #: backend) | off; never for dynamic-RoPE models (their state changes with the inputs)
     keep_reference: str = "auto"
-    #: float32 linear layers on the CPU: auto (oneDNN, 1.5-2.5x MKL's matmul speed on AMD
-    #: CPUs, where this torch has it) | onednn (the same; an error where it cannot) | torch
-    #: (F.linear, MKL). Results differ by float rounding only; the GPU is unaffected
+    #: float32 linear layers of π_t and π_ref on the CPU: auto (oneDNN where this torch has
+    #: it: 2.3x MKL's matmul speed on the AMD EPYC measured in Performance) | onednn (the
+    #: same; an error where it cannot) | torch (F.linear, MKL). Results differ by float
+    #: rounding only; GPUs are unaffected; rspo's HF judges always use auto
     cpu_linear: str = "auto"
 
 

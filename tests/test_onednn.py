@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
+import pickle
+import weakref
 
 import pytest
 import torch
@@ -75,6 +78,8 @@ def test_frozen_weight_or_input_computes_only_the_grads_asked(monkeypatch):
     w = torch.randn(256, 128, generator=g)
     onednn_linear(x, w).sum().backward()
     assert w.grad is None and len(calls) == 2
+    y = onednn_linear(x, w)  # like F.linear, the input is kept only for the weight's grad
+    assert y.grad_fn.saved_tensors[0] is None and y.grad_fn.saved_tensors[1] is not None
     torch.testing.assert_close(x.grad, torch.ones(64, 256) @ w, rtol=1e-5, atol=1e-5)
     calls.clear()
     w.requires_grad_()
@@ -135,6 +140,38 @@ def test_route_linear_keeps_a_models_numbers_and_can_be_undone():
     assert route_linear(model, "torch") == 0 and routed(model) == 0
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)
+
+
+@needs_onednn
+def test_routed_models_die_by_reference_counting_and_pickle():
+    """A routed model is freed when its last reference goes (no garbage collection: rspo
+    drops models that way) and pickles (torch.save of a module) with its routing."""
+    model = _tiny()
+    assert route_linear(model) > 0
+    ref = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert ref() is None
+    finally:
+        gc.enable()
+    seq = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
+    route_linear(seq)
+    back = pickle.loads(pickle.dumps(seq))
+    x = torch.randn(64, 128)
+    assert routed(back) == 2 and torch.equal(back(x), seq(x))
+
+
+@pytest.mark.parametrize("ctx", ["no_grad", "inference_mode"])
+def test_the_check_passes_under_no_grad(ctx, monkeypatch):
+    """The one-time check runs its backward even when the first model is routed under
+    no_grad or inference_mode (it would otherwise fail and turn oneDNN off for good)."""
+    monkeypatch.setattr(onednn, "_available", None)
+    expected = onednn._check()
+    monkeypatch.setattr(onednn, "_available", None)
+    with getattr(torch, ctx)():
+        assert onednn_available() is expected
+        assert route_linear(torch.nn.Linear(256, 256)) == int(expected)
 
 
 def test_route_linear_refuses_what_it_cannot_do(monkeypatch):

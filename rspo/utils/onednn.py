@@ -4,8 +4,9 @@ torch's CPU builds send a float32 matmul to MKL's ``sgemm``. On AMD CPUs MKL tak
 generic code path: on the Zen 5 EPYC this project measures on it runs at ~100 GFLOP/s,
 while oneDNN (the other GEMM library inside the same torch build, reached through
 ``torch.ops.mkldnn._linear_pointwise``) runs the same products at ~240 in full float32
-(IEEE, no reduced-precision math). :func:`route_linear` points a model's ``nn.Linear``
-layers at oneDNN, forward and backward (an autograd function: grad input, grad weight and
+(IEEE, no reduced-precision math). :func:`route_linear` turns a model's ``nn.Linear``
+layers into :class:`OneDNNLinear` (a class swap: same parameters and state dict), whose
+forward and backward run on oneDNN (an autograd function: grad input, grad weight and
 grad bias are oneDNN products too). A layer falls back to ``F.linear`` for any input that
 is not a plain float32 CPU tensor, under autocast, and when the op is missing or fails its
 one-time check against ``F.linear``. Results differ from MKL's by float rounding only.
@@ -13,7 +14,6 @@ one-time check against ``F.linear``. Results differ from MKL's by float rounding
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
@@ -28,6 +28,19 @@ MODES = ("auto", "onednn", "torch")
 MIN_MACS = 1 << 20
 
 _available: bool | None = None
+
+
+def _autocast_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
+def _wrapped(t: torch.Tensor) -> bool:
+    """A functorch (vmap / grad) wrapper: its type() is torch.Tensor, its storage is not."""
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check and check(t))
 
 
 def _op() -> Any:
@@ -46,7 +59,9 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+        # like F.linear: the input only for the weight's gradient, the weight for the input's
+        need_x, need_w = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
         ctx.has_bias = bias is not None
         return _mm(x, weight, bias)
 
@@ -59,7 +74,10 @@ class _OneDNNLinear(torch.autograd.Function):
             gx = _mm(grad, weight.t(), None)  # (..., out) @ (out, in)
         g2 = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[1]:
-            gw = _mm(g2.t(), x.reshape(-1, x.shape[-1]).t(), None)  # (out, N) @ (N, in)
+            # (in, N) @ (N, out), transposed: oneDNN makes its input operand contiguous, so
+            # that is x's transpose (N x in) rather than the gradient's (N x out: the vocab
+            # for an LM head); the result is copied to the weight's layout
+            gw = _mm(x.reshape(-1, x.shape[-1]).t(), g2.t(), None).t().contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2.sum(0)
         return gx, gw, gb
@@ -71,6 +89,7 @@ def _plain(t: torch.Tensor | None) -> bool:
         and t.dtype == torch.float32
         and t.device.type == "cpu"
         and t.layout == torch.strided
+        and not _wrapped(t)
     )
 
 
@@ -83,7 +102,7 @@ def onednn_linear(
         x.numel() * weight.shape[0] < MIN_MACS
         or x.dim() < 2
         or not (_plain(x) and _plain(weight) and _plain(bias))
-        or torch.is_autocast_enabled("cpu")
+        or _autocast_cpu()
     ):
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (
@@ -93,8 +112,13 @@ def onednn_linear(
     return _mm(x, weight, bias)
 
 
-def _forward(self: torch.nn.Linear, input: torch.Tensor) -> torch.Tensor:
-    return onednn_linear(input, self.weight, self.bias)
+class OneDNNLinear(torch.nn.Linear):
+    """An ``nn.Linear`` whose forward is :func:`onednn_linear` (set by :func:`route_linear`
+    on existing layers by class swap: same parameters, state dict and hooks)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """``F.linear`` by oneDNN where it applies."""
+        return onednn_linear(input, self.weight, self.bias)
 
 
 def onednn_available() -> bool:
@@ -109,7 +133,13 @@ def onednn_available() -> bool:
 def _check() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
+    with torch.inference_mode(False), torch.enable_grad():
+        return _check_values()
+
+
+def _check_values() -> bool:
     try:
+        _autocast_cpu()
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(3, 5, 24, generator=gen, dtype=torch.float64)
         w = torch.randn(16, 24, generator=gen, dtype=torch.float64)
@@ -118,8 +148,7 @@ def _check() -> bool:
         ref = [t.clone().requires_grad_() for t in (x, w, b)]
         F.linear(*ref).backward(g)
         got = [t.float().requires_grad_() for t in (x, w, b)]
-        with torch.enable_grad():
-            y = _OneDNNLinear.apply(*got)
+        y = _OneDNNLinear.apply(*got)
         y.backward(g.float())
         pairs = [(y, F.linear(x, w, b))] + [(a.grad, r.grad) for a, r in zip(got, ref)]
         return all(torch.allclose(a.double(), r, rtol=1e-5, atol=1e-5) for a, r in pairs)
@@ -133,9 +162,9 @@ def _routable(model: torch.nn.Module) -> bool:
 
 
 def route_linear(model: torch.nn.Module, mode: str = "auto") -> int:
-    """Point the ``nn.Linear`` layers (exactly that class: not quantized or adapter
-    subclasses) of a float32 CPU ``model`` at oneDNN (``mode`` auto | onednn); ``torch``
-    restores ``F.linear``. Returns the number of layers routed to oneDNN."""
+    """Turn the ``nn.Linear`` layers (exactly that class: not quantized or adapter
+    subclasses) of a float32 CPU ``model`` into :class:`OneDNNLinear` (``mode`` auto |
+    onednn); ``torch`` turns them back. Returns the number of layers routed to oneDNN."""
     if mode not in MODES:
         raise ValueError(f"model.cpu_linear: unknown value {mode!r}; allowed: {', '.join(MODES)}")
     on = mode != "torch" and _routable(model)
@@ -148,19 +177,12 @@ def route_linear(model: torch.nn.Module, mode: str = "auto") -> int:
         on = False
     n = 0
     for m in model.modules():
-        if type(m) is torch.nn.Linear:
-            if on:
-                m.forward = types.MethodType(_forward, m)
-                n += 1
-            elif getattr(m.__dict__.get("forward"), "__func__", None) is _forward:
-                del m.forward
+        if type(m) in (torch.nn.Linear, OneDNNLinear):
+            m.__class__ = OneDNNLinear if on else torch.nn.Linear
+            n += on
     return n
 
 
 def routed(model: torch.nn.Module) -> int:
     """How many of ``model``'s linear layers run through oneDNN."""
-    return sum(
-        1
-        for m in model.modules()
-        if getattr(m.__dict__.get("forward"), "__func__", None) is _forward
-    )
+    return sum(type(m) is OneDNNLinear for m in model.modules())
