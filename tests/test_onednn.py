@@ -31,9 +31,9 @@ def _spy(monkeypatch) -> list[tuple[int, ...]]:
 
 
 CASES = {
-    "2d+bias": ((96, 128), 256, True, False),
-    "3d": ((4, 24, 128), 512, False, False),
-    "3d+bias, transposed input": ((24, 4, 128), 384, True, True),
+    "2d+bias": ((512, 128), 256, True, False),
+    "3d": ((8, 64, 128), 512, False, False),
+    "3d+bias, transposed input": ((64, 8, 128), 384, True, True),
 }
 
 
@@ -48,7 +48,7 @@ def test_values_and_gradients_match_float64(case, monkeypatch):
     g = torch.Generator().manual_seed(0)
     x64 = torch.randn(*shape, generator=g, dtype=torch.float64)
     if transposed:
-        x64 = x64.transpose(0, 1)  # a strided view: (4, 24, 128) with swapped strides
+        x64 = x64.transpose(0, 1)  # a strided view: (8, 64, 128) with swapped strides
     w64 = torch.randn(out, shape[-1], generator=g, dtype=torch.float64) / shape[-1] ** 0.5
     b64 = torch.randn(out, generator=g, dtype=torch.float64) if bias else None
     up = torch.randn(*x64.shape[:-1], out, generator=g, dtype=torch.float64)
@@ -74,13 +74,13 @@ def test_frozen_weight_or_input_computes_only_the_grads_asked(monkeypatch):
     input without grad costs no grad-input product."""
     calls = _spy(monkeypatch)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 128, generator=g, requires_grad=True)
+    x = torch.randn(512, 128, generator=g, requires_grad=True)
     w = torch.randn(256, 128, generator=g)
     onednn_linear(x, w).sum().backward()
     assert w.grad is None and len(calls) == 2
     y = onednn_linear(x, w)  # like F.linear, the input is kept only for the weight's grad
     assert y.grad_fn.saved_tensors[0] is None and y.grad_fn.saved_tensors[1] is not None
-    torch.testing.assert_close(x.grad, torch.ones(64, 256) @ w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, torch.ones(512, 256) @ w, rtol=1e-5, atol=1e-5)
     calls.clear()
     w.requires_grad_()
     onednn_linear(x.detach(), w).sum().backward()
@@ -98,13 +98,13 @@ def test_small_products_and_other_inputs_take_f_linear(monkeypatch):
         (small, w),
         (torch.randn(4, 128, generator=g), w),
         (torch.randn(128, generator=g), w),  # 1-D input
-        (torch.randn(96, 128, generator=g, dtype=torch.float64), w.double()),
-        (torch.randn(96, 128, generator=g).bfloat16(), w.bfloat16()),
+        (torch.randn(1024, 128, generator=g, dtype=torch.float64), w.double()),
+        (torch.randn(1024, 128, generator=g).bfloat16(), w.bfloat16()),
     ]
     for x, wt in cases:
         assert torch.equal(onednn_linear(x, wt), F.linear(x, wt))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        x = torch.randn(96, 128, generator=g)
+        x = torch.randn(1024, 128, generator=g)
         got = onednn_linear(x, w)
         assert got.dtype == torch.bfloat16 and torch.equal(got, F.linear(x, w))
     assert calls == []
@@ -119,19 +119,21 @@ def _tiny():
 
 
 @needs_onednn
-def test_route_linear_keeps_a_models_numbers_and_can_be_undone():
+def test_route_linear_keeps_a_models_numbers_and_can_be_undone(monkeypatch):
     """Routed: every nn.Linear is on oneDNN, logits and a training step's gradients equal the
     unrouted model's to float32 rounding, a deepcopy stays routed, the state dict is
     untouched; 'torch' restores F.linear (bitwise the unrouted logits)."""
     model, plain = _tiny(), _tiny()
     n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
     assert route_linear(model) == n_linear == routed(model) and routed(plain) == 0
-    ids = torch.randint(0, 200, (3, 40), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(0, 200, (8, 128), generator=torch.Generator().manual_seed(3))
+    calls = _spy(monkeypatch)
     out = {}
     for name, m in (("routed", model), ("plain", plain)):
         loss = F.cross_entropy(m(input_ids=ids).logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
         loss.backward()
         out[name] = (loss.detach(), {k: p.grad for k, p in m.named_parameters()})
+    assert len(calls) == 3 * n_linear  # every layer's product is big enough: all on oneDNN
     torch.testing.assert_close(out["routed"][0], out["plain"][0], rtol=1e-6, atol=1e-6)
     for k, grad in out["plain"][1].items():
         torch.testing.assert_close(out["routed"][1][k], grad, rtol=1e-4, atol=1e-6)
@@ -158,7 +160,7 @@ def test_routed_models_die_by_reference_counting_and_pickle():
     seq = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
     route_linear(seq)
     back = pickle.loads(pickle.dumps(seq))
-    x = torch.randn(64, 128)
+    x = torch.randn(1024, 128)
     assert routed(back) == 2 and torch.equal(back(x), seq(x))
 
 
