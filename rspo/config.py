@@ -62,9 +62,10 @@ class ModelConfig:
     #: backend) | off; never for dynamic-RoPE models (their state changes with the inputs)
     keep_reference: str = "auto"
     #: float32 linear layers of π_t and π_ref on the CPU: auto (oneDNN where this torch has
-    #: it: 2.3x MKL's matmul speed on the AMD EPYC measured in Performance) | onednn (the
-    #: same; an error where it cannot) | torch (F.linear, MKL). Results differ by float
-    #: rounding only; GPUs are unaffected; rspo's HF judges always use auto
+    #: it, single-process runs: 2.3x MKL's matmul speed on the AMD EPYC measured in
+    #: Performance) | onednn (also under several processes; an error where it cannot) |
+    #: torch (F.linear, MKL). Results differ by float rounding only; GPUs are unaffected;
+    #: rspo's HF judges always use auto
     cpu_linear: str = "auto"
 
 

@@ -189,6 +189,15 @@ def test_route_linear_refuses_what_it_cannot_do(monkeypatch):
         route_linear(model, "onednn")
 
 
+def test_auto_leaves_distributed_runs_to_f_linear(monkeypatch):
+    """Under several processes auto keeps F.linear; onednn still routes."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 2)
+    assert route_linear(_tiny(), "auto") == 0
+    if onednn_available():
+        assert route_linear(_tiny(), "onednn") > 0
+
+
 def test_check_rejects_an_op_that_disagrees_with_f_linear(monkeypatch):
     """The one-time check compares against F.linear: an op off by a little fails it."""
     monkeypatch.setattr(onednn, "_mm", lambda x, w, b: F.linear(x, w, b) * (1 + 1e-3))

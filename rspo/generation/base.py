@@ -2,7 +2,9 @@
 
 Each sequence carries its own seed (derived from run seed, iteration, prompt index and
 sample index), so samples do not depend on batch composition and a resumed run draws the
-same responses as an uninterrupted one.
+same responses as an uninterrupted one. (Up to float rounding: a batch's padding, and the
+size of a product, which picks MKL or oneDNN for it (:mod:`rspo.utils.onednn`), round
+log-probs differently, which can flip a near-tie draw.)
 """
 
 from __future__ import annotations

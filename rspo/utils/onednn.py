@@ -163,13 +163,21 @@ def _routable(model: torch.nn.Module) -> bool:
     return p is not None and p.device.type == "cpu" and p.dtype == torch.float32
 
 
+def _distributed() -> bool:
+    """Several processes (gloo on CPU): FSDP2 / ZeRO-3 swap parameter storage around the
+    forward and backward, which auto leaves to F.linear, the path those engines test."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def route_linear(model: torch.nn.Module, mode: str = "auto") -> int:
     """Turn the ``nn.Linear`` layers (exactly that class: not quantized or adapter
-    subclasses) of a float32 CPU ``model`` into :class:`OneDNNLinear` (``mode`` auto |
-    onednn); ``torch`` turns them back. Returns the number of layers routed to oneDNN."""
+    subclasses) of a float32 CPU ``model`` into :class:`OneDNNLinear` (``mode`` onednn, or
+    auto in a single process); ``torch`` turns them back. Returns the number of layers
+    routed to oneDNN."""
     if mode not in MODES:
         raise ValueError(f"model.cpu_linear: unknown value {mode!r}; allowed: {', '.join(MODES)}")
-    on = mode != "torch" and _routable(model)
+    on = mode != "torch" and _routable(model) and not (mode == "auto" and _distributed())
     if on and not onednn_available():
         if mode == "onednn":
             raise ValueError(
