@@ -209,11 +209,11 @@ def test_check_rejects_an_op_that_disagrees_with_f_linear(monkeypatch):
 @needs_onednn
 def test_load_model_routes_by_config(tmp_path):
     """rspo.modeling.load_model routes a float32 CPU model per model.cpu_linear."""
-    from rspo.gym.tokenizer import build_byte_tokenizer
     from rspo.modeling import load_model
 
-    _tiny().save_pretrained(tmp_path, safe_serialization=True)
-    build_byte_tokenizer().save_pretrained(tmp_path)
+    from fixtures_lm import make_tiny_model_dir
+
+    make_tiny_model_dir(tmp_path)
     assert routed(load_model(str(tmp_path))) > 0
     assert routed(load_model(str(tmp_path), cpu_linear="torch")) == 0
     assert routed(load_model(str(tmp_path), dtype="bfloat16")) == 0
