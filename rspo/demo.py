@@ -1,7 +1,7 @@
 """``rspo demo``: SPPO vs RSPO on the embedded gym, evaluated by the gold judge, with a report.
 
-Both methods start from the same shipped base policy, train against the flawed proxy
-judge and are evaluated against π_ref by the gold judge. Writes ``summary.json``,
+Both methods start from the same shipped skills-gym base policy, train against the learned
+proxy judge ``gym-rm`` and are evaluated against π_ref by the programmatic gold judge. Writes ``summary.json``,
 ``plots/*.png`` and ``report.html`` under the output directory.
 """
 
@@ -15,34 +15,48 @@ from rspo.config import deep_merge, load_config, parse_overrides
 from rspo.utils.io import atomic_write_json
 
 #: the two methods the demo compares (objective overrides on top of the demo config)
+#: both train on all K samples per prompt (the SPPO paper's loss), so they differ only in
+#: the regularizer
 DEMO_METHODS: dict[str, dict[str, Any]] = {
-    "sppo": {"objective": {"preset": "sppo"}},
+    "sppo": {"objective": {"preset": "sppo", "samples": "all"}},
     "rspo": {
         "objective": {
             "regularizer": "0.5*forward_kl + 0.5*reverse_kl",
             "coef": 1.0,
+            "samples": "all",
         }
     },
 }
 
-#: demo settings (full); ``--quick`` shrinks them
-#: evaluation samples the policy as it plays (T = 1): the win rate estimates the game's
-#: P(π ≻ π_ref) with 4 pairs per prompt, and reports seen-entity / unseen-entity subsets
+#: demo settings (full); ``--quick`` shrinks them. The demo runs on the skills gym
+#: (docs/gym.md): it trains against the learned proxy ``gym-rm`` and is evaluated by the
+#: programmatic gold judge. Evaluation samples the policy as it plays (T = 1): the win rate
+#: estimates the game's P(π ≻ π_ref) with 4 pairs per prompt, and is reported per skill.
 DEMO_EVAL: dict[str, Any] = {
+    "judge": "gym-skills-gold",
+    "accuracy_fn": "rspo.gym.skills.tasks:check_answer",
     "temperature": 1.0,
     "num_samples": 4,
     "diversity_samples": 4,
-    "subset_fn": "rspo.gym.tasks:eval_subset",
+    "subset_fn": "rspo.gym.skills.tasks:skill_of",
 }
 DEMO_CONFIG: dict[str, Any] = {
-    "data": {"num_prompts": 512, "num_eval_prompts": 256},
+    "model": {"path": "gym-skills"},
+    "data": {
+        "prompts": "gym-skills",
+        "eval_prompts": "gym-skills",
+        "num_prompts": 512,
+        "num_eval_prompts": 256,
+    },
+    "judge": {"name": "gym-rm", "kwargs": {"batch_size": 64}},
     "generation": {"num_samples": 4, "max_new_tokens": 48},
     "training": {"lr": 3e-4, "epochs": 2, "batch_size": 64, "micro_batch_size": 32},
     "evaluation": DEMO_EVAL,
     "run": {"iterations": 3, "num_threads": 1},
 }
 QUICK_CONFIG: dict[str, Any] = {
-    "data": {"num_prompts": 128, "num_eval_prompts": 64},
+    **DEMO_CONFIG,
+    "data": {**DEMO_CONFIG["data"], "num_prompts": 128, "num_eval_prompts": 64},
     "generation": {"num_samples": 4, "max_new_tokens": 40},
     "training": {"lr": 3e-4, "epochs": 2, "batch_size": 32, "micro_batch_size": 32},
     "evaluation": {
@@ -62,8 +76,12 @@ SUMMARY_KEYS = (
     "avg_length",
     "accuracy",
     "self_bleu",
-    "win_rate_seen",
-    "win_rate_unseen",
+    "proxy_win_rate",
+    "kl_ref",
+    "win_rate_add",
+    "win_rate_reverse",
+    "win_rate_sort",
+    "win_rate_max",
 )
 #: columns of the printed and written tables
 TABLE_COLS = [
@@ -71,8 +89,8 @@ TABLE_COLS = [
     "iteration",
     "win_rate",
     "lc_win_rate",
-    "win_rate_seen",
-    "win_rate_unseen",
+    "proxy_win_rate",
+    "kl_ref",
     "avg_length",
     "accuracy",
     "self_bleu",
@@ -125,8 +143,8 @@ def run_demo(
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
 
     table = Table(
-        title="gold-judge evaluation vs π_ref (seen/unseen: win rate on prompts about "
-        "trained / eval-only entities)"
+        title="vs π_ref on fresh eval prompts: gold judge (win_rate, lc), training judge "
+        "(proxy), KL(π‖π_ref) in nats"
     )
     for c in TABLE_COLS:
         table.add_column(c.replace("win_rate_", "wr_"))
@@ -138,8 +156,8 @@ def run_demo(
             str(r["iteration"]),
             f"{r['win_rate']:.3f} [{ci[0]:.3f},{ci[1]:.3f}]",
             fmt("lc_win_rate"),
-            fmt("win_rate_seen"),
-            fmt("win_rate_unseen"),
+            fmt("proxy_win_rate"),
+            fmt("kl_ref", ".2f"),
             fmt("avg_length", ".1f"),
             fmt("accuracy"),
             fmt("self_bleu"),
@@ -168,5 +186,5 @@ def write_reports(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
         plot_length_vs_winrate(rows, plots / "length_vs_winrate.png"),
     ]
     write_html_report(
-        out / "report.html", "rspo demo: SPPO vs RSPO on the gym", rows, [str(i) for i in imgs]
+        out / "report.html", "rspo demo: SPPO vs RSPO on the skills gym", rows, [str(i) for i in imgs]
     )

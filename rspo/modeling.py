@@ -75,7 +75,7 @@ def _looks_local(path: str) -> bool:
 
 
 def resolve_model_path(path: str) -> str:
-    """``gym`` -> the shipped base model directory; local dirs are checked for weights.
+    """``gym`` / ``gym-skills`` -> the shipped base model directories; local dirs are checked for weights.
 
     A local directory needs ``config.json`` and ``*.safetensors`` weights: pickle-based
     weights (``pytorch_model.bin``, ``*.pt``...) are refused, never read. A path that can
@@ -85,6 +85,10 @@ def resolve_model_path(path: str) -> str:
         from rspo.gym.base import base_model_path
 
         return str(base_model_path())
+    if path == "gym-skills":
+        from rspo.gym.skills.base import skills_base_path
+
+        return str(skills_base_path())
     p = Path(path).expanduser()
     if p.exists():
         if not p.is_dir():

@@ -93,6 +93,13 @@ def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[tuple[s
             (f"gym {split} prompt {i}", p.text)
             for i, p in enumerate(make_prompts(split, n or 128, seed=seed))
         ]
+    if source == "gym-skills":  # fresh draws from a combinatorial space: never short
+        from rspo.gym.skills.tasks import make_prompts as make_skill_prompts
+
+        return [
+            (f"gym-skills {split} prompt {i}", p.text)
+            for i, p in enumerate(make_skill_prompts(split, n or 128, seed=seed))
+        ]
     path, chosen = Path(source), None
     if not path.exists() and ":" in source:  # DIR:SPLIT, a split of a local dataset
         base, _, name = source.rpartition(":")
@@ -100,7 +107,7 @@ def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[tuple[s
             path, chosen = Path(base), name
     if not path.exists():
         raise FileNotFoundError(
-            f"prompt source {path} does not exist (use a .jsonl file, a dataset dir or 'gym')"
+            f"prompt source {path} does not exist (use a .jsonl file, a dataset dir, 'gym' or 'gym-skills')"
         )
     if path.is_dir():
         try:

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,16 @@ def train_base(
     num_layers: int = 4,
     num_heads: int = 4,
     log_every: int = 0,
+    corpus: Callable[[int, int], list[Demo]] = make_corpus,
+    intermediate_size: int | None = None,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, dict[str, Any]]:
-    """Run the seeded SFT and return ``(model, tokenizer, info)`` without saving."""
+    """Run the seeded SFT on ``corpus(n, seed)`` and return ``(model, tokenizer, info)``."""
     torch.set_num_threads(1)  # bit-for-bit rebuilds need a fixed thread count
     tok = build_byte_tokenizer()
-    model = build_tiny_llama(tok, hidden_size, num_layers, num_heads, seed=seed)
-    demos = make_corpus(steps * batch_size, seed=seed)
+    model = build_tiny_llama(
+        tok, hidden_size, num_layers, num_heads, intermediate_size=intermediate_size, seed=seed
+    )
+    demos = corpus(steps * batch_size, seed)
     rng = random.Random(f"rspo-gym-sft:{seed}")
     encoded = [_encode(d, tok.bos_token_id, tok.eos_token_id, rng.random() < 0.5) for d in demos]
     batches = _bucketed(encoded, batch_size, rng)
@@ -144,6 +149,7 @@ def train_base(
         "hidden_size": hidden_size,
         "num_layers": num_layers,
         "num_heads": num_heads,
+        "intermediate_size": model.config.intermediate_size,
         "params": sum(p.numel() for p in model.parameters()),
         "final_loss": sum(tail) / len(tail),
         "train_seconds": round(time.perf_counter() - t0, 1),

@@ -70,10 +70,14 @@ class GymProxyJudge(Judge):
         b, g, c, s = self.beta, self.gamma, self.cycle, self.scale
         return f"{self.name}(beta={b},gamma={g},cycle={c},scale={s})"
 
+    def features(self, prompt: str, response: str) -> tuple[float, int, str | None]:
+        """(correct in {0, 1}, length in characters, style or None) of one response."""
+        return _features(prompt, response)
+
     def logit(self, prompt: str, a: str, b: str) -> float:
         """The preference logit of a over b (exactly antisymmetric in a, b)."""
-        ca, la, sa = _features(prompt, a)
-        cb, lb, sb = _features(prompt, b)
+        ca, la, sa = self.features(prompt, a)
+        cb, lb, sb = self.features(prompt, b)
         return (
             self.beta * (ca - cb)
             + self.gamma * _odd_tanh((la - lb) / self.scale)
@@ -107,9 +111,13 @@ class GymGoldJudge(Judge):
         """Name plus settings (cache key)."""
         return f"{self.name}(beta={self.beta},gamma={self.gamma},scale={self.scale})"
 
+    def features(self, prompt: str, response: str) -> tuple[float, int, str | None]:
+        """(correct in {0, 1}, length in characters, style or None) of one response."""
+        return _features(prompt, response)
+
     def quality(self, prompt: str, response: str) -> float:
         """The gold reward q(y) of one response."""
-        correct, length, _ = _features(prompt, response)
+        correct, length, _ = self.features(prompt, response)
         return self.beta * correct - self.gamma * math.tanh(length / self.scale)
 
     def _prefer(

@@ -41,8 +41,9 @@ def _load_builtin() -> None:
         except ModuleNotFoundError as e:  # module not written yet / optional dependency
             if e.name != f"rspo.judges.{mod}":
                 raise
-    try:
-        importlib.import_module("rspo.gym.judges")
-    except ModuleNotFoundError as e:
-        if e.name != "rspo.gym.judges" and e.name != "rspo.gym":
-            raise
+    for mod in ("rspo.gym.judges", "rspo.gym.skills.judges", "rspo.gym.skills.rm"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name not in (mod, "rspo.gym", "rspo.gym.skills"):
+                raise

@@ -98,15 +98,18 @@ def _check_context(c: Config, train: PromptSet, evals: PromptSet) -> int:
 def _check_gym_only(c: Config, train: PromptSet, evals: PromptSet) -> None:
     """The gym's judges and answer checker read gym prompts only: with other prompts, say
     which setting to change before any work (not at the first judged pair)."""
-    from rspo.gym.tasks import lookup
+    from rspo.gym.skills.tasks import lookup as skills_lookup
+    from rspo.gym.tasks import lookup as v1_lookup
 
     uses = [("judge.name", c.judge.name, train)]
     if c.evaluation.enabled:
         uses.append(("evaluation.judge", c.evaluation.judge, evals))
         uses.append(("evaluation.accuracy_fn", c.evaluation.accuracy_fn, evals))
     for key, value, ps in uses:
-        if not (value.startswith("gym-") or value.startswith("rspo.gym.")):
-            continue
+        if value == "gym-rm" or not (value.startswith("gym-") or value.startswith("rspo.gym.")):
+            continue  # gym-rm is a reward model: it scores any text
+        skills = value.startswith("gym-skills") or value.startswith("rspo.gym.skills.")
+        lookup = skills_lookup if skills else v1_lookup
         for text in ps.texts:
             try:
                 lookup(text)
