@@ -11,7 +11,7 @@
 # For each: wall time, per-stage times, and peak memory (`rspo train --dry-run` at the
 # run's maximum lengths, plus the largest nvidia-smi reading while the run ran).
 #
-#   scripts/gpu_smoke.sh                 # on a GPU machine (run once on one H200: README)
+#   scripts/gpu_smoke.sh                 # on a GPU machine (run once on one H200: docs/scaling.md)
 #   scripts/gpu_smoke.sh --cpu --tiny    # CPU fallback: 2 gloo processes, a 0.1M model
 #   options: --out DIR (default runs/gpu_smoke), --keep (do not delete DIR first)
 set -euo pipefail
