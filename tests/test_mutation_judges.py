@@ -90,3 +90,26 @@ def test_python_judge_id_names_every_setting():
     assert ids[0].startswith("python[fn=") and ",code=" in ids[0] and ids[0].endswith("]")
     assert ids[1].endswith(",batched]") and ids[2].endswith(',kwargs={"x": 1}]')
     assert ids[3].endswith(",version=2]")
+
+
+def test_cache_close_closes_its_connection_and_pickling_keeps_path_and_timeout(tmp_path):
+    import pickle
+    import sqlite3
+
+    from rspo.judges.cache import JudgementCache
+
+    c = JudgementCache(tmp_path / "c.sqlite", timeout=7.5)
+    c.put_many("j", {"k": 0.25})
+    conn = c._conn
+    c.close()
+    with pytest.raises(sqlite3.ProgrammingError):  # closed, not only forgotten
+        conn.execute("SELECT 1")
+    d = pickle.loads(pickle.dumps(c))
+    assert (d.path, d.timeout, d.count("j")) == (c.path, 7.5, 1)
+
+
+def test_a_credential_setting_is_refused_with_the_reason():
+    from rspo.judges.base import build_judge
+
+    with pytest.raises(ValueError, match="are saved with the run's config, so secrets do not"):
+        build_judge("python", fn="x:y", extra={"api_key": "sk"})

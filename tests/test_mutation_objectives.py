@@ -31,3 +31,12 @@ def test_mixture_estimate_weights_each_component(w1, w2):
     other = Mixture([(w2, rk), (w1, c2)]).estimate(b)
     assert float(other) != pytest.approx(float(want))
     assert np.isfinite(float(want)) and float(rk.estimate(b)) != float(c2.estimate(b))
+
+
+def test_loss_repr_names_every_setting():
+    from rspo.objectives import RSPOLoss
+
+    assert repr(RSPOLoss(eta=2.0, regularizer="reverse_kl", coef=0.5)) == (
+        "RSPOLoss(eta=2.0, regularizer='reverse_kl[is]', coef=0.5, loss_type='sppo', tau=None)"
+    )
+    assert repr(RSPOLoss(eta=1.0)).startswith("RSPOLoss(eta=1.0, regularizer=None, coef=0.0")

@@ -121,3 +121,22 @@ def test_generation_seeds_differ_between_iterations(tmp_path):
         sp.stage_generate(t)
         assert sp.rd.done(t, "generate")
     assert calls == [(7, "gen", 2), (7, "gen", 3)]
+
+
+def test_reference_samples_are_scored_for_the_prompts_of_the_dataset(tmp_path):
+    sp = _run(tmp_path, loss_type="sppo_hard")  # prompt 1 is tied: only prompt 0 is kept
+    sp.loss_fn = SimpleNamespace(needs_ref_samples=True)
+    asked = []
+
+    def ref_samples(t, idx):
+        asked.append((t, idx))
+        return {i: [[100 + i], [200 + i]] for i in idx}
+
+    sp._ref_samples = ref_samples
+    sp._logprobs = lambda path, prompts, resps: [-float(r[0]) for r in resps]
+    data = _dataset(sp)
+    assert asked == [(1, [0])]
+    assert data["ref_examples"] == [
+        {"prompt_index": 0, "response_ids": [100], "logp_ref": -100.0},
+        {"prompt_index": 0, "response_ids": [200], "logp_ref": -200.0},
+    ]
