@@ -40,3 +40,12 @@ def test_loss_repr_names_every_setting():
         "RSPOLoss(eta=2.0, regularizer='reverse_kl[is]', coef=0.5, loss_type='sppo', tau=None)"
     )
     assert repr(RSPOLoss(eta=1.0)).startswith("RSPOLoss(eta=1.0, regularizer=None, coef=0.0")
+
+
+def test_rspo_preset_is_the_papers_headline_setting():
+    from rspo.objectives import PRESETS
+
+    p = PRESETS["rspo"]
+    assert (p.loss_type, p.regularizer, p.coef, p.samples, p.magnet_refresh, p.tau_eta) == (
+        "sppo", "forward_kl[ratio] + 10*reverse_kl[k2]", 0.2, "best_worst", None, None
+    )  # fmt: skip
