@@ -305,10 +305,10 @@ _POSITIVE = (
     "data.num_eval_prompts",
     "run.iterations",
     "evaluation.diversity_temperature",
+    "objective.eta",
 )
 _NON_NEGATIVE = (
     "objective.coef",
-    "objective.eta",
     "generation.temperature",
     "generation.top_k",
     "training.weight_decay",
@@ -635,8 +635,9 @@ def _apply_preset(data: dict[str, Any]) -> dict[str, Any]:
         "samples": p.samples,
         "magnet_refresh": p.magnet_refresh,
     }
-    if p.tau_eta is not None:  # INPO: the preset fixes ητ, so τ follows the configured η
-        defaults["tau"] = p.tau_eta / float(obj.get("eta", ObjectiveConfig.eta))
+    eta = float(obj.get("eta", ObjectiveConfig.eta)) if p.tau_eta is not None else 0.0
+    if eta > 0:  # INPO: the preset fixes ητ, so τ follows η (η <= 0: refused by validation)
+        defaults["tau"] = p.tau_eta / eta
     data = dict(data)
     data["objective"] = {**defaults, **obj}
     return data

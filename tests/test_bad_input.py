@@ -129,7 +129,7 @@ CONFIG_CASES = [
     ("negative_coef", {"objective.coef": -0.1}, r"objective\.coef: must be >= 0, got -0\.1"),
     ("nan_coef", {"objective.coef": ".nan"}, r"objective\.coef: value is NaN"),
     ("nan_eta", {"objective.eta": ".nan"}, r"objective\.eta: value is NaN"),
-    ("negative_eta", {"objective.eta": -1}, r"objective\.eta: must be >= 0, got -1"),
+    ("negative_eta", {"objective.eta": -1}, r"objective\.eta: must be > 0, got -1"),
     (
         "unknown_key",
         {"objective.coeff": 0.1},

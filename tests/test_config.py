@@ -82,6 +82,13 @@ def test_inpo_preset_derives_tau_from_eta():
     assert cfg.objective.tau == pytest.approx(PRESETS["inpo"].tau_eta / 4)
 
 
+@pytest.mark.parametrize("preset", [[], ["--objective.preset", "inpo"]])
+def test_eta_zero_is_a_named_config_error(preset):
+    """η = 0 divides by zero in the loss (and in the INPO preset's τ = ητ/η): refused here."""
+    with pytest.raises(ConfigError, match=r"objective\.eta: must be > 0, got 0\.0"):
+        load_config(None, [*preset, "--objective.eta", "0"])
+
+
 def test_deep_merge_merges_sections_but_replaces_settings_dicts():
     from rspo.config import deep_merge
 

@@ -1,0 +1,142 @@
+"""The score stage on hand-made judgments (no model): which response is chosen, which
+rejected, with which win rate; the self-match setting; the marker after the data; and the
+generation seeds of each iteration. Exact values, derived by hand in each test."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from rspo.config import load_config
+from rspo.distributed import DistContext
+from rspo.selfplay.loop import SelfPlayRun
+from rspo.selfplay.rundir import RunDir
+from rspo.utils.io import append_jsonl
+
+# K = 3, prompt 0: response 2 beats both others, response 0 loses to both (P[k, j] = P(k ≻ j)).
+P0 = [[0.5, 0.25, 0.0], [0.75, 0.5, 0.5], [1.0, 0.5, 0.5]]
+# prompt 1: the judge ties everything
+P1 = [[0.5, 0.5, 0.5]] * 3
+
+
+def _run(tmp_path, **objective) -> SelfPlayRun:
+    cfg = load_config(None, [f"--objective.{k}={v}" for k, v in objective.items()])
+    cfg.run.output = str(tmp_path)
+    sp = object.__new__(SelfPlayRun)  # no model: the stage reads records, logp recorded
+    sp.cfg, sp.rd, sp.dist = cfg, RunDir(tmp_path), DistContext()
+    sp.models = SimpleNamespace(reference=None)
+    sp.loss_fn = SimpleNamespace(needs_ref_samples=False)
+    sp.train_prompts = SimpleNamespace(ids=[[1, 2], [3]])
+    d = sp.rd.iter_dir(1)
+    d.mkdir(parents=True)
+    gens = [
+        {
+            "prompt_index": i,
+            "responses": [{"ids": [10 * i + k], "logp": -1.0 - k} for k in range(3)],
+        }
+        for i in range(2)
+    ]
+    append_jsonl(d / "generations.jsonl", gens)
+    append_jsonl(
+        d / "judgments.jsonl", [{"prompt_index": 0, "P": P0}, {"prompt_index": 1, "P": P1}]
+    )
+    return sp
+
+
+def _dataset(sp: SelfPlayRun) -> dict:
+    sp.stage_score(1)
+    return json.loads((sp.rd.iter_dir(1) / "dataset.json").read_text())
+
+
+@pytest.mark.parametrize("loss_type", ["sppo_hard", "inpo"])
+def test_pair_losses_choose_the_judges_best_and_reject_its_worst(tmp_path, loss_type):
+    extra = {"tau": 0.1} if loss_type == "inpo" else {}
+    sp = _run(tmp_path, loss_type=loss_type, **extra)
+    data = _dataset(sp)
+    # self-match: p̂_k = (Σ_{j≠k} P[k, j] + ½) / K -> (0.25 + .5)/3, (1.25 + .5)/3, (1.5 + .5)/3
+    rows = [(e["prompt_index"], e["k"], e["label"], e["win_rate"]) for e in data["examples"]]
+    assert rows == [(0, 2, 1, pytest.approx(2 / 3)), (0, 0, -1, pytest.approx(0.25))]
+    assert [e["response_ids"] for e in data["examples"]] == [[2], [0]]
+    assert [e["logp_t"] for e in data["examples"]] == [-3.0, -1.0]  # the recorded ones
+    assert [e["logp_ref"] for e in data["examples"]] == [-3.0, -1.0]  # π_ref = π_1
+    info = json.loads((sp.rd.iter_dir(1) / "score.done").read_text())
+    assert (info["examples"], info["ref_examples"], info["tied_prompts"]) == (2, 0, 1)
+    assert sp.models.reference == sp.cfg.model.path
+
+
+@pytest.mark.parametrize(
+    "self_match,want", [(True, [0.25, 1.75 / 3, 2 / 3]), (False, [0.125, 0.625, 0.75])]
+)
+def test_include_self_match_false_is_honoured(tmp_path, self_match, want):
+    sp = _run(tmp_path)
+    sp.cfg.judge.include_self_match = self_match
+    data = _dataset(sp)
+    # without the self-match: p̂_k = Σ_{j≠k} P[k, j] / (K − 1); every sample of both prompts
+    got = [(e["prompt_index"], e["k"], e["label"], e["win_rate"]) for e in data["examples"]]
+    tie = 0.5
+    assert got == [(0, k, 0, pytest.approx(w)) for k, w in enumerate(want)] + [
+        (1, k, 0, pytest.approx(tie)) for k in range(3)
+    ]
+    assert json.loads((sp.rd.iter_dir(1) / "score.done").read_text())["tied_prompts"] == 0
+
+
+def test_best_worst_samples_keep_tied_prompts_for_the_square_loss(tmp_path):
+    sp = _run(tmp_path, samples="best_worst")
+    data = _dataset(sp)
+    got = [(e["prompt_index"], e["k"], e["label"]) for e in data["examples"]]
+    assert got == [(0, 2, 1), (0, 0, -1), (1, 0, 1), (1, 1, -1)]  # all tied: two distinct
+    assert data["coef"] == sp.cfg.objective.coef and data["measured"] is None
+
+
+def test_the_score_marker_is_written_after_its_data(tmp_path, monkeypatch):
+    from rspo.selfplay import loop as loop_mod
+
+    sp = _run(tmp_path)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # a kill while writing dataset.json
+
+    monkeypatch.setattr(loop_mod, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sp.stage_score(1)
+    assert not sp.rd.done(1, "score")
+
+
+def test_generation_seeds_differ_between_iterations(tmp_path):
+    sp = _run(tmp_path)
+    calls = []
+
+    def sample_records(path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False):
+        calls.append(seed_parts)
+        return [{"prompt_index": i, "responses": []} for i in idx]
+
+    sp.sample_records = sample_records
+    sp.cfg.run.seed = 7
+    sp.cfg.model.path = "m"
+    sp.cfg.generation.logprobs = "off"
+    for t in (2, 3):
+        sp.rd.checkpoint(t - 1).mkdir(parents=True)
+        sp.stage_generate(t)
+        assert sp.rd.done(t, "generate")
+    assert calls == [(7, "gen", 2), (7, "gen", 3)]
+
+
+def test_reference_samples_are_scored_for_the_prompts_of_the_dataset(tmp_path):
+    sp = _run(tmp_path, loss_type="sppo_hard")  # prompt 1 is tied: only prompt 0 is kept
+    sp.loss_fn = SimpleNamespace(needs_ref_samples=True)
+    asked = []
+
+    def ref_samples(t, idx):
+        asked.append((t, idx))
+        return {i: [[100 + i], [200 + i]] for i in idx}
+
+    sp._ref_samples = ref_samples
+    sp._logprobs = lambda path, prompts, resps: [-float(r[0]) for r in resps]
+    data = _dataset(sp)
+    assert asked == [(1, [0])]
+    assert data["ref_examples"] == [
+        {"prompt_index": 0, "response_ids": [100], "logp_ref": -100.0},
+        {"prompt_index": 0, "response_ids": [200], "logp_ref": -200.0},
+    ]
