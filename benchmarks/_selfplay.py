@@ -80,6 +80,7 @@ def selfplay_config(s: dict[str, Any], output: Path) -> dict[str, Any]:
     """The rspo config dict of one benchmark setting (one optimizer step per iteration)."""
     samples = s["prompts"] * s["k"]
     return {
+        "preset": "gym",  # the gym's values (rspo/configs/gym.yaml) under the ones below
         "model": {
             "path": s.get("model", "gym"),
             "device": "cpu",

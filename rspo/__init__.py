@@ -1,8 +1,76 @@
 """rspo: regularized self-play preference optimization for language models.
 
+The Python API (imported lazily, so ``import rspo`` stays cheap)::
+
+    import rspo
+
+    cfg = rspo.load_config("my.yaml", overrides={"training.lr": 1e-6})
+    result = rspo.run(cfg)            # result.run_dir, result.checkpoint, result.metrics
+
+Extension points: subclass :class:`Judge` (``@register_judge("name")``) or
+:class:`Regularizer` (``@register_regularizer``); name the module in ``run.imports``.
+
 Layers (each depends only on those above it in this list):
 ``objectives`` (pure torch losses and regularizers) -> ``game`` (exact tabular games)
 -> ``judges`` -> ``generation`` / ``training`` / ``evaluation`` -> ``selfplay`` -> ``cli``.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+#: public name -> module that defines it (imported on first access)
+_LAZY: dict[str, str] = {
+    "Config": "rspo.config",
+    "ConfigError": "rspo.config",
+    "load_config": "rspo.config",
+    "run": "rspo.api",
+    "RunResult": "rspo.api",
+    "Judge": "rspo.judges.base",
+    "JudgeError": "rspo.judges.base",
+    "register_judge": "rspo.judges.base",
+    "build_judge": "rspo.judges.base",
+    "RSPOLoss": "rspo.objectives",
+    "Regularizer": "rspo.objectives",
+    "register_regularizer": "rspo.objectives",
+}
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Judge",
+    "JudgeError",
+    "RSPOLoss",
+    "Regularizer",
+    "RunResult",
+    "__version__",
+    "build_judge",
+    "load_config",
+    "register_judge",
+    "register_regularizer",
+    "run",
+]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
+    from rspo.api import RunResult, run
+    from rspo.config import Config, ConfigError, load_config
+    from rspo.judges.base import Judge, JudgeError, build_judge, register_judge
+    from rspo.objectives import Regularizer, RSPOLoss, register_regularizer
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access (PEP 562), so ``import rspo`` is cheap."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rspo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public API plus the module's own attributes."""
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,8 @@
 """One typed configuration tree shared by Python, YAML files and CLI overrides.
 
-``Config`` holds one section per pipeline part. YAML files and ``--section.key value`` CLI
+``Config`` holds one section per pipeline part. Its defaults are the RSPO paper's recipe for
+a real model on a GPU (method.md §3a); the embedded gym's small-model values live in the
+``gym`` preset (``rspo/configs/gym.yaml``). YAML files and ``--section.key value`` CLI
 overrides are checked against the dataclass fields: unknown keys and bad values are errors
 that name the key and the allowed values.
 """
@@ -41,14 +43,16 @@ class LoraConfig:
 class ModelConfig:
     """The policy π_0 and the reference π_ref (``gym`` = the embedded base model)."""
 
-    #: local model directory, hub id (needs network) or ``gym``
-    path: str = "gym"
+    #: local model directory, hub id (needs network) or ``gym`` (selects the gym preset);
+    #: required: null until set
+    path: str | None = None
     #: reference policy for the regularizer; ``None`` = same as ``path`` (π_ref = π_0)
     ref_path: str | None = None
     #: run model code from the hub repo (off: only transformers' own classes)
     trust_remote_code: bool = False
     #: float32 | bfloat16 | float16 (LoRA only) | auto (bfloat16 on a CUDA device that
-    #: supports it, else float32)
+    #: supports it, else float32). float32 by default: bfloat16 weights round away updates
+    #: of lr 5e-7 (the paper's) to most weights
     dtype: str = "float32"
     #: auto | cpu | cuda | cuda:N
     device: str = "auto"
@@ -61,30 +65,34 @@ class ModelConfig:
     #: and training): auto (HF backend, weights at most 5% of the device's memory) | on (HF
     #: backend) | off; never for dynamic-RoPE models (their state changes with the inputs)
     keep_reference: str = "auto"
-    #: float32 linear layers of π_t and π_ref on the CPU: auto (oneDNN where this torch has
-    #: it, single-process runs: 2.3x MKL's matmul speed on the AMD EPYC measured in
-    #: Performance) | onednn (also under several processes; an error where it cannot) |
-    #: torch (F.linear, MKL). Results differ by float rounding only; GPUs are unaffected;
-    #: rspo's HF judges always use auto
-    cpu_linear: str = "auto"
+    #: float32 linear layers of π_t and π_ref on the CPU: torch (F.linear, MKL; the default:
+    #: the model's layers stay as loaded) | auto (oneDNN where this torch has it,
+    #: single-process runs; opt-in, measured faster on one CPU, see the gym preset) | onednn
+    #: (also under several processes; an error where it cannot). Results differ by float
+    #: rounding only; GPUs are unaffected; rspo's HF judges always use auto
+    cpu_linear: str = "torch"
 
 
 @dataclass
 class DataConfig:
     """Where prompts come from and how they are formatted."""
 
-    #: JSONL file (``prompt`` or chat ``messages`` field), local HF dataset dir, or ``gym``
-    prompts: str = "gym"
-    #: eval prompts (same formats); ``gym`` = the gym's eval split
-    eval_prompts: str = "gym"
-    #: number of train prompts (gym: how many to generate; files: take the first N)
-    num_prompts: int | None = 128
+    #: JSONL file (``prompt`` or chat ``messages`` field), local HF dataset dir, or ``gym``;
+    #: required: null until set
+    prompts: str | None = None
+    #: eval prompts (same formats); ``gym`` = the gym's eval split; required while
+    #: evaluation.enabled
+    eval_prompts: str | None = None
+    #: number of train prompts (gym: how many to generate; files: take the first N; null =
+    #: all of them)
+    num_prompts: int | None = None
     #: number of held-out eval prompts
     num_eval_prompts: int = 64
     #: prompts per iteration: None = all every iteration, else consecutive slices (SPPO style)
     prompts_per_iteration: int | None = None
-    #: prompts longer than this (tokens) are an error naming the prompt
-    max_prompt_length: int = 256
+    #: prompts longer than this (tokens) are an error naming the prompt (1024 holds nearly
+    #: all UltraFeedback prompts)
+    max_prompt_length: int = 1024
     #: auto (use the tokenizer's chat template if it has one) | always | never
     chat_template: str = "auto"
 
@@ -95,20 +103,24 @@ class GenerationConfig:
 
     #: hf | vllm
     backend: str = "hf"
-    #: K, responses per prompt
-    num_samples: int = 4
-    #: response length cap (tokens); hitting it counts as truncation
-    max_new_tokens: int = 48
-    #: sampling temperature (> 0: greedy samples of a prompt would all be the same)
-    temperature: float = 1.0
-    #: nucleus sampling mass (1 = off)
-    top_p: float = 1.0
+    #: K, responses per prompt (the paper's 5)
+    num_samples: int = 5
+    #: response length cap (tokens); hitting it counts as truncation. 512 holds most chat
+    #: answers of a 7B instruct model; raise it for long-form tasks
+    max_new_tokens: int = 512
+    #: sampling temperature (> 0: greedy samples of a prompt would all be the same; the
+    #: paper's 0.7)
+    temperature: float = 0.7
+    #: nucleus sampling mass (1 = off; the paper's 0.9)
+    top_p: float = 0.9
     #: top-k sampling (0 = off)
     top_k: int = 0
     #: sequences per generate call
     batch_size: int = 64
     #: HF backend: auto = rspo's sampling loop that drops finished rows from the KV cache
-    #: (checked once per model against generate) | generate = transformers' generate
+    #: (checked once per model against generate; on CPU and GPU: the one GPU measurement,
+    #: benchmarks/results/gpu_smoke_h200, does not separate it from recorded log-probs) |
+    #: generate = transformers' generate
     hf_decode: str = "auto"
     #: record log π_t of each sample while sampling (HF backend), so scoring skips one
     #: forward: auto (float32 models) | on | off (always a separate forward)
@@ -123,8 +135,9 @@ class GenerationConfig:
 class JudgeConfig:
     """The preference model used for training (P(y ≻ y') on the K×K pairs)."""
 
-    #: registered judge name (see docs/judges.md)
-    name: str = "gym-proxy"
+    #: registered judge name (see docs/judges.md) or ``module:Class`` (a Judge subclass in
+    #: the user's code; see run.imports); pairrm = the paper's judge
+    name: str = "pairrm"
     #: judge constructor settings, e.g. {model: /path/to/reward-model}
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: query both presentation orders and average; None = only for order-sensitive judges
@@ -145,16 +158,18 @@ class ObjectiveConfig:
     preset: str | None = None
     #: sppo | sppo_hard | inpo
     loss_type: str = "sppo"
-    #: mirror-descent step size η (target η(p̂ − ½))
-    eta: float = 10.0
-    #: regularizer spec, e.g. "reverse_kl", "0.5*forward_kl + 0.5*reverse_kl[k2]"; "" = none
-    regularizer: str = ""
-    #: λ in L_SPPO + λ·R̂ (λ = 2ητ matches the regularized mirror step)
-    coef: float = 0.0
+    #: mirror-descent step size η (target η(p̂ − ½); the paper's 1000)
+    eta: float = 1000.0
+    #: regularizer spec, e.g. "reverse_kl", "0.5*forward_kl + 0.5*reverse_kl[k2]"; "" = none.
+    #: Default: the paper's headline, IS forward KL + 5 × reverse KL (preset rspo)
+    regularizer: str = "forward_kl[ratio] + 10*reverse_kl[k2]"
+    #: λ in L_SPPO + λ·R̂ (λ = 2ητ matches the regularized mirror step); 0.2 = the paper's
+    #: λ = 0.1 in rspo's scale (preset rspo)
+    coef: float = 0.2
     #: INPO's τ (loss_type inpo only)
     tau: float | None = None
-    #: all K samples (general SPPO loss) | best_worst (official SPPO code)
-    samples: str = "all"
+    #: all K samples (general SPPO loss) | best_worst (official SPPO and RSPO code)
+    samples: str = "best_worst"
     #: MPO: refresh the regularization anchor to the current policy every N iterations
     magnet_refresh: int | None = None
     #: adaptive coefficient: none | kl | length (issue "regularizer study")
@@ -167,29 +182,34 @@ class ObjectiveConfig:
 class TrainingConfig:
     """Optimisation of π_{t+1} from π_t on one iteration's dataset."""
 
-    #: adamw | rmsprop
-    optimizer: str = "adamw"
-    #: learning rate (constant)
-    lr: float = 5e-4
+    #: adamw | rmsprop (the paper's)
+    optimizer: str = "rmsprop"
+    #: learning rate (constant; the paper's 5e-7 for a 7B model)
+    lr: float = 5e-7
     #: decoupled weight decay
     weight_decay: float = 0.0
-    #: passes over each iteration's dataset
-    epochs: int = 2
-    #: samples per optimizer step (global)
+    #: passes over each iteration's dataset (the paper's one)
+    epochs: int = 1
+    #: samples per optimizer step (global; the paper's 64)
     batch_size: int = 64
-    #: samples per forward/backward; batch_size must be a multiple
-    micro_batch_size: int = 32
+    #: samples per forward/backward; batch_size must be a multiple. 2: small enough for a
+    #: 7B model's long sequences, even for the pair losses (chosen and rejected together);
+    #: raise it after ``rspo train --dry-run`` reports the peak memory
+    micro_batch_size: int = 2
     #: gradient clipping (null = off)
     max_grad_norm: float | None = 1.0
-    #: save resumable training state every N optimizer steps (0 = only at the end)
-    save_steps: int = 20
+    #: save resumable training state every N optimizer steps (0 = only at the end); a 7B
+    #: model's state is ~90 GB, so not too often
+    save_steps: int = 100
     #: recompute activations in the backward pass (less memory, one extra forward per step)
     gradient_checkpointing: bool = False
     #: turn off the model's dropout and MoE router noise while training (not model.lora.dropout):
     #: log π_t is scored without them, so with them log π_θ − log π_t ≠ 0 at θ = π_t
     disable_dropout: bool = True
     #: log-prob forwards (scoring and training) pack each prompt with all its responses in
-    #: one row, the prompt computed once: auto (when a probe matches the padded forward) | on | off
+    #: one row, the prompt computed once: auto (on CPU, when a probe matches the padded
+    #: forward; off on CUDA, where the one measurement found a packed train step 1.6x
+    #: slower: benchmarks/results/gpu_smoke_h200/hf.dry.json vs plain.dry.json) | on | off
     packing: str = "auto"
 
 
@@ -197,8 +217,9 @@ class TrainingConfig:
 class EvaluationConfig:
     """Per-iteration evaluation of π_{t+1} against π_ref on held-out prompts."""
 
-    #: judge for evaluation (the gold judge on the gym)
-    judge: str = "gym-gold"
+    #: judge for evaluation (registered name or ``module:Class``); null = the training judge
+    #: (judge.name with judge.kwargs)
+    judge: str | None = None
     #: settings of the evaluation judge
     judge_kwargs: dict[str, Any] = field(default_factory=dict)
     #: evaluate after every iteration (and the initial policy)
@@ -209,14 +230,14 @@ class EvaluationConfig:
     #: π_ref's j-th (both drawn with the same seed: common random numbers), estimating the
     #: game's P(π ≻ π_ref) with an interval over prompts
     num_samples: int = 1
-    #: response length cap for evaluation
-    max_new_tokens: int = 48
+    #: response length cap for evaluation (as generation.max_new_tokens)
+    max_new_tokens: int = 512
     #: samples per eval prompt for diversity metrics (0 = skip)
     diversity_samples: int = 4
     #: temperature of the diversity samples
     diversity_temperature: float = 1.0
     #: "module:function" (prompt, response) -> bool for task accuracy; "" = none
-    accuracy_fn: str = "rspo.gym.tasks:check_answer"
+    accuracy_fn: str = ""
     #: "module:function" prompt -> subset label; adds win_rate_<label> per subset; "" = none
     subset_fn: str = ""
     #: bootstrap resamples for the win-rate interval
@@ -244,8 +265,13 @@ class RunConfig:
     cache_dir: str | None = None
     #: glibc: keep host memory freed by one step for the next instead of returning it to the
     #: OS (mallopt trim/mmap thresholds; process-wide), so CPU training does not page its
-    #: activations in again every iteration; the heap stays at its peak. Same numbers
-    keep_freed_memory: bool = True
+    #: activations in again every iteration; the heap stays at its peak. Same numbers.
+    #: Opt-in (the gym preset turns it on)
+    keep_freed_memory: bool = False
+    #: modules imported before the judges and the objective are built, in every process
+    #: (``my_pkg.judges`` or ``path/to/file.py``): plug-ins that call register_judge or
+    #: register_regularizer
+    imports: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -407,6 +433,13 @@ def _validate(cfg: Config) -> None:
             "evaluation.diversity_samples: 1 sample has no diversity to measure; use >= 2, "
             "or 0 to skip diversity"
         )
+    if cfg.run.imports:  # plug-ins register judges and regularizers named below
+        from rspo.utils.imports import import_modules
+
+        try:
+            import_modules(cfg.run.imports)
+        except ImportError as e:
+            raise ConfigError(f"run.imports: {e}") from e
     if o.coef > 0 and not o.regularizer.strip():
         raise ConfigError("objective.regularizer: coef > 0 needs a regularizer spec")
     if o.regularizer.strip():  # a typo is named here (rspo config, sweeps), not mid-run
@@ -419,9 +452,38 @@ def _validate(cfg: Config) -> None:
     _validate_scaling(cfg)
 
 
+def check_runnable(cfg: Config) -> None:
+    """The settings a run cannot start without (``Config()`` leaves them unset: the model
+    and the prompts are the user's); errors say what to set, the gym preset included."""
+    hint = " (or run the embedded gym: preset: gym, --preset gym, load_config(preset='gym'))"
+    if not cfg.model.path:
+        raise ConfigError("model.path: not set; give a local model directory or a hub id" + hint)
+    if not cfg.data.prompts:
+        raise ConfigError(
+            'data.prompts: not set; give a JSONL file ({"prompt": ...} or chat '
+            '"messages" per line) or a local HF dataset directory' + hint
+        )
+    if cfg.evaluation.enabled and not cfg.data.eval_prompts:
+        raise ConfigError(
+            "data.eval_prompts: not set while evaluation.enabled is true; give held-out "
+            "prompts (same formats as data.prompts) or set evaluation.enabled: false"
+        )
+
+
+def evaluation_judge(cfg: Config) -> tuple[str, dict[str, Any]]:
+    """The evaluation judge's name and settings: ``evaluation.judge``, or the training
+    judge (``judge.name`` with ``judge.kwargs``) when it is null."""
+    e = cfg.evaluation
+    if e.judge is None:
+        return cfg.judge.name, dict(cfg.judge.kwargs)
+    return e.judge, dict(e.judge_kwargs)
+
+
 def check_trainable(cfg: Config) -> None:
     """What only training refuses (``rspo eval`` may sample in float16): float16 full weights,
-    whose AdamW/RMSprop eps (1e-8) rounds to 0, so a zero gradient entry is 0/0 at step 1."""
+    whose AdamW/RMSprop eps (1e-8) rounds to 0, so a zero gradient entry is 0/0 at step 1;
+    and the settings no run starts without (:func:`check_runnable`)."""
+    check_runnable(cfg)
     if cfg.model.dtype == "float16" and cfg.model.lora is None:
         raise ConfigError(
             "model.dtype: float16 cannot train full weights (AdamW/RMSprop's eps rounds to 0 "
@@ -597,6 +659,14 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     i = 0
     while i < len(args):
         a = args[i]
+        if a == "--preset" or a.startswith("--preset="):  # the config preset (top level)
+            if "=" in a:
+                out["preset"], i = a.split("=", 1)[1], i + 1
+            elif i + 1 < len(args):
+                out["preset"], i = args[i + 1], i + 2
+            else:
+                raise ConfigError("--preset needs a name (e.g. gym) or a YAML file")
+            continue
         if not a.startswith("--") or "." not in a:
             raise ConfigError(
                 f"unrecognised argument {a!r}; overrides look like --section.key VALUE"
@@ -617,8 +687,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return out
 
 
-def _apply_preset(data: dict[str, Any]) -> dict[str, Any]:
-    """Fill objective fields from ``objective.preset`` unless set explicitly."""
+def _apply_preset(data: dict[str, Any], base_eta: float | None = None) -> dict[str, Any]:
+    """Fill objective fields from ``objective.preset`` unless set explicitly (``base_eta``:
+    η of the config preset below ``data``, for INPO's τ)."""
     obj = data.get("objective") or {}
     name = obj.get("preset")
     if not name:
@@ -635,24 +706,87 @@ def _apply_preset(data: dict[str, Any]) -> dict[str, Any]:
         "samples": p.samples,
         "magnet_refresh": p.magnet_refresh,
     }
-    eta = float(obj.get("eta", ObjectiveConfig.eta)) if p.tau_eta is not None else 0.0
-    if eta > 0:  # INPO: the preset fixes ητ, so τ follows η (η <= 0: refused by validation)
-        defaults["tau"] = p.tau_eta / eta
+    if p.tau_eta is not None:  # INPO: the preset fixes ητ, so τ follows the configured η
+        eta = float(obj.get("eta", ObjectiveConfig.eta if base_eta is None else base_eta))
+        if eta > 0:  # η <= 0 is refused by validation
+            defaults["tau"] = p.tau_eta / eta
     data = dict(data)
     data["objective"] = {**defaults, **obj}
     return data
 
 
+#: the packaged config presets (``rspo/configs/<name>.yaml``)
+CONFIG_PRESETS = ("gym",)
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The settings of config preset ``name`` (packaged, e.g. ``gym``, or a YAML file path)."""
+    if name in CONFIG_PRESETS:
+        from importlib.resources import files
+
+        text = (files("rspo") / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
+        where = f"preset {name!r}"
+    elif name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        text, where = Path(name).read_text(encoding="utf-8"), name
+    else:
+        raise ConfigError(
+            f"preset: unknown preset {name!r}; valid: {', '.join(CONFIG_PRESETS)}, none, or a "
+            "YAML file"
+        )
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict) or "preset" in data:
+        raise ConfigError(f"{where}: a preset is a mapping of config sections (no preset: key)")
+    return data
+
+
 def config_from_dict(data: dict[str, Any] | None) -> Config:
-    """Build and validate a Config from a nested dict (unknown keys are errors)."""
-    data = _apply_preset(data or {})
+    """Build and validate a Config from a nested dict (unknown keys are errors).
+
+    A top-level ``preset`` (``gym``, a YAML file, or ``none``) gives the values the dict
+    does not set; ``model.path: gym`` without a preset selects the gym preset, whose small
+    model the paper's recipe (the defaults) cannot train.
+    """
+    data = dict(data or {})
+    name = data.pop("preset", None)
+    if name is None and (data.get("model") or {}).get("path") == "gym":
+        name = "gym"
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"preset: expected a name, got {name!r}")
+    base = {} if name in (None, "", "none") else preset_dict(name)
+    base = _apply_preset(base)
+    base_eta = (base.get("objective") or {}).get("eta")
+    data = deep_merge(base, _apply_preset(data, base_eta))
     return _build(Config, data, "").validate()
 
 
+def _nest(over: dict[str, Any]) -> dict[str, Any]:
+    """``{"training.lr": 1e-6, "judge.kwargs.model": "m", "run": {...}}`` as a nested
+    override dict: dotted keys split (entries of a settings dict merge into it, as on the
+    command line); nested dicts kept."""
+    out: dict[str, Any] = {}
+    for key, value in over.items():
+        parts = str(key).split(".")
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = _Entries() if p in _LEAF_DICTS else {}
+            node = node[p]
+        last = parts[-1]
+        if isinstance(value, dict) and isinstance(node.get(last), dict) and last not in _LEAF_DICTS:
+            node[last] = deep_merge(node[last], value)
+        else:
+            node[last] = value
+    return out
+
+
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | dict | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    preset: str | None = None,
 ) -> Config:
-    """Load a YAML config (or defaults), apply overrides, validate."""
+    """Load a YAML config (or the defaults: the paper's recipe), apply ``overrides``
+    (``["--section.key", "VALUE"]`` or ``{"section.key": value}``, nested dicts too) and
+    the config ``preset`` (``gym``; else the file's ``preset:`` key), then validate."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -666,13 +800,16 @@ def load_config(
             raise ConfigError(f"{p}: top level must be a mapping")
     ov: dict[str, Any] = {}
     if overrides:
-        ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        ov = parse_overrides(overrides) if isinstance(overrides, list) else _nest(overrides)
         data = deep_merge(data, ov)
+    if preset is not None:
+        data = {**data, "preset": preset}
     try:
         return config_from_dict(data)
     except ConfigError as e:
-        named = (re.search(rf"(?<![\w.]){re.escape(k)}(?![\w.])", str(e)) for k in _dotted(ov))
-        if any(named):  # the key came from the command line
+        keys = [k for k in _dotted(ov) if k != "preset"]  # "preset" also names objective.preset
+        named = (re.search(rf"(?<![\w.]){re.escape(k)}(?![\w.])", str(e)) for k in keys)
+        if any(named) or ("preset" in ov and str(e).startswith("preset")):  # command line
             raise ConfigError(f"command-line override: {e}") from e
         if path is not None:
             raise ConfigError(f"{path}: {e}") from e

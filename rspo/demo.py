@@ -103,7 +103,7 @@ def demo_config(method: str, output: str, quick: bool, overrides: list[str] | No
     data = deep_merge(data, {"run": {"output": str(Path(output) / method)}})
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))
-    return load_config(None, data)
+    return load_config(None, data, preset="gym")
 
 
 def run_demo(

@@ -495,9 +495,20 @@ def batched_sequence_logprobs(
     return out
 
 
+def _on_cuda(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s first parameter lives on a CUDA device."""
+    p = next(model.parameters(), None)
+    return p is not None and p.device.type == "cuda"
+
+
 def use_packing(model: torch.nn.Module, mode: str, pad_id: int) -> bool:
-    """Resolve ``training.packing`` (auto | on | off) for ``model``; ``on`` raises if unusable."""
-    if mode == "off":
+    """Resolve ``training.packing`` (auto | on | off) for ``model``; ``on`` raises if unusable.
+
+    ``auto`` is off on CUDA: the one GPU measurement (benchmarks/results/gpu_smoke_h200,
+    hf.dry.json vs plain.dry.json) found a packed training step 1.6x slower there; packing
+    saves recomputing the prompt, which pays on a CPU, not on a GPU with work to spare.
+    """
+    if mode == "off" or (mode == "auto" and _on_cuda(model)):
         return False
     from rspo.packing import attention_implementation, packing_supported
 

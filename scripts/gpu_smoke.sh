@@ -65,7 +65,7 @@ tok.save_pretrained(path)
 print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters in {path}")
 EOF
 
-ARGS=(--model.path "$MODEL" --model.device "$DEVICE" --run.iterations 1
+ARGS=(--preset gym --model.path "$MODEL" --model.device "$DEVICE" --run.iterations 1
   --data.num_prompts "$PROMPTS" --data.num_eval_prompts "$EVAL" --data.max_prompt_length 128
   --generation.num_samples "$K" --generation.max_new_tokens "$NEW"
   --generation.batch_size "$GEN_BS" --evaluation.max_new_tokens "$NEW"

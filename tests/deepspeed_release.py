@@ -9,7 +9,6 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from rspo.config import TrainingConfig
 from rspo.distributed import init_distributed, shutdown
 from rspo.gym.model import build_tiny_llama
 from rspo.gym.tokenizer import build_byte_tokenizer
@@ -17,12 +16,14 @@ from rspo.modeling import free_memory
 from rspo.training.deepspeed import DeepSpeedPolicy
 from rspo.training.trainer import build_optimizer
 
+from fixtures_lm import gym_training
+
 
 def main() -> None:
     dist = init_distributed("cpu")
     linear = F.linear
     model = build_tiny_llama(build_byte_tokenizer(), hidden_size=32, num_layers=2, num_heads=2)
-    cfg = TrainingConfig(micro_batch_size=2)
+    cfg = gym_training(micro_batch_size=2)
     ds = DeepSpeedPolicy(model, build_optimizer(model, cfg), cfg, dist)
     ids = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(dist.rank))
     for _ in range(2):  # two micro-batches, one step

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from rspo.config import TrainingConfig
 from rspo.distributed import init_distributed, shutdown
 from rspo.training.checkpoint import load_model_state, save_train_state
 from rspo.training.deepspeed import DeepSpeedPolicy
 from rspo.training.trainer import build_optimizer
+
+from fixtures_lm import gym_training
 
 CASES = [
     ("1", "bf16", "adamw"),
@@ -49,7 +50,7 @@ def main(root: Path) -> None:
         os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"] = stage
         dtype = torch.bfloat16 if prec == "bf16" else torch.float32
         keys = ["exp_avg", "exp_avg_sq"] if opt == "adamw" else ["square_avg"]
-        cfg = TrainingConfig(micro_batch_size=2, optimizer=opt, lr=0.05)
+        cfg = gym_training(micro_batch_size=2, optimizer=opt, lr=0.05)
         x = torch.randn(2, 5, generator=torch.Generator().manual_seed(dist.rank)).to(dtype)
 
         def steps(ds: DeepSpeedPolicy, n: int, x: torch.Tensor = x) -> None:
@@ -78,7 +79,7 @@ def main(root: Path) -> None:
         ds.release()
     # a one-process state (torch AdamW) whose last layer never had a gradient
     os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"] = "3"
-    cfg = TrainingConfig(micro_batch_size=2, lr=0.05)
+    cfg = gym_training(micro_batch_size=2, lr=0.05)
     out = root / "torch-state"
     if dist.is_main:
         model = make(torch.float32)

@@ -10,6 +10,16 @@ from rspo.gym.model import build_tiny_llama
 from rspo.gym.tokenizer import build_byte_tokenizer
 
 
+def gym_training(**changes: object):
+    """A TrainingConfig with the gym preset's values (the tests' scale: AdamW, lr 5e-4...),
+    ``changes`` on top; ``TrainingConfig()`` alone is the paper's recipe for a 7B model."""
+    import dataclasses
+
+    from rspo.config import load_config
+
+    return dataclasses.replace(load_config(preset="gym").training, **changes)
+
+
 def make_tiny_model_dir(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
     """A random tiny Llama + byte tokenizer saved with save_pretrained (safetensors)."""
     tok = build_byte_tokenizer()
@@ -54,6 +64,7 @@ def tiny_run(tmp: Path, model_dir: Path, output: str, /, **sections: dict) -> di
 
     judge = {"fn": "fixtures_lm:lowercase_judge"}
     base = {
+        "preset": "gym",  # the gym's small-model values under the settings below
         "model": {"path": str(model_dir)},
         "data": {"prompts": str(tmp / "train.jsonl"), "eval_prompts": str(tmp / "eval.jsonl")},
         "judge": {"name": "python", "kwargs": judge},

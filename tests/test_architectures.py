@@ -31,7 +31,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-from rspo.config import TrainingConfig, load_config
+from rspo.config import load_config
 from rspo.data import load_prompts
 from rspo.generation.base import SamplingParams
 from rspo.generation.hf import HFBackend
@@ -47,7 +47,7 @@ from rspo.modeling import (
 from rspo.objectives import RSPOLoss
 from rspo.training.trainer import RefExample, TrainExample, accumulate_gradients, train_policy
 
-from fixtures_lm import tiny_run, write_prompts
+from fixtures_lm import gym_training, tiny_run, write_prompts
 
 TOK = build_byte_tokenizer()
 PAD, BOS, EOS = TOK.pad_token_id, TOK.bos_token_id, TOK.eos_token_id
@@ -400,7 +400,7 @@ def test_one_train_policy_step_is_adamws_first_step_along_that_gradient(arch, dr
     model = build(arch, **overrides)
     before = [p.detach().clone() for p in model.parameters()]
     lr = 1e-3
-    cfg = TrainingConfig(lr=lr, epochs=1, batch_size=6, micro_batch_size=3, max_grad_norm=None)
+    cfg = gym_training(lr=lr, epochs=1, batch_size=6, micro_batch_size=3, max_grad_norm=None)
     out = train_policy(model, ex, loss, cfg, seed=0, pad_id=PAD, ref_examples=refs)
     assert out["step"] == 1
     # the loss and gradient norm it logs are those of the hand-written loss at θ_0
@@ -430,7 +430,7 @@ def test_with_disable_dropout_off_a_dropout_checkpoint_trains_on_dropped_out_log
     assert no_dropout("gpt2")
     _, grads = hand_gradient(build("gpt2"), ex, refs)
     lr = 1e-3
-    cfg = TrainingConfig(
+    cfg = gym_training(
         lr=lr, epochs=1, batch_size=6, micro_batch_size=3, max_grad_norm=None, disable_dropout=False
     )
     model = build("gpt2")
@@ -507,7 +507,7 @@ def test_dropout_read_from_the_config_at_forward_time_is_off_too_and_restored():
     drop = {"hidden_dropout": 0.3, "attention_dropout": 0.3}
     value, grads = hand_gradient(build("falcon", **drop), ex, refs)
     model = build("falcon", **drop)
-    cfg = TrainingConfig(lr=1e-3, epochs=1, batch_size=6, micro_batch_size=3, max_grad_norm=None)
+    cfg = gym_training(lr=1e-3, epochs=1, batch_size=6, micro_batch_size=3, max_grad_norm=None)
     out = train_policy(model, ex, loss, cfg, seed=0, pad_id=PAD, ref_examples=refs)
     assert out["loss"] == pytest.approx(value, rel=1e-5)
     norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))

@@ -39,7 +39,7 @@ def test_yaml_then_cli_override_precedence(tmp_path):
         (["--training.optimizer", "sgd"], "allowed: adamw, rmsprop"),
         (["--run.seed", "abc"], "run.seed: expected an integer"),
         (["--training.micro_batch_size", "7"], "multiple of training.micro_batch_size"),
-        (["--objective.coef", "0.1"], "coef > 0 needs a regularizer"),
+        (["--objective.regularizer", "", "--objective.coef", "0.1"], "coef > 0 needs a reg"),
         (["--objective.preset", "nope"], "unknown preset 'nope'"),
         (["--evaluation.num_samples", "3"], "evaluation.num_samples=3 at evaluation.temperature 0"),
         (["--evaluation.diversity_samples", "1"], "evaluation.diversity_samples: 1 sample"),

@@ -26,7 +26,7 @@ from rspo.distributed import DistContext, _buckets, env_world
 from rspo.selfplay.loop import run_selfplay
 from rspo.training.trainer import shard_positions
 
-from fixtures_lm import make_tiny_model_dir, write_prompts
+from fixtures_lm import gym_training, make_tiny_model_dir, write_prompts
 
 TESTS = Path(__file__).parent
 
@@ -44,6 +44,7 @@ EXACT = (
 
 def _overrides(tmp: Path, out: str) -> dict[str, object]:
     return {
+        "preset": "gym",  # the gym's small-model values under the settings below
         "model.path": str(tmp / "model"),
         "data.prompts": str(tmp / "train.jsonl"),
         "data.eval_prompts": str(tmp / "eval.jsonl"),
@@ -250,11 +251,10 @@ def test_deepspeed_training_state_round_trips_at_every_stage(tmp_path):
 def test_deepspeed_config_takes_zero_from_the_launcher_and_the_rest_from_rspo(
     tmp_path, monkeypatch
 ):
-    from rspo.config import TrainingConfig
     from rspo.training.deepspeed import deepspeed_config, zero_stage
     from rspo.training.fsdp import training_engine
 
-    tr = TrainingConfig(micro_batch_size=4, max_grad_norm=0.5)
+    tr = gym_training(micro_batch_size=4, max_grad_norm=0.5)
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")

@@ -26,6 +26,7 @@ def models(tmp_path_factory):
 
 def _ov(tmp: Path, policy: Path, **extra) -> list[str]:
     ov = {
+        "preset": "gym",  # the gym's small-model values under the settings below
         "model.path": str(policy),
         "data.max_prompt_length": 40,
         "generation.max_new_tokens": 24,

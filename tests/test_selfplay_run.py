@@ -20,6 +20,7 @@ TESTS = Path(__file__).parent
 
 def _cfg(tmp: Path, model: Path, out: str, **extra) -> list[str]:
     ov = {
+        "preset": "gym",  # the gym's small-model values under the settings below
         "model.path": str(model),
         "data.prompts": str(tmp / "train.jsonl"),
         "data.eval_prompts": str(tmp / "eval.jsonl"),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rspo.config import TrainingConfig
 from rspo.gym.model import build_tiny_llama
 from rspo.gym.tokenizer import build_byte_tokenizer
 from rspo.objectives import RSPOLoss
 from rspo.training.trainer import RefExample, TrainExample, accumulate_gradients, train_policy
+
+from fixtures_lm import gym_training
 
 
 def _data(n_prompts=4, K=4, seed=0):
@@ -63,7 +64,7 @@ def test_gradient_does_not_depend_on_micro_batch_size(spec):
 
 def test_resume_from_saved_state_matches_uninterrupted(tmp_path):
     ex, refs = _data(n_prompts=6)
-    cfg = TrainingConfig(lr=1e-2, epochs=2, batch_size=8, micro_batch_size=4, save_steps=2)
+    cfg = gym_training(lr=1e-2, epochs=2, batch_size=8, micro_batch_size=4, save_steps=2)
     loss = RSPOLoss(eta=5.0, regularizer="reverse_kl", coef=0.2)
     full, tok = _model()
     train_policy(full, ex, loss, cfg, seed=1, pad_id=tok.pad_token_id)
@@ -93,7 +94,7 @@ def test_forward_kl_nll_without_reference_samples_is_an_error():
     loss = RSPOLoss(eta=5.0, regularizer="forward_kl[nll]", coef=0.1)
     with pytest.raises(ValueError, match="π_ref"):
         train_policy(
-            model, ex, loss, TrainingConfig(batch_size=16, micro_batch_size=8), 0, tok.pad_token_id
+            model, ex, loss, gym_training(batch_size=16, micro_batch_size=8), 0, tok.pad_token_id
         )
 
 

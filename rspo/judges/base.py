@@ -146,11 +146,18 @@ def build_judge(name: str, **kwargs: Any) -> Judge:
     Settings named like credentials (``api_key``, ``token``, ``Authorization``...) are
     refused at any depth: configs are saved in run directories, keys belong in env vars.
     """
-    names = available_judges()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown judge {name!r}; valid judges: {', '.join(names)}")
+    if ":" in name:
+        factory = _judge_class(name)
+    else:
+        names = available_judges()
+        if name not in _REGISTRY:
+            raise ValueError(
+                f"unknown judge {name!r}; valid judges: {', '.join(names)}, or "
+                "'module:Class' for a Judge subclass in your code"
+            )
+        factory = _REGISTRY[name]
     _check_no_secrets(name, kwargs)
-    factory = _REGISTRY[name]
+    _check_judge_id(factory)
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):  # builtins / C callables: let the call report errors
@@ -163,4 +170,41 @@ def build_judge(name: str, **kwargs: Any) -> Judge:
             raise ValueError(
                 f"judge {name!r}: {e}; valid settings: {', '.join(valid) or '(none)'}"
             ) from None
-    return factory(**kwargs)
+    judge = factory(**kwargs)
+    if ":" in name and isinstance(judge, Judge) and judge.name == Judge.name:
+        judge.name = name  # an unregistered class: its labels and cache key name it
+    return judge
+
+
+def _judge_class(spec: str) -> type[Judge]:
+    """The Judge subclass named by ``"package.module:Class"`` (or ``"file.py:Class"``)."""
+    from rspo.utils.imports import load_callable
+
+    cls = load_callable(spec, f"judge {spec!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Judge)):
+        raise ValueError(
+            f"judge {spec!r}: {cls!r} is not a Judge subclass (subclass rspo.Judge and "
+            "implement _prefer)"
+        )
+    return cls
+
+
+def _check_judge_id(factory: Callable[..., Judge]) -> None:
+    """A Judge class whose constructor takes settings must define ``judge_id``: the default
+    (the name alone) keys the judgement cache, so two settings would share cached verdicts."""
+    if not (isinstance(factory, type) and issubclass(factory, Judge)):
+        return
+    if factory.judge_id is not Judge.judge_id or factory.__init__ is object.__init__:
+        return  # judge_id defined by the class or a base; or no constructor settings
+    try:
+        params = inspect.signature(factory.__init__).parameters
+    except (TypeError, ValueError):
+        return
+    settings = [p for p in params if p != "self"]
+    if settings:
+        raise ValueError(
+            f"judge class {factory.__module__}.{factory.__qualname__} takes settings "
+            f"({', '.join(settings)}) but does not define judge_id; define a judge_id property "
+            "that includes every setting that changes its verdicts (it keys the judgement "
+            "cache, so without it two settings would share cached verdicts)"
+        )

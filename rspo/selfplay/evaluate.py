@@ -39,12 +39,13 @@ def _method(cfg: Any) -> str:
 
 def _eval_judge(run: SelfPlayRun):
     if not hasattr(run, "_eval_judge"):
+        from rspo.config import evaluation_judge
         from rspo.judges import build_judge
         from rspo.judges.cache import CachedJudge
 
-        e = run.cfg.evaluation
+        name, kwargs = evaluation_judge(run.cfg)
         run._eval_judge = CachedJudge(
-            build_judge(e.judge, **e.judge_kwargs), run.cache_path("eval_judge_cache.sqlite")
+            build_judge(name, **kwargs), run.cache_path("eval_judge_cache.sqlite")
         )
     return run._eval_judge
 

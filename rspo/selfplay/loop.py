@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from rspo.config import Config, ConfigError, check_trainable, diff_configs
+from rspo.config import (
+    Config,
+    ConfigError,
+    check_runnable,
+    check_trainable,
+    diff_configs,
+    evaluation_judge,
+)
 from rspo.data import PromptSet, load_prompts
 from rspo.distributed import DistContext, init_distributed, quiet_deepspeed_on_cpu
 from rspo.generation import SamplingParams
@@ -103,7 +110,7 @@ def _check_gym_only(c: Config, train: PromptSet, evals: PromptSet) -> None:
 
     uses = [("judge.name", c.judge.name, train)]
     if c.evaluation.enabled:
-        uses.append(("evaluation.judge", c.evaluation.judge, evals))
+        uses.append(("evaluation.judge", evaluation_judge(c)[0], evals))
         uses.append(("evaluation.accuracy_fn", c.evaluation.accuracy_fn, evals))
     for key, value, ps in uses:
         if value == "gym-rm" or not (value.startswith("gym-") or value.startswith("rspo.gym.")):
@@ -276,6 +283,11 @@ class SelfPlayRun:
         here, before the run directory is created or touched. True when resuming.
         """
         c = self.cfg
+        check_runnable(c)
+        if c.run.imports:  # plug-ins (judges, regularizers) before anything is built
+            from rspo.utils.imports import import_modules
+
+            import_modules(c.run.imports)
         # a resumed run is ours from the start (not after loading models); every rank raises
         self.dist.from_main(lambda: self.rd.root.is_dir() and self.rd.lock())
         self._check_ranks_agree("config", c.to_dict())
@@ -334,7 +346,8 @@ class SelfPlayRun:
         if c.evaluation.enabled:
             from rspo.selfplay.evaluate import load_callable
 
-            eval_judge = build_judge(c.evaluation.judge, **c.evaluation.judge_kwargs)
+            name, kwargs = evaluation_judge(c)
+            eval_judge = build_judge(name, **kwargs)
             for key in ("accuracy_fn", "subset_fn"):
                 spec = getattr(c.evaluation, key)
                 if spec:

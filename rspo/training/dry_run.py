@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from rspo.config import Config, ConfigError, check_trainable
+from rspo.config import Config, ConfigError, check_trainable, evaluation_judge
 from rspo.distributed import init_distributed, quiet_deepspeed_on_cpu
 from rspo.modeling import (
     batched_sequence_logprobs,
@@ -228,7 +228,8 @@ def _load(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, list[Any]
     model = load_trainable(m.path, m, device, cfg.training.gradient_checkpointing, lora)
     judges = [build_judge(cfg.judge.name, **cfg.judge.kwargs)]
     if cfg.evaluation.enabled:
-        judges.append(build_judge(cfg.evaluation.judge, **cfg.evaluation.judge_kwargs))
+        name, kwargs = evaluation_judge(cfg)
+        judges.append(build_judge(name, **kwargs))
     return model, judges
 
 

@@ -1,4 +1,5 @@
-"""User functions named in a config: ``package.module:attr`` or ``path/to/file.py:attr``."""
+"""User code named in a config: ``package.module:attr`` or ``path/to/file.py:attr``, and
+the plug-in modules of ``run.imports``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -49,3 +51,58 @@ def load_callable(
     if not callable(obj):
         raise error(f"{what}: {spec!r} is a {type(obj).__name__}, not a callable")
     return obj
+
+
+def import_modules(names: list[str]) -> list[ModuleType]:
+    """Import each of ``names`` once per process (``run.imports``): a dotted module name
+    (searched on sys.path, then in the working directory, as ``python -m`` would) or a
+    ``path/to/file.py``; plug-ins register judges and regularizers as they are imported.
+    ImportError names the entry that failed."""
+    out = []
+    for name in names:
+        try:
+            out.append(_import_file(Path(name)) if name.endswith(".py") else _import_name(name))
+        except ImportError as e:
+            if repr(name) in str(e):
+                raise
+            raise ImportError(f"could not import {name!r}: {e}") from e
+        except Exception as e:  # SyntaxError, FileNotFoundError, errors raised at import time
+            raise ImportError(f"could not import {name!r}: {type(e).__name__}: {e}") from e
+    return out
+
+
+def _import_name(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        cwd = str(Path.cwd())
+        top = name.split(".")[0]
+        if (
+            e.name != top
+            or cwd in sys.path
+            or not (Path(cwd, f"{top}.py").is_file() or Path(cwd, top).is_dir())
+        ):
+            raise ImportError(f"could not import {name!r}: {e}") from e
+        sys.path.append(cwd)  # the console script does not put it there; python -m does
+        return importlib.import_module(name)
+
+
+def _import_file(path: Path) -> ModuleType:
+    """A module loaded from a file, once per resolved path (a second import would register
+    its judges again, as other classes)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    mod_id = f"rspo_user_module_{path.stem}_{digest}"
+    if mod_id in sys.modules:
+        return sys.modules[mod_id]
+    spec = importlib.util.spec_from_file_location(mod_id, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_id] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[mod_id]
+        raise
+    return module
