@@ -716,7 +716,11 @@ def _apply_preset(data: dict[str, Any], base_eta: float | None = None) -> dict[s
 
 
 #: the packaged config presets (``rspo/configs/<name>.yaml``)
-CONFIG_PRESETS = ("gym",)
+CONFIG_PRESETS = ("gym", "gym-skills")
+#: a packaged preset drawn on top of another one
+_PRESET_PARENT = {"gym-skills": "gym"}
+#: ``model.path`` values that select a preset when none is named
+_PATH_PRESETS = {"gym": "gym", "gym-skills": "gym-skills"}
 
 
 def preset_dict(name: str) -> dict[str, Any]:
@@ -736,20 +740,22 @@ def preset_dict(name: str) -> dict[str, Any]:
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict) or "preset" in data:
         raise ConfigError(f"{where}: a preset is a mapping of config sections (no preset: key)")
-    return data
+    parent = _PRESET_PARENT.get(name)
+    return deep_merge(preset_dict(parent), data) if parent else data
 
 
 def config_from_dict(data: dict[str, Any] | None) -> Config:
     """Build and validate a Config from a nested dict (unknown keys are errors).
 
-    A top-level ``preset`` (``gym``, a YAML file, or ``none``) gives the values the dict
-    does not set; ``model.path: gym`` without a preset selects the gym preset, whose small
-    model the paper's recipe (the defaults) cannot train.
+    A top-level ``preset`` (``gym``, ``gym-skills``, a YAML file, or ``none``) gives the
+    values the dict does not set; ``model.path: gym`` / ``gym-skills`` without a preset
+    selects that gym's preset, whose small model the paper's recipe (the defaults) cannot
+    train.
     """
     data = dict(data or {})
     name = data.pop("preset", None)
-    if name is None and (data.get("model") or {}).get("path") == "gym":
-        name = "gym"
+    if name is None:
+        name = _PATH_PRESETS.get((data.get("model") or {}).get("path"))
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"preset: expected a name, got {name!r}")
     base = {} if name in (None, "", "none") else preset_dict(name)

@@ -1,8 +1,9 @@
 """``rspo demo``: SPPO vs RSPO on the embedded gym, evaluated by the gold judge, with a report.
 
-Both methods start from the same shipped skills-gym base policy, train against the learned
-proxy judge ``gym-rm`` and are evaluated against π_ref by the programmatic gold judge. Writes ``summary.json``,
-``plots/*.png`` and ``report.html`` under the output directory.
+Both methods start from the same shipped skills-gym base policy, train against the flawed
+proxy judge ``gym-skills-proxy`` and are evaluated against π_ref by the programmatic gold
+judge. Writes ``summary.json``, ``plots/*.png`` and ``report.html`` under the output
+directory.
 """
 
 from __future__ import annotations
@@ -28,35 +29,24 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: demo settings (full); ``--quick`` shrinks them. The demo runs on the skills gym
-#: (docs/gym.md): it trains against the learned proxy ``gym-rm`` and is evaluated by the
-#: programmatic gold judge. Evaluation samples the policy as it plays (T = 1): the win rate
+#: demo settings (full), on the ``gym-skills`` preset; ``--quick`` shrinks them. The demo
+#: trains against the analytic proxy and is evaluated by the programmatic gold judge
+#: (docs/gym.md). Evaluation samples the policy as it plays (T = 1): the win rate
 #: estimates the game's P(π ≻ π_ref) with 4 pairs per prompt, and is reported per skill.
 DEMO_EVAL: dict[str, Any] = {
-    "judge": "gym-skills-gold",
-    "accuracy_fn": "rspo.gym.skills.tasks:check_answer",
     "temperature": 1.0,
     "num_samples": 4,
     "diversity_samples": 4,
-    "subset_fn": "rspo.gym.skills.tasks:skill_of",
 }
 DEMO_CONFIG: dict[str, Any] = {
-    "model": {"path": "gym-skills"},
-    "data": {
-        "prompts": "gym-skills",
-        "eval_prompts": "gym-skills",
-        "num_prompts": 512,
-        "num_eval_prompts": 256,
-    },
-    "judge": {"name": "gym-rm", "kwargs": {"batch_size": 64}},
+    "data": {"num_prompts": 512, "num_eval_prompts": 256},
     "generation": {"num_samples": 4, "max_new_tokens": 48},
     "training": {"lr": 3e-4, "epochs": 2, "batch_size": 64, "micro_batch_size": 32},
     "evaluation": DEMO_EVAL,
     "run": {"iterations": 3, "num_threads": 1},
 }
 QUICK_CONFIG: dict[str, Any] = {
-    **DEMO_CONFIG,
-    "data": {**DEMO_CONFIG["data"], "num_prompts": 128, "num_eval_prompts": 64},
+    "data": {"num_prompts": 128, "num_eval_prompts": 64},
     "generation": {"num_samples": 4, "max_new_tokens": 40},
     "training": {"lr": 3e-4, "epochs": 2, "batch_size": 32, "micro_batch_size": 32},
     "evaluation": {
@@ -103,7 +93,7 @@ def demo_config(method: str, output: str, quick: bool, overrides: list[str] | No
     data = deep_merge(data, {"run": {"output": str(Path(output) / method)}})
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))
-    return load_config(None, data, preset="gym")
+    return load_config(None, data, preset="gym-skills")
 
 
 def run_demo(
