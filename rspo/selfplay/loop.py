@@ -359,6 +359,7 @@ class SelfPlayRun:
             coef=coef,
             loss_type=o.loss_type,
             tau=o.tau,
+            log_clip=o.is_clip,
         )
 
     # ------------------------------------------------------------------ stages
