@@ -64,12 +64,19 @@ SUMMARY_KEYS = (
     "self_bleu",
     "win_rate_seen",
     "win_rate_unseen",
+    "proxy_win_rate",
+    "proxy_win_rate_ci",
+    "kl_ref",
+    "kl_ref_ci",
+    "kl_ref_per_token",
 )
 #: columns of the printed and written tables
 TABLE_COLS = [
     "method",
     "iteration",
     "win_rate",
+    "proxy_win_rate",
+    "kl_ref",
     "lc_win_rate",
     "win_rate_seen",
     "win_rate_unseen",
@@ -137,6 +144,8 @@ def run_demo(
             r["method"],
             str(r["iteration"]),
             f"{r['win_rate']:.3f} [{ci[0]:.3f},{ci[1]:.3f}]",
+            fmt("proxy_win_rate"),
+            fmt("kl_ref", ".2f"),
             fmt("lc_win_rate"),
             fmt("win_rate_seen"),
             fmt("win_rate_unseen"),
@@ -154,7 +163,11 @@ def run_demo(
 
 def write_reports(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """summary.json, metrics table (md/csv), plots and an HTML report."""
-    from rspo.evaluation.plots import plot_length_vs_winrate, plot_metrics_per_iteration
+    from rspo.evaluation.plots import (
+        plot_frontier,
+        plot_length_vs_winrate,
+        plot_metrics_per_iteration,
+    )
     from rspo.evaluation.report import markdown_table, write_csv, write_html_report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -163,9 +176,11 @@ def write_reports(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
     write_csv(rows, out / "table.csv")
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
+    methods, frontier = dict.fromkeys(r["method"] for r in rows), plots / "frontier.png"
     imgs = [
         plot_metrics_per_iteration(rows, plots / "metrics_per_iteration.png"),
         plot_length_vs_winrate(rows, plots / "length_vs_winrate.png"),
+        plot_frontier({m: [r for r in rows if r["method"] == m] for m in methods}, frontier),
     ]
     write_html_report(
         out / "report.html", "rspo demo: SPPO vs RSPO on the gym", rows, [str(i) for i in imgs]

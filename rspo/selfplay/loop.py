@@ -696,7 +696,15 @@ class SelfPlayRun:
                     f"len {m['avg_length']:.1f}"
                 )
         self.models.release()
-        return self.dist.from_main(self.rd.rebuild_metrics, self.cfg.run.iterations)
+        rows = self.dist.from_main(self.rd.rebuild_metrics, self.cfg.run.iterations)
+        if rows:  # the run's own gold (and proxy) win rate against KL(π‖π_ref)
+            from rspo.evaluation.plots import plot_frontier
+            from rspo.selfplay.evaluate import _method
+
+            self.dist.main_only(
+                plot_frontier, {_method(c): rows}, self.rd.root / "plots" / "frontier.png"
+            )
+        return rows
 
     def _done(self, t: int, stage: str) -> bool:
         """Rank 0's view of a stage marker (waits for rank 0 to finish the previous stage)."""
