@@ -176,6 +176,9 @@ class ObjectiveConfig:
     adaptive: str = "none"
     #: target of the adaptive coefficient (KL in nats, or mean length in tokens)
     adaptive_target: float | None = None
+    #: R: estimators clip log importance weights / log ratios at R, e.g. forward_kl[ratio] =
+    #: min(π_ref/π_θ, e^R) (the authors' IS forward KL; their loss names use R = 5, 7, 10)
+    is_clip: float = 10.0
 
 
 @dataclass
@@ -332,6 +335,7 @@ _POSITIVE = (
     "run.iterations",
     "evaluation.diversity_temperature",
     "objective.eta",
+    "objective.is_clip",
 )
 _NON_NEGATIVE = (
     "objective.coef",

@@ -67,11 +67,14 @@ SUMMARY_KEYS = (
     "accuracy",
     "self_bleu",
     "proxy_win_rate",
+    "proxy_win_rate_ci",
     "kl_ref",
-    "win_rate_add",
-    "win_rate_reverse",
+    "kl_ref_ci",
+    "kl_ref_per_token",
     "win_rate_sort",
     "win_rate_max",
+    "win_rate_count",
+    "win_rate_last",
 )
 #: columns of the printed and written tables
 TABLE_COLS = [
@@ -162,7 +165,11 @@ def run_demo(
 
 def write_reports(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """summary.json, metrics table (md/csv), plots and an HTML report."""
-    from rspo.evaluation.plots import plot_length_vs_winrate, plot_metrics_per_iteration
+    from rspo.evaluation.plots import (
+        plot_frontier,
+        plot_length_vs_winrate,
+        plot_metrics_per_iteration,
+    )
     from rspo.evaluation.report import markdown_table, write_csv, write_html_report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -171,9 +178,11 @@ def write_reports(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
     write_csv(rows, out / "table.csv")
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
+    methods, frontier = dict.fromkeys(r["method"] for r in rows), plots / "frontier.png"
     imgs = [
         plot_metrics_per_iteration(rows, plots / "metrics_per_iteration.png"),
         plot_length_vs_winrate(rows, plots / "length_vs_winrate.png"),
+        plot_frontier({m: [r for r in rows if r["method"] == m] for m in methods}, frontier),
     ]
     write_html_report(
         out / "report.html", "rspo demo: SPPO vs RSPO on the skills gym", rows, [str(i) for i in imgs]

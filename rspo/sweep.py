@@ -23,7 +23,17 @@ import yaml
 from rspo.config import ConfigError, check_trainable, config_from_dict, deep_merge
 from rspo.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 
-METRICS = ("win_rate", "lc_win_rate", "avg_length", "accuracy", "self_bleu")
+METRICS = (
+    "win_rate",
+    "lc_win_rate",
+    "avg_length",
+    "accuracy",
+    "self_bleu",
+    "proxy_win_rate",
+    "kl_ref",
+)
+#: per-iteration metrics averaged over seeds (the frontier plot's curves)
+CURVE_METRICS = ("win_rate", "proxy_win_rate", "kl_ref", "kl_ref_per_token", "lc_win_rate")
 
 
 @dataclass
@@ -209,6 +219,30 @@ def aggregate(runs: list[SweepRun]) -> tuple[list[dict[str, Any]], list[dict[str
     return per_run, table
 
 
+def aggregate_iterations(runs: list[SweepRun]) -> list[dict[str, Any]]:
+    """Per setting and iteration: each of :data:`CURVE_METRICS` averaged over the seeds that
+    reached that iteration, with ``<metric>_ci`` = [lo, hi], the 95% t-interval over seeds
+    (one seed: that run's own interval, if its row has one); ``seeds`` counts them."""
+    by: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in runs:
+        for row in read_jsonl(r.output / "metrics.jsonl"):
+            by.setdefault((r.label, int(row["iteration"])), []).append(row)
+    out = []
+    for (label, it), rows in by.items():
+        agg: dict[str, Any] = {"setting": label, "iteration": it, "seeds": len(rows)}
+        for m in CURVE_METRICS:
+            vals = [r[m] for r in rows if r.get(m) is not None]
+            if not vals:
+                agg[m], agg[f"{m}_ci"] = None, None
+                continue
+            mean, half = _interval(vals)
+            own = rows[0].get(f"{m}_ci") if len(rows) == 1 else None
+            agg[m], agg[f"{m}_ci"] = mean, own if own else [mean - half, mean + half]
+        out.append(agg)
+    order = list(dict.fromkeys(r.label for r in runs))
+    return sorted(out, key=lambda a: (order.index(a["setting"]), a["iteration"]))
+
+
 def _fmt(row: dict[str, Any], m: str) -> str:
     if m not in row:
         return "-"
@@ -218,10 +252,14 @@ def _fmt(row: dict[str, Any], m: str) -> str:
 
 
 def write_sweep_reports(
-    out: Path, per_run: list[dict[str, Any]], table: list[dict[str, Any]]
+    out: Path,
+    per_run: list[dict[str, Any]],
+    table: list[dict[str, Any]],
+    iterations: list[dict[str, Any]] | None = None,
 ) -> None:
-    """table.md / table.csv / runs.csv, plots and report.html."""
-    from rspo.evaluation.plots import plot_length_vs_winrate
+    """table.md / table.csv / runs.csv (/ iterations.csv), plots and report.html; with
+    ``iterations`` (:func:`aggregate_iterations`) also the frontier plot."""
+    from rspo.evaluation.plots import plot_frontier, plot_length_vs_winrate
     from rspo.evaluation.report import write_csv, write_html_report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -240,13 +278,22 @@ def write_sweep_reports(
     atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
     write_csv(table, out / "table.csv")
     write_csv(per_run, out / "runs.csv")
-    atomic_write_json(out / "summary.json", {"settings": table, "runs": per_run})
+    summary: dict[str, Any] = {"settings": table, "runs": per_run}
+    if iterations is not None:
+        summary["iterations"] = iterations
+        write_csv(iterations, out / "iterations.csv")
+    atomic_write_json(out / "summary.json", summary)
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     imgs = [
         plot_lc_vs_coef(table, plots / "lc_vs_coef.png"),
         plot_length_vs_winrate(per_run, plots / "length_vs_winrate.png"),
     ]
+    if iterations is not None:  # one curve per setting, seeds averaged per iteration
+        curves: dict[str, list[dict[str, Any]]] = {}
+        for row in iterations:
+            curves.setdefault(row["setting"], []).append(row)
+        imgs.append(plot_frontier(curves, plots / "frontier.png"))
     write_html_report(
         out / "report.html",
         "rspo sweep: regularizers × coefficients",
@@ -332,6 +379,6 @@ def run_sweep(
             failed[0].stderr,
         )
     per_run, table = aggregate(runs)
-    write_sweep_reports(out, per_run, table)
+    write_sweep_reports(out, per_run, table, aggregate_iterations(runs))
     log((out / "table.md").read_text())
     return table

@@ -22,8 +22,12 @@ def test_quick_demo_writes_summary_plots_and_report(tmp_path):
             "avg_length",
             "accuracy",
             "self_bleu",
+            "proxy_win_rate",
+            "kl_ref",
+            "kl_ref_per_token",
         ):
             assert key in m
+        assert 0.0 <= m["proxy_win_rate"] <= 1.0 and math.isfinite(m["kl_ref"])
         lo, hi = m["win_rate_ci"]
         assert 0.0 <= lo <= m["win_rate"] <= hi <= 1.0
         assert 0.0 <= m["accuracy"] <= 1.0 and m["avg_length"] > 0 and math.isfinite(m["self_bleu"])
@@ -33,10 +37,13 @@ def test_quick_demo_writes_summary_plots_and_report(tmp_path):
         "table.md",
         "plots/metrics_per_iteration.png",
         "plots/length_vs_winrate.png",
+        "plots/frontier.png",
+        "sppo/iter_002/annotations.json",
     ):
         assert (out / f).stat().st_size > 0
     rows = (out / "sppo" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["iteration"] for r in rows] == [0, 1, 2]
+    assert json.loads(rows[0])["kl_ref"] == 0.0
 
 
 def test_demo_overwrite_starts_over(tmp_path, monkeypatch):

@@ -85,6 +85,7 @@ HAND = {
     ("reverse_kl", "k2"): (0.5, 1.0),
     ("reverse_kl", "k3"): (math.exp(-1), 1 - math.exp(-1)),
     ("reverse_kl", "reinforce"): (math.exp(0.5), math.exp(0.5)),
+    ("reverse_kl", "noent"): (-2.0, 2.0),  # −ℓθ·ℓref = −(−1)(−2); gradient −ℓref = 2
     ("forward_kl", "is"): (-math.exp(-0.5), -math.exp(-0.5)),
     ("forward_kl", "ratio"): (math.exp(-1), -math.exp(-1)),
     ("chi2", "is"): (math.exp(1.5) - 1, 2 * math.exp(1.5)),
@@ -203,6 +204,91 @@ def test_k3_gradient_is_forward_kl_gradient_at_theta_t():
     e_grad = (torch.softmax(THETA_T, 0) @ jac).numpy()
     _, fwd = exact_value_and_grad(ForwardKL(), THETA_T)
     assert np.allclose(e_grad, fwd, atol=1e-12)
+
+
+def test_noent_gradient_is_its_formula_and_the_cross_entropy_gradient_at_theta_t():
+    """reverse_kl[noent] = −ℓ_θ·ℓ_ref: its per-outcome Jacobian in θ (tabular softmax) is
+    −ℓ_ref(y)·(e_y − π_θ) by the formula and by central differences; at θ_t its π_t-expected
+    gradient is ∇CE(π_θ, π_ref) = ∇KL(π_θ‖π_ref) + ∇H(π_θ); at π_θ = π_ref neither its value
+    nor its gradient is 0 (not a divergence)."""
+    reg = ReverseKL("noent")
+    lr = torch.log_softmax(THETA_REF, 0)
+    pi_t = torch.softmax(THETA_T, 0)
+    vals, jac = outcome_terms(reg, THETA_T)
+    formula = -lr[:, None] * (torch.eye(N_OUT, dtype=T) - pi_t[None, :])
+    assert torch.allclose(jac, formula, atol=1e-14)
+    h = 1e-6
+    for i in range(N_OUT):
+        e = torch.zeros(N_OUT, dtype=T)
+        e[i] = h
+        fd = (outcome_terms(reg, THETA_T + e)[0] - outcome_terms(reg, THETA_T - e)[0]) / (2 * h)
+        assert torch.allclose(fd, formula[:, i], atol=1e-8)
+    assert torch.allclose(vals, -torch.log_softmax(THETA_T, 0) * lr, atol=1e-15)
+
+    def ce(th):
+        return float(torch.softmax(th, 0) @ -lr)
+
+    def entropy(th):
+        p = torch.softmax(th, 0)
+        return float(-(p * p.log()).sum())
+
+    def fd_grad(f, th):
+        out = np.zeros(N_OUT)
+        for i in range(N_OUT):
+            e = torch.zeros(N_OUT, dtype=T)
+            e[i] = h
+            out[i] = (f(th + e) - f(th - e)) / (2 * h)
+        return out
+
+    e_grad = (pi_t @ jac).numpy()
+    assert np.allclose(e_grad, fd_grad(ce, THETA_T), atol=1e-8)
+    _, kl_grad = exact_value_and_grad(ReverseKL(), THETA_T)
+    assert np.allclose(e_grad, kl_grad + fd_grad(entropy, THETA_T), atol=1e-8)
+    # at π_θ = π_ref (sampled from π_ref): value −E[ℓ_ref²] < 0, gradient ∇H(π_ref) ≠ 0
+    q = torch.softmax(THETA_REF, 0)
+    lref = torch.log_softmax(THETA_REF, 0)
+    at_ref = reg.per_sample(SampleBatch(lref, lref, lref, lref))
+    assert float(q @ at_ref) == pytest.approx(-float(q @ lref.square()), rel=1e-14)
+    assert float(q @ at_ref) < -1.0
+    g_ref = (q @ (-lref[:, None] * (torch.eye(N_OUT, dtype=T) - q[None, :]))).numpy()
+    assert np.allclose(g_ref, fd_grad(entropy, THETA_REF), atol=1e-8)
+    assert np.abs(g_ref).max() > 0.1
+
+
+def test_is_clip_reaches_every_estimator_of_a_spec():
+    """RSPOLoss(log_clip=R) (config objective.is_clip) clips forward_kl[ratio] at e^R: here
+    ℓ_ref − ℓ_θ = 7, so R = 5 gives e^5 with zero gradient, the default R = 10 gives e^7."""
+    from rspo.objectives import RSPOLoss
+
+    lt = torch.tensor([-9.0], dtype=T, requires_grad=True)
+    b = SampleBatch(lt, torch.tensor([-9.0], dtype=T), torch.tensor([-2.0], dtype=T), lt.detach())
+    five = RSPOLoss(1.0, "forward_kl[ratio]", 1.0, log_clip=5.0).regularizer
+    val = five.estimate(b)
+    assert val.item() == pytest.approx(math.exp(5.0), rel=1e-14)
+    assert torch.autograd.grad(val, lt)[0].item() == 0.0
+    ten = RSPOLoss(1.0, "forward_kl[ratio]", 1.0).regularizer
+    assert ten.log_clip == 10.0 and ten.estimate(b).item() == pytest.approx(math.exp(7.0))
+    mix = RSPOLoss(1.0, "forward_kl[ratio] + 10*reverse_kl[k2]", 1.0, log_clip=7.0).regularizer
+    assert [c.log_clip for _, c in mix.components()] == [7.0, 7.0]
+    with pytest.raises(ValueError, match="log_clip"):
+        RSPOLoss(1.0, "forward_kl[ratio]", 1.0, log_clip=0.0)
+
+
+def test_objective_is_clip_config_key_is_validated_and_reaches_the_run_loss():
+    from types import SimpleNamespace
+
+    from rspo.config import ConfigError, load_config
+    from rspo.selfplay.loop import SelfPlayRun
+
+    cfg = load_config(None, ["--objective.regularizer", "forward_kl[ratio]",
+                             "--objective.coef", "0.2", "--objective.is_clip", "5"])  # fmt: skip
+    assert cfg.objective.is_clip == 5.0
+    loss = SelfPlayRun._make_loss(SimpleNamespace(cfg=cfg), 0.2)
+    assert loss.regularizer.log_clip == 5.0
+    assert load_config(None, []).objective.is_clip == 10.0  # the authors' default R
+    for bad in ("0", "-1", ".inf"):
+        with pytest.raises(ConfigError, match="objective.is_clip"):
+            load_config(None, ["--objective.is_clip", bad])
 
 
 def test_authors_ratio_values_at_theta_t():

@@ -103,6 +103,31 @@ def test_run_directory_layout(reference_run):
     assert len(lines) == 3
 
 
+def test_overoptimization_metrics_of_every_evaluated_iteration(reference_run):
+    """Iteration 0 (π = π_ref): kl_ref exactly 0 and a proxy win rate of exactly ½ (the same
+    seeded samples); later iterations: kl_ref is the mean stored log-ratio, the proxy (here
+    the same judge as gold) equals the gold win rate, annotations.json reproduces it, and
+    the run draws its frontier plot."""
+    cfg, rows = reference_run
+    root = Path(cfg.run.output)
+    assert rows[0]["kl_ref"] == 0.0 and rows[0]["kl_ref_ci"] == [0.0, 0.0]
+    assert rows[0]["kl_ref_per_token"] == 0.0 and rows[0]["proxy_win_rate"] == 0.5
+    assert not (root / "iter_000" / "kl_logprobs.json").exists()  # no forward needed
+    for r in rows:
+        t = r["iteration"]
+        assert r["proxy_win_rate"] == pytest.approx(r["win_rate"], abs=1e-12)
+        ann = json.loads((root / f"iter_{t:03d}" / "annotations.json").read_text())
+        assert len(ann) == 12
+        assert sum(a["preference"] - 1 for a in ann) / 12 == pytest.approx(r["win_rate"], abs=1e-12)
+    for r in rows[1:]:
+        lp = json.loads((root / f"iter_{r['iteration']:03d}" / "kl_logprobs.json").read_text())
+        d = [a - b for a, b in zip(lp["logp"], lp["logp_ref"])]
+        assert r["kl_ref"] == pytest.approx(sum(d) / len(d), rel=1e-12)
+        assert r["kl_ref"] > 0 and r["kl_ref_ci"][0] <= r["kl_ref"] <= r["kl_ref_ci"][1]
+    assert rows[2]["kl_ref"] > rows[1]["kl_ref"]  # the policy moves on from π_ref
+    assert (root / "plots" / "frontier.png").stat().st_size > 0
+
+
 def test_rerun_is_a_noop_and_changed_config_is_refused(setup, reference_run):
     tmp, model = setup
     cfg, rows = reference_run
@@ -174,7 +199,7 @@ def _cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "fault", ["generate:4", "judge:4", "score:1", "train:3", "evaluate_eval:1"]
+    "fault", ["generate:4", "judge:4", "score:1", "train:3", "evaluate_eval:1", "evaluate_kl:1"]
 )
 def test_sigkill_inside_a_stage_then_resume_gives_identical_numbers(setup, reference_run, fault):
     tmp, model = setup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -114,8 +115,24 @@ def test_sweep_runs_aggregates_and_resumes(tmp_path, monkeypatch):
         "report.html",
         "plots/lc_vs_coef.png",
         "plots/length_vs_winrate.png",
+        "plots/frontier.png",
+        "iterations.csv",
     ):
         assert (out / f).exists() and (out / f).stat().st_size > 0, f
+    curves = json.loads((out / "summary.json").read_text())["iterations"]
+    for c in curves:  # seeds averaged per setting and iteration, by hand
+        rows = [
+            json.loads(x)
+            for s in (0, 1)
+            for x in (out / c["setting"] / f"seed{s}" / "metrics.jsonl").read_text().splitlines()
+        ]
+        rows = [r for r in rows if r["iteration"] == c["iteration"]]
+        assert c["seeds"] == 2
+        for m in ("win_rate", "proxy_win_rate", "kl_ref"):
+            assert c[m] == pytest.approx((rows[0][m] + rows[1][m]) / 2, abs=1e-12)
+            half = 12.706 * abs(rows[0][m] - rows[1][m]) / 2
+            assert c[f"{m}_ci"] == pytest.approx([c[m] - half, c[m] + half], rel=1e-3, abs=1e-12)
+    assert [c["kl_ref"] for c in curves if c["iteration"] == 0] == [0.0] * 2
     per_run, _ = aggregate(expand(spec))
     assert len(per_run) == 4
     for row in table:  # mean and 95% t-interval over the two seeds, by hand

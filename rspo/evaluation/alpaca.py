@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rspo.utils.io import atomic_write_text
 
-__all__ = ["read_alpaca_outputs", "write_alpaca_outputs"]
+__all__ = ["read_alpaca_outputs", "write_alpaca_outputs", "write_annotations"]
 
 
 def write_alpaca_outputs(
@@ -55,3 +55,45 @@ def read_alpaca_outputs(path: str | Path) -> list[dict[str, str]]:
         if missing:
             raise ValueError(f"{path}: record {k} lacks {sorted(missing)}")
     return records
+
+
+def write_annotations(
+    path: str | Path,
+    instructions: Sequence[str],
+    outputs_1: Sequence[str],
+    outputs_2: Sequence[str],
+    probs: Sequence[float],
+    generator_1: str,
+    generator_2: str,
+    annotator: str,
+) -> Path:
+    """Write AlpacaEval-style ``annotations.json``: one record per judged pair with
+    ``instruction``, ``output_1`` (the baseline's response), ``output_2`` (the evaluated
+    model's), ``generator_1``, ``generator_2``, ``annotator`` and ``preference`` =
+    1 + P(output_2 ≻ output_1) in [1, 2] (AlpacaEval's convention: 1 = output_1 preferred,
+    2 = output_2). The mean of ``preference − 1`` is the win rate of output_2. Atomic."""
+    n = len(instructions)
+    if not (len(outputs_1) == len(outputs_2) == len(probs) == n):
+        raise ValueError(
+            f"{n} instructions but {len(outputs_1)} output_1, {len(outputs_2)} output_2, "
+            f"{len(probs)} preferences"
+        )
+    records = []
+    for i, a, b, p in zip(instructions, outputs_1, outputs_2, probs):
+        p = float(p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"preference probability {p} outside [0, 1]")
+        records.append(
+            {
+                "instruction": str(i),
+                "output_1": str(a),
+                "output_2": str(b),
+                "generator_1": generator_1,
+                "generator_2": generator_2,
+                "annotator": annotator,
+                "preference": 1.0 + p,
+            }
+        )
+    path = Path(path)
+    atomic_write_text(path, json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+    return path

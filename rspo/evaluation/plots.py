@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_length_vs_winrate", "plot_metrics_per_iteration"]
+__all__ = ["plot_frontier", "plot_length_vs_winrate", "plot_metrics_per_iteration"]
 
 _LABELS = {
     "win_rate": "win rate",
@@ -136,5 +136,97 @@ def plot_length_vs_winrate(
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(frameon=False)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _ci(v: Any) -> tuple[float, float] | None:
+    """A ``[lo, hi]`` interval as two finite floats, else ``None``."""
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        lo, hi = _num(v[0]), _num(v[1])
+        if lo is not None and hi is not None:
+            return lo, hi
+    return None
+
+
+def plot_frontier(
+    runs: Mapping[str, Sequence[dict[str, Any]]],
+    out_png: str | Path,
+    x: str = "kl",
+    proxy: bool = True,
+    title: str = "gold win rate vs KL from π_ref (over-optimization frontier)",
+) -> str:
+    """Gold ``win_rate`` against ``kl_ref`` = KL(π‖π_ref) (nats, sequence level; ``x="sqrt_kl"``
+    plots √KL, Gao et al.'s axis), one curve per method through its iterations (each point
+    labelled with its iteration, error bars from ``win_rate_ci``/``kl_ref_ci``); with
+    ``proxy`` the training judge's ``proxy_win_rate`` is drawn dashed in the same colour.
+    ``runs`` maps a method to its metrics rows. A method without an iteration-0 row starts
+    at (0, ½): π_0 = π_ref. Rows whose ``kl_ref`` is null (evaluation temperature ≠ 1) are
+    left out. Returns the PNG path."""
+    if x not in ("kl", "sqrt_kl"):
+        raise ValueError(f"x must be 'kl' or 'sqrt_kl', got {x!r}")
+
+    def tx(v: float) -> float:  # a sampled KL may be slightly negative: √ of 0 then
+        return math.sqrt(max(v, 0.0)) if x == "sqrt_kl" else v
+
+    fig = _figure(6.4, 4.6)
+    ax = fig.subplots()
+    plotted = 0
+    for k, (method, rows) in enumerate(runs.items()):
+        color = f"C{k % 10}"
+        rows = sorted(rows, key=lambda r: _num(r.get("iteration")) or 0.0)
+        pts = [r for r in rows if _num(r.get("kl_ref")) is not None]
+        if not pts:
+            continue
+        if not any(_num(r.get("iteration")) == 0 for r in pts):
+            origin = {"iteration": 0, "kl_ref": 0.0, "win_rate": 0.5, "proxy_win_rate": 0.5}
+            pts = [origin, *pts]
+        for key, style, name in (
+            ("win_rate", "-", f"{method} (gold)"),
+            ("proxy_win_rate", "--", f"{method} (proxy)"),
+        ):
+            if key == "proxy_win_rate" and not proxy:
+                continue
+            cur = [r for r in pts if _num(r.get(key)) is not None]
+            if not cur:
+                continue
+            xs = [tx(_num(r["kl_ref"])) for r in cur]
+            ys = [_num(r[key]) for r in cur]
+            face = color if style == "-" else "white"
+            ax.plot(xs, ys, style, marker="o", color=color, mfc=face, label=name)
+            plotted += 1
+            for r, px, py in zip(cur, xs, ys):
+                yci, xci = _ci(r.get(f"{key}_ci")), _ci(r.get("kl_ref_ci"))
+                if yci or xci:
+                    ax.errorbar(
+                        [px],
+                        [py],
+                        yerr=None if yci is None else [[py - yci[0]], [yci[1] - py]],
+                        xerr=None if xci is None else [[px - tx(xci[0])], [tx(xci[1]) - px]],
+                        fmt="none",
+                        ecolor=color,
+                        alpha=0.35,
+                        lw=1,
+                    )
+                if style == "-" and r.get("iteration") is not None:
+                    ax.annotate(
+                        str(r["iteration"]), (px, py), textcoords="offset points",
+                        xytext=(4, 4), size=7, color=color,
+                    )  # fmt: skip
+    ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
+    if x == "sqrt_kl":
+        ax.set_xlabel("√KL(π‖π_ref)  (√nats, sequence level)")
+    else:
+        ax.set_xlabel("KL(π‖π_ref)  (nats, sequence level)")
+    ax.set_ylabel("win rate vs π_ref")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if plotted:
+        ax.legend(frameon=False, fontsize=8)
+    else:
+        ax.text(
+            0.5, 0.5, "no kl_ref in these rows\n(evaluated at temperature ≠ 1?)",
+            ha="center", va="center", transform=ax.transAxes, color="0.4",
+        )  # fmt: skip
     fig.tight_layout()
     return _save(fig, out_png)

@@ -16,7 +16,7 @@ from torch import Tensor
 from .batch import SampleBatch
 from .inpo import inpo_loss
 from .reduce import normalized_sum
-from .regularizer import Regularizer
+from .regularizer import DEFAULT_LOG_CLIP, Regularizer
 from .spec import get_regularizer
 from .sppo import sppo_hard_loss, sppo_loss
 
@@ -30,6 +30,9 @@ class RSPOLoss:
     ``sppo`` is per row (y ~ π_t); ``sppo_hard`` and ``inpo`` are per (chosen, rejected)
     pair of rows. ``tau`` is INPO's reverse-KL strength (rspo convention, see
     :func:`rspo.objectives.inpo_loss`) and only valid with ``loss_type="inpo"``.
+    ``log_clip`` is R, the upper clip on log importance weights and log ratios inside a spec
+    string's estimators (e.g. forward_kl[ratio] = min(π_ref/π_θ, e^R)); the authors use
+    R = 5, 7, 10 (config ``objective.is_clip``).
     """
 
     def __init__(
@@ -39,7 +42,10 @@ class RSPOLoss:
         coef: float = 0.0,
         loss_type: str = "sppo",
         tau: float | None = None,
+        log_clip: float | None = DEFAULT_LOG_CLIP,
     ):
+        if log_clip is not None and not (math.isfinite(log_clip) and log_clip > 0):
+            raise ValueError(f"log_clip must be a finite float > 0 or None, got {log_clip!r}")
         if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
             raise ValueError(f"eta must be a finite float > 0, got {eta!r}")
         if not (isinstance(coef, (int, float)) and math.isfinite(coef) and coef >= 0):
@@ -57,7 +63,7 @@ class RSPOLoss:
         self.coef = float(coef)
         self.loss_type = loss_type
         self.tau = None if tau is None else float(tau)
-        self.regularizer = get_regularizer(regularizer)
+        self.regularizer = get_regularizer(regularizer, log_clip)
         if self.coef > 0 and self.regularizer is None:
             raise ValueError(f"coef={coef} > 0 but no regularizer given")
 

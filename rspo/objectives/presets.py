@@ -18,6 +18,9 @@ d² = 2·(½d²) = 2·k2. Hence, in rspo's terms:
 * IS forward (ratio, λ_a)     → ``forward_kl[ratio]``, coef 2λ_a, ητ = λ_a
 * χ² (ratio, λ_a)             → ``chi2[ratio]``,       coef 2λ_a, ητ = λ_a/2
 * forward + c·reverse (λ_a)   → ``forward_kl[ratio] + 2c*reverse_kl[k2]``, coef 2λ_a
+* reverseklnoent (−ℓ_θ·ℓ_ref, λ_a) → ``reverse_kl[noent]``, coef 2λ_a (not a divergence; see
+  :mod:`rspo.objectives.reverse_kl`)
+* their clip R (``forwardimportance7``, ``forward1R5reverse…``) → ``objective.is_clip``
 
 (at θ = θ_t the ``ratio``/``k2`` gradients equal those of the unbiased ``is`` estimators,
 scaled as listed in each EstimatorInfo).

@@ -12,11 +12,22 @@ k1         d                        at θ_t            never: E[∇] = 0 at θ_t
 k2         ½d²                      never             at θ_t (authors' d² = 2× this)
 k3         e^{−d} − 1 + d           at θ_t            never: E[∇] = ∇KL(π_ref‖π) at θ_t
 reinforce  sg(w·d)·(1 + ℓ_θ − sg ℓ_θ) all θ          all θ  (= Nash-MD's sg(d)·∇ℓ_θ at θ_t)
+noent      −ℓ_θ·ℓ_ref               never             never: E[∇] = ∇CE(π‖π_ref) at θ_t
 ========== ======================== ================= ===================================
 
 Why: E_{π_t}[w·d] = Σ π_θ log(π_θ/r) for every θ; its gradient Σ π_t w (d+1) ∇ℓ_θ is
 the true one. At θ_t, E_{π_t}[∇ℓ_θ] = Σ ∇π_θ = 0, so k1's gradient vanishes in
 expectation, while k2's d·∇ℓ_θ and reinforce's equal the true gradient Σ π (d+1)∇ℓ.
+
+``noent`` is the authors' ``reverseklnoent`` loss (their Mistral reverse-KL script), reverse
+KL without its entropy term. Its gradient −ℓ_ref·∇ℓ_θ has, at θ = θ_t, the expectation
+E_{π_t}[−ℓ_ref ∇ℓ_θ] = ∇_θ Σ_y π_θ(y)(−log π_ref(y)) = ∇CE(π_θ, π_ref), the gradient of the
+cross-entropy CE = KL(π_θ‖π_ref) + H(π_θ): reverse KL's gradient plus the entropy's, so it
+also lowers the policy's entropy (in the tabular game its functional gradient is −log r_i,
+KL's log(π_i/r_i) + 1 without log π_i + 1). It is not a divergence: neither its value
+(−E[ℓ_θ·ℓ_ref] ≤ 0, not 0 at π_θ = π_ref) nor its gradient (∇H(π_ref) there) vanishes at
+π_θ = π_ref, which is not its minimizer (a point mass on π_ref's mode is). With the
+authors' λ_a it is ``reverse_kl[noent]`` with coef 2λ_a (their per-pair mean of y_w and y_l).
 """
 
 from __future__ import annotations
@@ -61,6 +72,11 @@ class ReverseKL(Regularizer):
             "reinforce", "pi_t", f"{_W}, detached", "all", "all", 1.0,
             "surrogate with value w·d and gradient sg(w·d)·∇ℓ_θ (Nash-MD's REINFORCE form; "
             "w = 1 at θ_t)",
+        ),
+        "noent": EstimatorInfo(
+            "noent", "pi_t", "none", "never", "never", None,
+            "authors' reverseklnoent −ℓ_θ·ℓ_ref: reverse KL without the entropy term; at θ_t "
+            "its gradient is ∇CE(π‖π_ref) = ∇KL(π‖π_ref) + ∇H(π); not a divergence",
         ),
     }  # fmt: skip
 
@@ -110,3 +126,6 @@ class ReverseKL(Regularizer):
         w = self._clip(b.logp_theta - b.logp_t).exp()
         coeff = (w * (b.logp_theta - b.logp_ref)).detach()
         return coeff * (1.0 + b.logp_theta - b.logp_theta.detach())
+
+    def _est_noent(self, b: SampleBatch) -> Tensor:
+        return -b.logp_theta * b.logp_ref

@@ -68,8 +68,11 @@ def parse_regularizer(spec: str, log_clip: float | None = DEFAULT_LOG_CLIP) -> R
     return Mixture(terms)
 
 
-def get_regularizer(spec: str | Regularizer | None) -> Regularizer | None:
-    """None / "" / "none" → None; a spec string → parsed; a Regularizer → itself."""
+def get_regularizer(
+    spec: str | Regularizer | None, log_clip: float | None = DEFAULT_LOG_CLIP
+) -> Regularizer | None:
+    """None / "" / "none" → None; a spec string → parsed with ``log_clip`` (the clip R of
+    every component); a Regularizer → itself (its own clip)."""
     if spec is None:
         return None
     if isinstance(spec, Regularizer):
@@ -77,5 +80,5 @@ def get_regularizer(spec: str | Regularizer | None) -> Regularizer | None:
     if isinstance(spec, str):
         if spec.strip().lower() in ("", "none"):
             return None
-        return parse_regularizer(spec)
+        return parse_regularizer(spec, log_clip)
     raise TypeError(f"regularizer must be a spec string, a Regularizer or None, got {spec!r}")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rspo.generation import SamplingParams
 from rspo.utils.faults import fault_point
 from rspo.utils.imports import load_callable as _load
-from rspo.utils.io import append_jsonl, read_jsonl
+from rspo.utils.io import append_jsonl, atomic_write_json, read_json, read_jsonl
 
 if TYPE_CHECKING:
     from rspo.selfplay.loop import SelfPlayRun
@@ -77,6 +77,108 @@ def _copy_missing(file, records: list[dict]) -> None:
     append_jsonl(file, records[len(read_jsonl(file, tolerate_torn_tail=True)) :])
 
 
+def _stored(file, n: int) -> Any:
+    """The JSON ``file`` holds (None when absent or not of ``n`` items: redone)."""
+    try:
+        have = read_json(file)
+    except (OSError, ValueError):
+        return None
+    lists = have.values() if isinstance(have, dict) else [have]
+    return have if all(isinstance(v, list) and len(v) == n for v in lists) else None
+
+
+def proxy_probs(run: SelfPlayRun, d, texts: list[str], ta: list[str], tb: list[str]) -> list[float]:
+    """P(policy ≻ π_ref) by the *training* judge (``run.judge``, its cache included) on the
+    eval pairs, both orders as training asks them (``judge.both_orders``); kept in
+    ``proxy_judgments.json`` so a resumed evaluation never asks the judge again."""
+    from rspo.judges.symmetric import symmetric_prefer
+
+    file = d / "proxy_judgments.json"
+    have = run.dist.from_main(_stored, file, len(texts))
+    if have is not None:
+        return have
+    judge, both = run.judge, run.cfg.judge.both_orders
+    probs = run.dist.shard_map(
+        lambda sl: symmetric_prefer(judge, texts[sl], ta[sl], tb[sl], both_orders=both),
+        len(texts),
+        run.cfg.judge.batch_size,
+    )
+    run.dist.main_only(atomic_write_json, file, [float(p) for p in probs])
+    return probs
+
+
+def kl_sample_set(run: SelfPlayRun, pol: list[dict], div: list[dict] | None):
+    """The policy's eval samples drawn from π itself (temperature 1; evaluation never
+    truncates with top-k/top-p): the win-rate samples when ``evaluation.temperature`` is 1,
+    else the diversity samples when ``evaluation.diversity_temperature`` is 1; as
+    (records, samples per prompt), or None (KL(π‖π_ref) is then not estimated)."""
+    e = run.cfg.evaluation
+    if e.temperature == 1.0:
+        return pol, e.num_samples
+    if div is not None and e.diversity_temperature == 1.0:
+        return div, e.diversity_samples
+    return None
+
+
+def kl_logratios(run: SelfPlayRun, d, path: str, ref: str, recs: list[dict], k: int) -> list[float]:
+    """log π(y) − log π_ref(y) of the first ``k`` samples per prompt of ``recs`` (y ~ π at the
+    model at ``path``): one no-grad forward of each model, the scoring code's log-probs;
+    exactly 0 when ``path`` is π_ref. Kept in ``kl_logprobs.json`` (resumes read it back)."""
+    resps = [x["ids"] for r in recs for x in r["responses"][:k]]
+    if path == ref:
+        return [0.0] * len(resps)
+    file = d / "kl_logprobs.json"
+    have = run.dist.from_main(_stored, file, len(resps))
+    if have is None:
+        prompts = [run.eval_prompts.ids[r["prompt_index"]] for r in recs for _ in range(k)]
+        have = {"logp": run._logprobs(path, prompts, resps)}
+        have["logp_ref"] = run._logprobs(ref, prompts, resps)
+        run.dist.main_only(atomic_write_json, file, have)
+        fault_point("evaluate_kl", 1)  # a kill here: the resumed evaluation reads them back
+    return [a - b for a, b in zip(have["logp"], have["logp_ref"])]
+
+
+def overoptimization_metrics(
+    run: SelfPlayRun,
+    t: int,
+    d,
+    path: str,
+    ref: str,
+    pairs: tuple[list[str], list[str], list[str]],
+    pol: list[dict],
+    div: list[dict] | None,
+) -> dict[str, Any]:
+    """``proxy_win_rate`` (+ ``_ci``): the training judge's win rate of π vs π_ref on the
+    gold win rate's pairs, same cluster bootstrap; ``kl_ref`` (+ ``_ci``, nats) and
+    ``kl_ref_per_token``: KL(π‖π_ref) from π's own samples (:mod:`rspo.evaluation.kl`),
+    null with a logged note when no temperature-1 samples exist."""
+    import numpy as np
+
+    from rspo.evaluation.kl import sequence_kl
+    from rspo.evaluation.winrate import win_rate
+
+    e, k = run.cfg.evaluation, run.cfg.evaluation.num_samples
+    probs = proxy_probs(run, d, *pairs)
+    seed = run.cfg.run.seed
+    wr = run.dist.from_main(
+        lambda: win_rate(np.reshape(probs, (-1, k)).mean(axis=1), n_boot=e.n_boot, seed=seed)
+    )
+    out: dict[str, Any] = {"proxy_win_rate": wr.mean, "proxy_win_rate_ci": [wr.lo, wr.hi]}
+    chosen = kl_sample_set(run, pol, div)
+    if chosen is None:
+        run.log(
+            f"iteration {t}: kl_ref not estimated (null): evaluation.temperature "
+            f"{e.temperature:g} and no diversity samples at temperature 1; KL(π‖π_ref) from "
+            "samples needs samples of π itself"
+        )
+        return {**out, "kl_ref": None, "kl_ref_ci": None, "kl_ref_per_token": None}
+    recs, m = chosen
+    diffs = kl_logratios(run, d, path, ref, recs, m)
+    lengths = [len(x["ids"]) for r in recs for x in r["responses"][:m]]
+    kl = run.dist.from_main(sequence_kl, diffs, [0.0] * len(diffs), lengths, m, e.n_boot, seed)
+    return {**out, "kl_ref": kl.mean, "kl_ref_ci": [kl.lo, kl.hi], "kl_ref_per_token": kl.per_token}
+
+
 def subset_win_rates(
     label_of: Callable[[str], str], prompts: list[str], probs: list[float]
 ) -> dict[str, float]:
@@ -96,10 +198,12 @@ def evaluate_iteration(
 
     Outputs go to ``d`` (default: the iteration's directory); ``model_outputs.json`` names
     its generator ``generator`` (default: the objective and the iteration, so files of
-    several methods can go to alpaca_eval side by side)."""
-    from rspo.evaluation.alpaca import write_alpaca_outputs
+    several methods can go to alpaca_eval side by side), and ``annotations.json`` holds every
+    judged pair (AlpacaEval style). Besides the gold metrics the row carries
+    ``proxy_win_rate`` and ``kl_ref`` (see :func:`overoptimization_metrics`)."""
+    from rspo.evaluation.alpaca import write_alpaca_outputs, write_annotations
     from rspo.evaluation.summary import evaluate_responses
-    from rspo.judges.symmetric import symmetric_prefer
+    from rspo.judges.symmetric import SymmetricJudge, symmetric_prefer
 
     e = run.cfg.evaluation
     k = e.num_samples
@@ -121,7 +225,7 @@ def evaluate_iteration(
         len(texts),
         run.cfg.judge.batch_size,
     )
-    samples = None
+    samples = div = None
     if e.diversity_samples >= 2:
         if k >= e.diversity_samples and e.diversity_temperature == e.temperature:
             div = pol  # the win-rate samples already are diversity samples
@@ -171,12 +275,21 @@ def evaluate_iteration(
                 f"metrics rspo reports ({', '.join(taken)}); return other labels"
             )
         metrics.update(subsets)
+    metrics.update(overoptimization_metrics(run, t, d, path, ref, (texts, ta, tb), pol, div))
     first = [r["responses"][0]["text"] for r in pol]
+    name = generator or f"{_method(run.cfg)}/iter_{t:03d}"
     run.dist.main_only(
-        write_alpaca_outputs,
-        d / "model_outputs.json",
-        run.eval_prompts.texts,
-        first,
-        generator or f"{_method(run.cfg)}/iter_{t:03d}",
+        write_alpaca_outputs, d / "model_outputs.json", run.eval_prompts.texts, first, name
+    )
+    run.dist.main_only(  # every judged pair, so the win rate can be recomputed without the judge
+        write_annotations,
+        d / "annotations.json",
+        texts,
+        tb,
+        ta,
+        probs,
+        ref,
+        name,
+        SymmetricJudge(judge).judge_id,
     )
     return {"iteration": t, **metrics}

@@ -375,6 +375,7 @@ class SelfPlayRun:
             coef=coef,
             loss_type=o.loss_type,
             tau=o.tau,
+            log_clip=o.is_clip,
         )
 
     # ------------------------------------------------------------------ stages
@@ -711,7 +712,15 @@ class SelfPlayRun:
                     f"len {m['avg_length']:.1f}"
                 )
         self.models.release()
-        return self.dist.from_main(self.rd.rebuild_metrics, self.cfg.run.iterations)
+        rows = self.dist.from_main(self.rd.rebuild_metrics, self.cfg.run.iterations)
+        if rows:  # the run's own gold (and proxy) win rate against KL(π‖π_ref)
+            from rspo.evaluation.plots import plot_frontier
+            from rspo.selfplay.evaluate import _method
+
+            self.dist.main_only(
+                plot_frontier, {_method(c): rows}, self.rd.root / "plots" / "frontier.png"
+            )
+        return rows
 
     def _done(self, t: int, stage: str) -> bool:
         """Rank 0's view of a stage marker (waits for rank 0 to finish the previous stage)."""

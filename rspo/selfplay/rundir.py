@@ -6,7 +6,9 @@ runs/NAME/.lock                held by the process running it (a second one is r
 runs/NAME/metrics.jsonl        one row per evaluated iteration (rebuilt from iter dirs)
 runs/NAME/iter_001/            generations.jsonl, judgments.jsonl, dataset.json,
                                train_log.jsonl, checkpoint/, eval_outputs.jsonl,
-                               model_outputs.json, metrics.json, *.done markers
+                               model_outputs.json, annotations.json,
+                               proxy_judgments.json, kl_logprobs.json, metrics.json,
+                               *.done markers
 """
 
 from __future__ import annotations

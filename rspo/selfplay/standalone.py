@@ -39,7 +39,15 @@ def evaluate_model(cfg: Config, model_path: str, out: str | None = None) -> dict
 
 
 #: what ``rspo eval`` writes for the evaluated model; π_ref's baseline depends on the config
-MODEL_FILES = ("eval_outputs.jsonl", "eval_samples.jsonl", "model_outputs.json", "metrics.json")
+MODEL_FILES = (
+    "eval_outputs.jsonl",
+    "eval_samples.jsonl",
+    "model_outputs.json",
+    "metrics.json",
+    "annotations.json",
+    "proxy_judgments.json",
+    "kl_logprobs.json",
+)
 CLAIM = "eval_for.json"
 
 

@@ -103,7 +103,7 @@ def dry_run(cfg: Config) -> dict[str, Any]:
     model, judges = phase("load", lambda: _load(cfg, device))
     check_context(model, cfg)
     # (an odd micro-batch under a pair loss was refused by the config's validation)
-    loss_fn = RSPOLoss(o.eta, o.regularizer or None, o.coef, o.loss_type, o.tau)
+    loss_fn = RSPOLoss(o.eta, o.regularizer or None, o.coef, o.loss_type, o.tau, o.is_clip)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     P, R, K = cfg.data.max_prompt_length, cfg.generation.max_new_tokens, cfg.generation.num_samples
     mb, pad = tr.micro_batch_size, tok.pad_token_id
