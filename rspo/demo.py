@@ -185,5 +185,8 @@ def write_reports(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
         plot_frontier({m: [r for r in rows if r["method"] == m] for m in methods}, frontier),
     ]
     write_html_report(
-        out / "report.html", "rspo demo: SPPO vs RSPO on the skills gym", rows, [str(i) for i in imgs]
+        out / "report.html",
+        "rspo demo: SPPO vs RSPO on the skills gym",
+        rows,
+        [str(i) for i in imgs],
     )

@@ -75,7 +75,7 @@ def _looks_local(path: str) -> bool:
 
 
 def resolve_model_path(path: str) -> str:
-    """``gym`` / ``gym-skills`` -> the shipped base model directories; local dirs are checked for weights.
+    """``gym`` / ``gym-skills`` -> the shipped base models; local dirs are checked for weights.
 
     A local directory needs ``config.json`` and ``*.safetensors`` weights: pickle-based
     weights (``pytorch_model.bin``, ``*.pt``...) are refused, never read. A path that can

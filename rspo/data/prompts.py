@@ -107,7 +107,8 @@ def _read_raw(source: str, split: str, n: int | None, seed: int) -> list[tuple[s
             path, chosen = Path(base), name
     if not path.exists():
         raise FileNotFoundError(
-            f"prompt source {path} does not exist (use a .jsonl file, a dataset dir, 'gym' or 'gym-skills')"
+            f"prompt source {path} does not exist (use a .jsonl file, a dataset dir, 'gym' "
+            "or 'gym-skills')"
         )
     if path.is_dir():
         try:

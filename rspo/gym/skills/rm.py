@@ -25,11 +25,11 @@ from rspo.judges.reward_model import RewardModelJudge
 RM_DIR = Path(__file__).resolve().parents[1] / "assets" / "skills_rm"
 META_FILE = "gym_rm.json"
 #: the simulated annotator: correctness weight, length weight and length scale (characters)
-ANNOTATOR = {"beta": 2.0, "gamma": 1.0, "scale": 40.0}
+ANNOTATOR = {"beta": 4.0, "gamma": 1.0, "scale": 40.0}
 DEFAULT_PAIRS = 24_000
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 2000
 DEFAULT_BATCH = 16  # pairs per step
-DEFAULT_LR = 5e-4
+DEFAULT_LR = 1e-3
 
 
 def rm_path() -> Path:
