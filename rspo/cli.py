@@ -163,6 +163,19 @@ def _cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+#: the --help epilog of the commands that take config overrides
+OVERRIDES_HELP = """\
+config overrides:
+  Any config key can be set on the command line as --section.key VALUE (or
+  --section.key=VALUE); VALUE is read as YAML. Overrides win over --config.
+  `rspo config` prints every key with its resolved value.
+
+example:
+  rspo train --config my.yaml --training.lr 5e-7 --run.iterations 3 \\
+      --judge.kwargs '{model: /models/reward}' --output runs/mine
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; config overrides (``--section.key VALUE``) pass through."""
     p = argparse.ArgumentParser(
@@ -183,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plot", default=None, help="save a convergence plot (PNG)")
     g.set_defaults(fn=_cmd_game)
 
-    t = sub.add_parser("train", help="iterative self-play training (resumes an existing run dir)")
+    t = sub.add_parser(
+        "train",
+        help="iterative self-play training (resumes an existing run dir)",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("--config", default=None, help="YAML config (defaults if omitted)")
     t.add_argument("--output", default=None, help="run directory (overrides run.output)")
     t.add_argument("--resume", action="store_true", help="require an existing run to resume")
@@ -196,11 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(fn=_cmd_train)
 
-    c = sub.add_parser("config", help="print the resolved config as YAML")
+    c = sub.add_parser(
+        "config", help="print the resolved config as YAML",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("--config", default=None)
     c.set_defaults(fn=_cmd_config)
 
-    d = sub.add_parser("demo", help="SPPO vs RSPO on the embedded gym, with a report")
+    d = sub.add_parser(
+        "demo", help="SPPO vs RSPO on the embedded gym, with a report",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d.add_argument("--output", default=None)
     d.add_argument("--quick", action="store_true", help="a ~2 minute smoke version")
     d.add_argument("--overwrite", action="store_true", help="delete the output and start over")
@@ -213,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--quick", action="store_true", help="the packaged quick sweep (CI smoke)")
     w.set_defaults(fn=_cmd_sweep)
 
-    e = sub.add_parser("eval", help="evaluate a model against the reference policy")
+    e = sub.add_parser(
+        "eval", help="evaluate a model against the reference policy",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     e.add_argument("--model", required=True, help="model directory to evaluate")
     e.add_argument("--config", default=None)
     e.add_argument("--out", default=None, help="directory for outputs (model_outputs.json)")
