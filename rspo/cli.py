@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_cmd_train)
 
     c = sub.add_parser(
-        "config", help="print the resolved config as YAML",
+        "config",
+        help="print the resolved config as YAML",
         epilog=OVERRIDES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -223,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=_cmd_config)
 
     d = sub.add_parser(
-        "demo", help="SPPO vs RSPO on the embedded gym, with a report",
+        "demo",
+        help="SPPO vs RSPO on the embedded gym, with a report",
         epilog=OVERRIDES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -240,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=_cmd_sweep)
 
     e = sub.add_parser(
-        "eval", help="evaluate a model against the reference policy",
+        "eval",
+        help="evaluate a model against the reference policy",
         epilog=OVERRIDES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -15,3 +15,33 @@ def test_help_documents_config_overrides_with_an_example(command, capsys):
     out = capsys.readouterr().out
     assert "--section.key VALUE" in out
     assert "--training.lr 5e-7" in out  # the example
+
+
+def test_a_key_given_twice_in_a_yaml_config_is_named_with_its_lines(tmp_path):
+    from rspo.config import ConfigError, load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("training:\n  lr: 1.0e-6\n  epochs: 1\n  lr: 5.0e-4\n")
+    first = r"c\.yaml: duplicate key 'lr' at line 4 \(first given at line 2\)"
+    with pytest.raises(ConfigError, match=first):
+        load_config(p)
+    p.write_text("run:\n  seed: 1\nrun:\n  iterations: 2\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'run' at line 3"):
+        load_config(p)
+    # a merge key's entries may be overridden; the same key in two sections is no duplicate
+    from rspo.config import load_yaml_file
+
+    p.write_text("base: &b {lr: 1.0e-6, epochs: 1}\ntraining:\n  <<: *b\n  lr: 2.0e-6\n")
+    assert load_yaml_file(p)["training"] == {"lr": 2.0e-6, "epochs": 1}
+    p.write_text("training: {epochs: 1}\nevaluation: {enabled: false}\nrun: {seed: 1}\n")
+    assert load_config(p).run.seed == 1
+
+
+def test_a_sweep_file_with_a_key_given_twice_is_refused(tmp_path):
+    from rspo.config import ConfigError
+    from rspo.sweep import load_sweep
+
+    p = tmp_path / "s.yaml"
+    p.write_text("settings:\n  a: {coefs: [0.1]}\nseeds: [0]\nseeds: [1]\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml: duplicate key 'seeds' at line 4"):
+        load_sweep(p)
