@@ -45,3 +45,23 @@ def test_a_sweep_file_with_a_key_given_twice_is_refused(tmp_path):
     p.write_text("settings:\n  a: {coefs: [0.1]}\nseeds: [0]\nseeds: [1]\n")
     with pytest.raises(ConfigError, match=r"s\.yaml: duplicate key 'seeds' at line 4"):
         load_sweep(p)
+
+
+def test_an_unknown_chat_role_is_named_with_its_file_and_line(tmp_path):
+    import json
+
+    from rspo.data import load_prompts
+    from rspo.gym.tokenizer import build_byte_tokenizer
+
+    f = tmp_path / "chat.jsonl"
+    ok = {
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    }
+    bad = {"messages": [{"role": "usr", "content": "hello"}]}
+    f.write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(
+        ValueError, match=r"chat\.jsonl:2: messages\[0\] has unknown role 'usr'; use"
+    ):
+        load_prompts(str(f), build_byte_tokenizer())
+    f.write_text(json.dumps(ok) + "\n")
+    assert len(load_prompts(str(f), build_byte_tokenizer()).ids) == 1
