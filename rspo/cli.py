@@ -65,8 +65,10 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         shutdown()
         return 0
     from rspo.selfplay.loop import run_selfplay
+    from rspo.selfplay.rundir import check_output_dir
 
     out = Path(cfg.run.output)
+    check_output_dir(out, "--output" if args.output else "run.output")
     if args.resume and not (out / "config.yaml").exists():
         print(f"error: --resume given but {out} holds no run", file=sys.stderr)
         return 2
@@ -104,9 +106,10 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     from rspo.config import check_trainable
     from rspo.demo import DEMO_METHODS, demo_config, run_demo
-    from rspo.selfplay.rundir import remove_output
+    from rspo.selfplay.rundir import check_output_dir, remove_output
 
     out = args.output or ("runs/demo-quick" if args.quick else "runs/demo")
+    check_output_dir(out, "--output")
     for method in DEMO_METHODS:  # bad overrides fail before --overwrite deletes anything
         check_trainable(demo_config(method, out, args.quick, extra))
     if args.overwrite:

@@ -65,3 +65,25 @@ def test_an_unknown_chat_role_is_named_with_its_file_and_line(tmp_path):
         load_prompts(str(f), build_byte_tokenizer())
     f.write_text(json.dumps(ok) + "\n")
     assert len(load_prompts(str(f), build_byte_tokenizer()).ids) == 1
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+@pytest.mark.parametrize("below", [False, True], ids=["file", "under_a_file"])
+def test_output_naming_a_file_is_a_clear_error(command, below, tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("keep me")
+    out = f / "run" if below else f
+    assert main([command, "--output", str(out), "--run.iterations", "1"]) == 2
+    err = capsys.readouterr().err
+    what = f"is under {f}, a file" if below else "is a file"
+    assert f"error: --output: {out} {what}, not a directory" in err
+    assert "Errno" not in err and f.read_text() == "keep me"
+
+
+def test_a_run_directory_that_is_a_file_is_named_by_the_run_itself(tmp_path):
+    from rspo.config import Config, ConfigError
+    from rspo.selfplay.rundir import RunDir
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match=r"run\.output: .*f is a file, not a directory"):
+        RunDir(tmp_path / "f").init(Config())

@@ -44,6 +44,20 @@ RESUMABLE_KEYS = (
 LOCK_FILE = ".lock"
 
 
+def check_output_dir(path: str | Path, key: str = "run.output") -> None:
+    """``path`` can be a directory: it, or a folder above it, being a file is a ConfigError
+    naming it (not ``[Errno 17] File exists``)."""
+    p = Path(path)
+    for d in (p, *p.parents):
+        if d.exists():
+            if not d.is_dir():
+                what = "is a file" if d == p else f"is under {d}, a file"
+                raise ConfigError(
+                    f"{key}: {p} {what}, not a directory; give the run a directory path"
+                )
+            return
+
+
 def _try_lock(root: Path) -> Any:
     """An open file holding an exclusive lock on ``root/.lock``, or None if another process
     holds it; ``True`` where the platform has no ``fcntl`` (no locking there)."""
@@ -176,6 +190,7 @@ class RunDir:
         """Hold ``.lock`` until :meth:`unlock` (or the process ends): two processes writing
         one run directory would interleave records; the second is refused."""
         if self._lock is None:
+            check_output_dir(self.root)
             self.root.mkdir(parents=True, exist_ok=True)
             held = _try_lock(self.root)
             if held is None:
