@@ -130,12 +130,20 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     import json
 
     from rspo.distributed import init_distributed, shutdown
-    from rspo.selfplay.standalone import evaluate_model
+    from rspo.selfplay.rundir import check_output_dir
+    from rspo.selfplay.standalone import check_model, default_eval_dir, evaluate_model
 
     cfg = _load_cfg(args, extra)
-    metrics = evaluate_model(cfg, args.model, args.out)
-    if init_distributed(cfg.model.device).is_main:
+    check_model(args.model)
+    out = Path(args.out) if args.out else default_eval_dir(cfg, args.model, bool(args.output))
+    check_output_dir(out, "--out")
+    main_process = init_distributed(cfg.model.device).is_main
+    if main_process:
+        print(f"rspo eval: evaluating {args.model}; outputs go to {out}", file=sys.stderr)
+    metrics = evaluate_model(cfg, args.model, str(out))
+    if main_process:
         print(json.dumps(metrics, indent=2))
+        print(f"rspo eval: wrote {out / 'metrics.json'} and model_outputs.json", file=sys.stderr)
     shutdown()
     return 0
 
@@ -252,7 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--model", required=True, help="model directory to evaluate")
     e.add_argument("--config", default=None)
-    e.add_argument("--out", default=None, help="directory for outputs (model_outputs.json)")
+    e.add_argument(
+        "--out",
+        default=None,
+        help="directory for outputs (model_outputs.json); default: <run>/eval/iter_NNN for a "
+        "checkpoint of a training run, else <run.output>/eval",
+    )
+    e.add_argument("--output", default=None, help="run directory (overrides run.output)")
     e.set_defaults(fn=_cmd_eval)
     return p
 

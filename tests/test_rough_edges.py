@@ -87,3 +87,73 @@ def test_a_run_directory_that_is_a_file_is_named_by_the_run_itself(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(ConfigError, match=r"run\.output: .*f is a file, not a directory"):
         RunDir(tmp_path / "f").init(Config())
+
+
+def _fake_run(root, iters=(1, 2)):
+    """A directory laid out as a training run with tiny checkpoints (no training needed)."""
+    import json
+
+    from fixtures_lm import make_tiny_model_dir
+
+    root.mkdir(parents=True)
+    (root / "run.json").write_text(json.dumps({"rspo": "0.1.0"}))
+    (root / "config.yaml").write_text("{}\n")
+    for t in iters:
+        make_tiny_model_dir(root / f"iter_{t:03d}" / "checkpoint", seed=t)
+    return root
+
+
+def _eval_args(tmp, model):
+    from fixtures_lm import write_prompts
+
+    write_prompts(tmp / "eval.jsonl", 4, prefix="Evaluate")
+    judge = "{fn: 'fixtures_lm:lowercase_judge'}"
+    return [
+        "eval", "--model", str(model),
+        "--model.path", str(model), "--data.prompts", str(tmp / "eval.jsonl"),
+        "--data.eval_prompts", str(tmp / "eval.jsonl"), "--data.num_eval_prompts", "4",
+        "--judge.name", "python", "--judge.kwargs", judge,
+        "--evaluation.judge", "python", "--evaluation.judge_kwargs", judge,
+        "--evaluation.accuracy_fn", "", "--evaluation.diversity_samples", "0",
+        "--evaluation.max_new_tokens", "4", "--evaluation.n_boot", "10",
+    ]  # fmt: skip
+
+
+def test_rspo_eval_of_a_run_checkpoint_writes_beside_it_and_says_where(tmp_path, capsys):
+    """Trained with --output, evaluated without --out: the outputs go to that run's
+    eval/iter_NNN (not runs/default/eval), and the path is printed."""
+    import json
+
+    run = _fake_run(tmp_path / "mine")
+    ck = run / "iter_002" / "checkpoint"
+    assert main(_eval_args(tmp_path, ck)) == 0
+    out, err = capsys.readouterr()
+    where = run / "eval" / "iter_002"
+    assert json.loads(out[out.index("{\n") :])["model"] == str(ck)
+    assert f"outputs go to {where}" in err and f"wrote {where / 'metrics.json'}" in err
+    assert (where / "metrics.json").exists() and (where / "model_outputs.json").exists()
+    assert not (tmp_path / "runs").exists()
+    # --output names the run directory the outputs go under; --out names the folder itself
+    assert main([*_eval_args(tmp_path, ck), "--output", str(tmp_path / "other")]) == 0
+    assert (tmp_path / "other" / "eval" / "metrics.json").exists()
+    assert main([*_eval_args(tmp_path, ck), "--out", str(tmp_path / "exact")]) == 0
+    assert (tmp_path / "exact" / "metrics.json").exists()
+
+
+def test_rspo_eval_of_a_missing_model_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*_eval_args(tmp_path, tmp_path / "nope"), "--output", str(out)]) == 2
+    assert f"model path {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("which", ["run", "iteration"])
+def test_rspo_eval_of_a_run_directory_suggests_its_checkpoints(which, tmp_path, capsys):
+    run = _fake_run(tmp_path / "mine")
+    model = run if which == "run" else run / "iter_001"
+    want = run / ("iter_002" if which == "run" else "iter_001") / "checkpoint"
+    assert main([*_eval_args(tmp_path, model), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"is a training run's {'directory' if which == 'run' else 'iteration'}" in err
+    assert f"iter_NNN/checkpoint (e.g. --model {want})" in err
+    assert not (tmp_path / "o").exists()
