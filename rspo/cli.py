@@ -64,7 +64,6 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             print(json.dumps(report, indent=2))
         shutdown()
         return 0
-    from rspo.selfplay.loop import run_selfplay
     from rspo.selfplay.rundir import check_output_dir
 
     out = Path(cfg.run.output)
@@ -75,6 +74,15 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if args.resume and args.overwrite:
         print("error: --resume and --overwrite contradict each other", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") == "0":  # before torch/transformers load (seconds)
+        again = (out / "config.yaml").exists() and not args.overwrite
+        print(
+            f"rspo train: {'resuming' if again else 'starting'} {out} "
+            f"({cfg.run.iterations} iterations, model {cfg.model.path}); loading...",
+            flush=True,
+        )
+    from rspo.selfplay.loop import run_selfplay
+
     check_trainable(cfg)  # before --overwrite deletes anything
     dist = init_distributed(cfg.model.device)  # one process: no torch.distributed at all
     if args.overwrite:
@@ -90,7 +98,11 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         return 130
     if dist.is_main:
         if rows:
-            print(f"done: {len(rows)} evaluated iterations in {out}/metrics.jsonl")
+            trained = [r["iteration"] for r in rows if r.get("iteration", 0) > 0]
+            print(
+                f"done: {len(trained)} iterations trained and evaluated, plus iteration 0 (the "
+                f"initial policy π_0, before training): {len(rows)} rows in {out}/metrics.jsonl"
+            )
         else:  # evaluation.enabled: false
             last = out / f"iter_{cfg.run.iterations:03d}" / "checkpoint"
             print(f"done: {cfg.run.iterations} iterations (not evaluated); last policy: {last}")

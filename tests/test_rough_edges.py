@@ -157,3 +157,67 @@ def test_rspo_eval_of_a_run_directory_suggests_its_checkpoints(which, tmp_path, 
     assert f"is a training run's {'directory' if which == 'run' else 'iteration'}" in err
     assert f"iter_NNN/checkpoint (e.g. --model {want})" in err
     assert not (tmp_path / "o").exists()
+
+
+def _train_args(tmp, model, out, iterations=2):
+    """`rspo train` overrides of a seconds-long run on ``make_pipeline_env``'s model."""
+    judge = "{fn: 'fixtures_lm:lowercase_judge'}"
+    return [
+        "train", "--output", str(out),
+        "--model.path", str(model), "--data.prompts", str(tmp / "train.jsonl"),
+        "--data.eval_prompts", str(tmp / "eval.jsonl"),
+        "--data.num_prompts", "8", "--data.num_eval_prompts", "4",
+        "--generation.num_samples", "2", "--generation.max_new_tokens", "4",
+        "--judge.name", "python", "--judge.kwargs", judge,
+        "--training.epochs", "1", "--training.batch_size", "8",
+        "--training.micro_batch_size", "8", "--training.lr", "1e-3",
+        "--evaluation.judge", "python", "--evaluation.judge_kwargs", judge,
+        "--evaluation.accuracy_fn", "", "--evaluation.diversity_samples", "0",
+        "--evaluation.max_new_tokens", "4", "--evaluation.n_boot", "10",
+        "--run.iterations", str(iterations), "--run.num_threads", "1",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def piped_train(tmp_path_factory):
+    """`rspo train` as a user runs it with its output piped to a log file."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fixtures_lm import make_pipeline_env
+
+    tmp, model = make_pipeline_env(tmp_path_factory.mktemp("piped"))
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    cmd = [sys.executable, "-m", "rspo.cli", *_train_args(tmp, model, tmp / "run")]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    first = proc.stdout.readline()
+    rest = proc.stdout.read()
+    assert proc.wait() == 0, first + rest
+    return first, first + rest, tmp
+
+
+def test_rspo_train_says_what_it_does_before_loading_anything(piped_train):
+    first, log, tmp = piped_train
+    assert first.startswith(f"rspo train: starting {tmp / 'run'} (2 iterations, model ")
+    assert log.index(first) < log.index("iter 0")
+
+
+def test_rspo_train_logs_have_no_weight_progress_bars(piped_train):
+    _, log, _ = piped_train
+    assert "Loading weights" not in log and "Writing model shards" not in log
+    assert "\r" not in log
+
+
+def test_iteration_0_is_announced_as_the_initial_policy_and_counted_apart(piped_train):
+    _, log, tmp = piped_train
+    assert "iter 0: evaluating the initial policy π_0" in log
+    assert "iter 0 (initial policy π_0): win_rate 0.500" in log
+    assert (
+        "done: 2 iterations trained and evaluated, plus iteration 0 (the initial policy π_0, "
+        f"before training): 3 rows in {tmp / 'run'}/metrics.jsonl"
+    ) in log

@@ -29,6 +29,7 @@ from rspo.modeling import (
     check_same_tokenizer,
     free_memory,
     load_tokenizer,
+    quiet_weight_bars,
     resolve_dtype,
     resolve_model_path,
     use_packing,
@@ -629,7 +630,8 @@ class SelfPlayRun:
         ck = self.rd.checkpoint(t)
         tmp = ck.with_name("checkpoint.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        with writing(tmp, cleanup=tmp):  # a full disk names the checkpoint, leaves no .tmp
+        # a full disk names the checkpoint and leaves no .tmp; no "Writing model shards" bar
+        with writing(tmp, cleanup=tmp), quiet_weight_bars():
             model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             self.tok.save_pretrained(tmp)
         shutil.rmtree(ck, ignore_errors=True)
@@ -671,7 +673,14 @@ class SelfPlayRun:
             )
         c = self.cfg
         if c.evaluation.enabled and not self._done(0, "evaluate"):
+            self.log(
+                "iter 0: evaluating the initial policy π_0 (the baseline every iteration is "
+                "compared with; reported as iteration 0)"
+            )
+            t0 = time.perf_counter()
             self.stage_evaluate(0)
+            self.log(f"iter 0 evaluate: {time.perf_counter() - t0:.1f}s")
+            self._log_metrics(0)
         stages = [
             ("generate", self.stage_generate),
             ("judge", self.stage_judge),
@@ -687,15 +696,22 @@ class SelfPlayRun:
                 t0 = time.perf_counter()
                 fn(t)
                 self.log(f"iter {t} {name}: {time.perf_counter() - t0:.1f}s")
-            if c.evaluation.enabled and self.dist.is_main:
-                m = read_json(self.rd.iter_dir(t) / "metrics.json")
-                self.log(
-                    f"iter {t}: win_rate {m['win_rate']:.3f} [{m['win_rate_ci'][0]:.3f}, "
-                    f"{m['win_rate_ci'][1]:.3f}] lc {m['lc_win_rate']:.3f} "
-                    f"len {m['avg_length']:.1f}"
-                )
+            if c.evaluation.enabled:
+                self._log_metrics(t)
         self.models.release()
         return self.dist.from_main(self.rd.rebuild_metrics, self.cfg.run.iterations)
+
+    def _log_metrics(self, t: int) -> None:
+        """One line of iteration t's evaluation (t = 0: the initial policy π_0)."""
+        if not self.dist.is_main:
+            return
+        m = read_json(self.rd.iter_dir(t) / "metrics.json")
+        who = " (initial policy π_0)" if t == 0 else ""
+        self.log(
+            f"iter {t}{who}: win_rate {m['win_rate']:.3f} [{m['win_rate_ci'][0]:.3f}, "
+            f"{m['win_rate_ci'][1]:.3f}] vs π_ref, lc {m['lc_win_rate']:.3f} "
+            f"len {m['avg_length']:.1f}"
+        )
 
     def _done(self, t: int, stage: str) -> bool:
         """Rank 0's view of a stage marker (waits for rank 0 to finish the previous stage)."""
