@@ -235,6 +235,17 @@ class RunDir:
                     f"run directory {self.root} was made with a different config; differing keys: "
                     f"{', '.join(diff)}. Use another --output, or --overwrite to start over."
                 )
+            beyond = sorted(
+                int(m.parent.name[5:])
+                for m in self.root.glob("iter_*/metrics.json")
+                if m.parent.name[5:].isdigit() and int(m.parent.name[5:]) > cfg.run.iterations
+            )
+            if beyond:  # metrics.jsonl would drop their rows
+                raise ConfigError(
+                    f"run.iterations: {cfg.run.iterations}, but {self.root} already evaluated "
+                    f"iteration {beyond[-1]}; lowering it would drop rows from metrics.jsonl. "
+                    f"Use run.iterations >= {beyond[-1]} (nothing is redone), or another --output"
+                )
             # a kill mid atomic write left its temp file: this run's own (not in a directory
             # another process may hold, such as rspo eval's <run>/eval)
             for tmp in [*self.root.glob(".*.tmp"), *self.root.glob("iter_*/.*.tmp")]:
