@@ -12,18 +12,22 @@ from pathlib import Path
 def _cmd_game(args: argparse.Namespace, extra: list[str]) -> int:
     from rspo.game import run_game
 
-    run_game(
-        args.game,
-        args.n,
-        args.regularizer,
-        args.tau,
-        args.eta,
-        args.iters,
-        args.seed,
-        every=args.every,
-        as_json=args.json,
-        plot=args.plot,
-    )
+    try:
+        run_game(
+            args.game,
+            args.n,
+            args.regularizer,
+            args.tau,
+            args.eta,
+            args.iters,
+            args.seed,
+            every=args.every,
+            as_json=args.json,
+            plot=args.plot,
+        )
+    except FloatingPointError as e:  # the dynamics overflowed: a setting, not a bug
+        print(f"error: {e}; lower --eta (or --tau)", file=sys.stderr)
+        return 1
     return 0
 
 

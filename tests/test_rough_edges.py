@@ -221,3 +221,26 @@ def test_iteration_0_is_announced_as_the_initial_policy_and_counted_apart(piped_
         "done: 2 iterations trained and evaluated, plus iteration 0 (the initial policy π_0, "
         f"before training): 3 rows in {tmp / 'run'}/metrics.jsonl"
     ) in log
+
+
+def test_rspo_game_diverging_is_a_message_not_a_traceback(capsys):
+    args = ["game", "--regularizer", "forward_kl", "--tau", "1", "--eta", "1e300", "--iters", "5"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: self-play diverged at iteration 2 (eta=1e+300, tau=1.0)")
+    assert "lower --eta" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "plot, named",
+    [("nodir/p.png", r"folder .*nodir does not exist"), ("p.pnx", r"unknown image format '\.pnx'")],
+)
+def test_rspo_game_checks_the_plot_path_before_the_run(plot, named, tmp_path, capsys):
+    import re
+
+    assert main(["game", "--iters", "10", "--plot", str(tmp_path / plot)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # refused before the table was computed
+    assert re.search(rf"error: --plot .*: {named}", err)
+    assert main(["game", "--iters", "10", "--plot", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0
