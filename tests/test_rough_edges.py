@@ -244,3 +244,21 @@ def test_rspo_game_checks_the_plot_path_before_the_run(plot, named, tmp_path, ca
     assert re.search(rf"error: --plot .*: {named}", err)
     assert main(["game", "--iters", "10", "--plot", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_the_demo_table_is_whole_when_piped(tmp_path, capsys, monkeypatch):
+    """Piped output is not a terminal: rich would cut the table to 80 columns ("…")."""
+    import rspo.selfplay.loop
+    from rspo.demo import run_demo
+
+    row = {
+        "win_rate": 0.612345, "win_rate_ci": [0.55, 0.67], "lc_win_rate": 0.6, "avg_length": 31.2,
+        "win_rate_seen": 0.7, "win_rate_unseen": 0.5, "accuracy": 0.4, "self_bleu": 0.3,
+    }  # fmt: skip
+    rows = [{"iteration": t, **row} for t in range(3)]
+    monkeypatch.setattr(rspo.selfplay.loop, "run_selfplay", lambda cfg, log: rows)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    run_demo(str(tmp_path / "demo"), quick=True)
+    out = capsys.readouterr().out
+    assert "…" not in out
+    assert "0.612 [0.550,0.670]" in out and "wr_unseen" in out and "self_bleu" in out
