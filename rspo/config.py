@@ -246,6 +246,10 @@ class RunConfig:
     #: OS (mallopt trim/mmap thresholds; process-wide), so CPU training does not page its
     #: activations in again every iteration; the heap stays at its peak. Same numbers
     keep_freed_memory: bool = True
+    #: experiment trackers for per-step losses, per-iteration metrics and the config, as in
+    #: TRL: a list of tensorboard, wandb, mlflow; "all" (those installed); [] or "none" = none
+    #: (explicit opt-in). The run directory stays the record; a resume sends no step twice
+    report_to: list[str] | str = field(default_factory=list)
 
 
 @dataclass
@@ -363,6 +367,9 @@ def _validate(cfg: Config) -> None:
             f"run.output: {cfg.run.output!r} is the current directory; give the run its own"
         )
     _validate_device(cfg.model.device)
+    from rspo.evaluation.trackers import check_report_to
+
+    check_report_to(cfg.run.report_to, installed=False)  # names; installs: when a run starts
     if not 0.0 < cfg.generation.top_p <= 1.0:
         raise ConfigError(f"generation.top_p: must be in (0, 1], got {cfg.generation.top_p}")
     t = cfg.training

@@ -23,6 +23,7 @@ import torch
 from rspo.config import Config, ConfigError, check_trainable, diff_configs
 from rspo.data import PromptSet, load_prompts
 from rspo.distributed import DistContext, init_distributed, quiet_deepspeed_on_cpu
+from rspo.evaluation.trackers import RunTrackers, check_report_to
 from rspo.generation import SamplingParams
 from rspo.modeling import (
     batched_sequence_logprobs,
@@ -137,6 +138,7 @@ class SelfPlayRun:
         self.device = self.dist.device(self.cfg.model.device)
         quiet_deepspeed_on_cpu(self.device)
         self.models = PolicyModels(self.cfg, self.device, self.dist)
+        self.trackers = RunTrackers([], self.rd.root, {})  # run.report_to's: opened by run()
         if not self.dist.is_main:
             self.log = lambda m: None
 
@@ -278,6 +280,7 @@ class SelfPlayRun:
         self.dist.from_main(lambda: self.rd.root.is_dir() and self.rd.lock())
         self._check_ranks_agree("config", c.to_dict())
         engine = training_engine(self.dist)  # FSDP1 or DeepSpeed missing: refused before any work
+        self.report_to = check_report_to(c.run.report_to)  # a tracker not installed: refused
         check_launch(c, engine, self.dist.world_size)
         if c.run.num_threads:
             torch.set_num_threads(c.run.num_threads)
@@ -607,7 +610,9 @@ class SelfPlayRun:
             self.tok.pad_token_id,
             state_dir=self.rd.iter_dir(t) / "train_state",
             ref_examples=refs,
-            log=(lambda m: append_jsonl(logf, [m])) if self.dist.is_main else None,
+            log=(lambda m: (append_jsonl(logf, [m]), self.trackers.log_train(t, m)))
+            if self.dist.is_main
+            else None,
             on_step=on_step,
             dist=self.dist,
             on_resume=on_resume,
@@ -649,6 +654,8 @@ class SelfPlayRun:
         self.dist.main_only(atomic_write_json, self.rd.iter_dir(t) / "metrics.json", metrics)
         self.rd.mark_done(t, "evaluate")
         self.rd.rebuild_metrics(self.cfg.run.iterations)
+        if self.dist.is_main:
+            self.trackers.log_eval(t, metrics)
         return metrics
 
     # ------------------------------------------------------------------ driver
@@ -657,6 +664,7 @@ class SelfPlayRun:
         try:
             return self._run()
         finally:
+            self.trackers.close()
             self.rd.unlock()
 
     def _run(self) -> list[dict[str, Any]]:
@@ -664,6 +672,9 @@ class SelfPlayRun:
         resuming = self.setup()
         if resuming:
             self.log(f"resuming run in {self.rd.root}")
+        if self.dist.is_main and self.report_to:  # sends what a resumed run holds unsent
+            self.trackers = RunTrackers(self.report_to, self.rd.root, self.cfg.to_dict())
+            self.log(f"reporting to {', '.join(self.report_to)}")
         if self.dist.enabled:
             backend = torch.distributed.get_backend()
             engine = engine_label(training_engine(self.dist), self.dist.world_size)

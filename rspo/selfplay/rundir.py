@@ -37,6 +37,7 @@ RESUMABLE_KEYS = (
     "run.num_threads",
     "run.cache_dir",
     "run.keep_freed_memory",
+    "run.report_to",
     "model.keep_reference",
     "model.cpu_linear",
 )
