@@ -12,18 +12,22 @@ from pathlib import Path
 def _cmd_game(args: argparse.Namespace, extra: list[str]) -> int:
     from rspo.game import run_game
 
-    run_game(
-        args.game,
-        args.n,
-        args.regularizer,
-        args.tau,
-        args.eta,
-        args.iters,
-        args.seed,
-        every=args.every,
-        as_json=args.json,
-        plot=args.plot,
-    )
+    try:
+        run_game(
+            args.game,
+            args.n,
+            args.regularizer,
+            args.tau,
+            args.eta,
+            args.iters,
+            args.seed,
+            every=args.every,
+            as_json=args.json,
+            plot=args.plot,
+        )
+    except FloatingPointError as e:  # the dynamics overflowed: a setting, not a bug
+        print(f"error: {e}; lower --eta (or --tau)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -64,15 +68,25 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             print(json.dumps(report, indent=2))
         shutdown()
         return 0
-    from rspo.selfplay.loop import run_selfplay
+    from rspo.selfplay.rundir import check_output_dir
 
     out = Path(cfg.run.output)
+    check_output_dir(out, "--output" if args.output else "run.output")
     if args.resume and not (out / "config.yaml").exists():
         print(f"error: --resume given but {out} holds no run", file=sys.stderr)
         return 2
     if args.resume and args.overwrite:
         print("error: --resume and --overwrite contradict each other", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") == "0":  # before torch/transformers load (seconds)
+        again = (out / "config.yaml").exists() and not args.overwrite
+        print(
+            f"rspo train: {'resuming' if again else 'starting'} {out} "
+            f"({cfg.run.iterations} iterations, model {cfg.model.path}); loading...",
+            flush=True,
+        )
+    from rspo.selfplay.loop import run_selfplay
+
     check_trainable(cfg)  # before --overwrite deletes anything
     dist = init_distributed(cfg.model.device)  # one process: no torch.distributed at all
     if args.overwrite:
@@ -88,7 +102,11 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         return 130
     if dist.is_main:
         if rows:
-            print(f"done: {len(rows)} evaluated iterations in {out}/metrics.jsonl")
+            trained = [r["iteration"] for r in rows if r.get("iteration", 0) > 0]
+            print(
+                f"done: {len(trained)} iterations trained and evaluated, plus iteration 0 (the "
+                f"initial policy π_0, before training): {len(rows)} rows in {out}/metrics.jsonl"
+            )
         else:  # evaluation.enabled: false
             last = out / f"iter_{cfg.run.iterations:03d}" / "checkpoint"
             print(f"done: {cfg.run.iterations} iterations (not evaluated); last policy: {last}")
@@ -104,9 +122,10 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     from rspo.config import check_trainable
     from rspo.demo import DEMO_METHODS, demo_config, run_demo
-    from rspo.selfplay.rundir import remove_output
+    from rspo.selfplay.rundir import check_output_dir, remove_output
 
     out = args.output or ("runs/demo-quick" if args.quick else "runs/demo")
+    check_output_dir(out, "--output")
     for method in DEMO_METHODS:  # bad overrides fail before --overwrite deletes anything
         check_trainable(demo_config(method, out, args.quick, extra))
     if args.overwrite:
@@ -127,12 +146,20 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     import json
 
     from rspo.distributed import init_distributed, shutdown
-    from rspo.selfplay.standalone import evaluate_model
+    from rspo.selfplay.rundir import check_output_dir
+    from rspo.selfplay.standalone import check_model, default_eval_dir, evaluate_model
 
     cfg = _load_cfg(args, extra)
-    metrics = evaluate_model(cfg, args.model, args.out)
-    if init_distributed(cfg.model.device).is_main:
+    check_model(args.model)
+    out = Path(args.out) if args.out else default_eval_dir(cfg, args.model, bool(args.output))
+    check_output_dir(out, "--out")
+    main_process = init_distributed(cfg.model.device).is_main
+    if main_process:
+        print(f"rspo eval: evaluating {args.model}; outputs go to {out}", file=sys.stderr)
+    metrics = evaluate_model(cfg, args.model, str(out))
+    if main_process:
         print(json.dumps(metrics, indent=2))
+        print(f"rspo eval: wrote {out / 'metrics.json'} and model_outputs.json", file=sys.stderr)
     shutdown()
     return 0
 
@@ -163,6 +190,19 @@ def _cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+#: the --help epilog of the commands that take config overrides
+OVERRIDES_HELP = """\
+config overrides:
+  Any config key can be set on the command line as --section.key VALUE (or
+  --section.key=VALUE); VALUE is read as YAML. Overrides win over --config.
+  `rspo config` prints every key with its resolved value.
+
+example:
+  rspo train --config my.yaml --training.lr 5e-7 --run.iterations 3 \\
+      --judge.kwargs '{model: /models/reward}' --output runs/mine
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; config overrides (``--section.key VALUE``) pass through."""
     p = argparse.ArgumentParser(
@@ -183,7 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plot", default=None, help="save a convergence plot (PNG)")
     g.set_defaults(fn=_cmd_game)
 
-    t = sub.add_parser("train", help="iterative self-play training (resumes an existing run dir)")
+    t = sub.add_parser(
+        "train",
+        help="iterative self-play training (resumes an existing run dir)",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("--config", default=None, help="YAML config (defaults if omitted)")
     t.add_argument("--output", default=None, help="run directory (overrides run.output)")
     t.add_argument("--resume", action="store_true", help="require an existing run to resume")
@@ -196,11 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(fn=_cmd_train)
 
-    c = sub.add_parser("config", help="print the resolved config as YAML")
+    c = sub.add_parser(
+        "config",
+        help="print the resolved config as YAML",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("--config", default=None)
     c.set_defaults(fn=_cmd_config)
 
-    d = sub.add_parser("demo", help="SPPO vs RSPO on the embedded gym, with a report")
+    d = sub.add_parser(
+        "demo",
+        help="SPPO vs RSPO on the embedded gym, with a report",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d.add_argument("--output", default=None)
     d.add_argument("--quick", action="store_true", help="a ~2 minute smoke version")
     d.add_argument("--overwrite", action="store_true", help="delete the output and start over")
@@ -213,10 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--quick", action="store_true", help="the packaged quick sweep (CI smoke)")
     w.set_defaults(fn=_cmd_sweep)
 
-    e = sub.add_parser("eval", help="evaluate a model against the reference policy")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a model against the reference policy",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     e.add_argument("--model", required=True, help="model directory to evaluate")
     e.add_argument("--config", default=None)
-    e.add_argument("--out", default=None, help="directory for outputs (model_outputs.json)")
+    e.add_argument(
+        "--out",
+        default=None,
+        help="directory for outputs (model_outputs.json); default: <run>/eval/iter_NNN for a "
+        "checkpoint of a training run, else <run.output>/eval",
+    )
+    e.add_argument("--output", default=None, help="run directory (overrides run.output)")
     e.set_defaults(fn=_cmd_eval)
     return p
 

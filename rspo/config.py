@@ -275,6 +275,10 @@ class RunConfig:
     #: (``my_pkg.judges`` or ``path/to/file.py``): plug-ins that call register_judge or
     #: register_regularizer
     imports: list[str] = field(default_factory=list)
+    #: experiment trackers for per-step losses, per-iteration metrics and the config, as in
+    #: TRL: a list of tensorboard, wandb, mlflow; "all" (those installed); [] or "none" = none
+    #: (explicit opt-in). The run directory stays the record; a resume sends no step twice
+    report_to: list[str] | str = field(default_factory=list)
 
 
 @dataclass
@@ -393,6 +397,9 @@ def _validate(cfg: Config) -> None:
             f"run.output: {cfg.run.output!r} is the current directory; give the run its own"
         )
     _validate_device(cfg.model.device)
+    from rspo.evaluation.trackers import check_report_to
+
+    check_report_to(cfg.run.report_to, installed=False)  # names; installs: when a run starts
     if not 0.0 < cfg.generation.top_p <= 1.0:
         raise ConfigError(f"generation.top_p: must be in (0, 1], got {cfg.generation.top_p}")
     t = cfg.training
@@ -789,6 +796,43 @@ def _nest(over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the
+    last one silently, so a setting written twice would be half ignored)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} at line {line} (first given at line {seen[key]})",
+                    key_node.start_mark,
+                )
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_file(path: str | Path) -> Any:
+    """A YAML file's content; malformed YAML or a key given twice in one mapping is a
+    ConfigError naming the file, line and key."""
+    p = Path(path)
+    try:
+        return yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as e:
+        if e.problem and e.problem.startswith("duplicate key"):
+            raise ConfigError(f"{p}: {e.problem}; give each key once") from e
+        raise ConfigError(f"{p}: malformed YAML ({e})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: malformed YAML ({e})") from e
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
@@ -802,10 +846,7 @@ def load_config(
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: malformed YAML ({e})") from e
+        data = load_yaml_file(p) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
     ov: dict[str, Any] = {}

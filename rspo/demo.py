@@ -103,12 +103,12 @@ def run_demo(
     output: str = "runs/demo", quick: bool = False, overrides: list[str] | None = None
 ) -> dict:
     """Run every demo method, print the table, write summary.json, plots and report.html."""
-    from rich.console import Console
     from rich.table import Table
 
     from rspo.selfplay.loop import run_selfplay
+    from rspo.utils.console import console as make_console
 
-    console = Console()
+    console = make_console()
     out = Path(output)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"quick": quick, "methods": {}}

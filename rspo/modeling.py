@@ -8,10 +8,11 @@ Log-probabilities are always computed in float32 (or wider) from the model's log
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +139,44 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+#: transformers' bars of every load and save of weights (several an iteration; in a log
+#: file each leaves ``\r``-joined lines): hidden; download bars are kept
+QUIET_BARS = ("Loading weights", "Writing model shards")
+
+
+@contextlib.contextmanager
+def quiet_weight_bars() -> Iterator[None]:
+    """Inside the block, transformers shows no "Loading weights"/"Writing model shards" bar."""
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    if set_hook is None:  # a transformers without tqdm hooks: all its bars off for the block
+        was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was:
+                hf_logging.enable_progress_bar()
+        return
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") in QUIET_BARS:
+            return hf_logging.EmptyTqdm(*args, **kwargs)
+        return previous(factory, args, kwargs) if previous else factory(*args, **kwargs)
+
+    previous = set_hook(hook)
+    try:
+        yield
+    finally:
+        set_hook(previous)
+
+
 def _from_pretrained(loader, path: str, what: str, trust_remote_code: bool, **kwargs):
     """``loader.from_pretrained`` with errors that name the path and the rspo setting."""
     try:
-        return loader.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        with quiet_weight_bars():
+            return loader.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not trust_remote_code and "trust_remote_code" in str(e):

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rspo.config import ConfigError, check_trainable, config_from_dict, deep_merge
+from rspo.config import (
+    ConfigError,
+    check_trainable,
+    config_from_dict,
+    deep_merge,
+    load_yaml_file,
+)
 from rspo.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 
 METRICS = (
@@ -57,7 +63,7 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"sweep config {p} does not exist")
-    spec = yaml.safe_load(p.read_text()) or {}
+    spec = load_yaml_file(p) or {}
     allowed = {"base", "settings", "seeds", "parallel", "output"}
     unknown = sorted(set(spec) - allowed)
     if unknown:

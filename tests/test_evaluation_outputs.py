@@ -182,7 +182,8 @@ def test_metrics_logger_jsonl(tmp_path):
 
 
 def test_metrics_logger_tensorboard_optional(tmp_path):
-    log = MetricsLogger(tmp_path / "run")
+    assert not MetricsLogger(tmp_path / "run").tensorboard  # opt-in: never silently
+    log = MetricsLogger(tmp_path / "run", use_tensorboard=None)
     assert log.tensorboard == tensorboard_available()
     log.log({"win_rate": 0.5, "flag": True, "name": "x"}, step=0)
     log.close()

@@ -391,18 +391,28 @@ def test_judge_caches_can_live_outside_the_run_directory(setup, tmp_path):
     run_selfplay(load_config(None, moved), log=lambda m: None)  # resumable with another dir
 
 
-def test_resuming_with_fewer_iterations_reports_those(reference_run, tmp_path):
+def test_lowering_iterations_below_an_evaluated_one_is_refused_and_loses_nothing(
+    reference_run, tmp_path
+):
     import shutil
 
     cfg, rows = reference_run
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     out = tmp_path / "fewer"
     shutil.copytree(cfg.run.output, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     tmp = Path(cfg.data.prompts).parent
     fewer = load_config(None, _cfg(tmp, Path(cfg.model.path), str(out), **{"run.iterations": 1}))
-    again = run_selfplay(fewer, log=lambda m: None)
-    assert again == rows[:2]
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(
+        ConfigError,
+        match=r"run\.iterations: 1, but .* already evaluated "
+        r"iteration 2; lowering it would drop rows from metrics\.jsonl",
+    ):
+        run_selfplay(fewer, log=lambda m: None)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+    same = load_config(None, _cfg(tmp, Path(cfg.model.path), str(out)))
+    assert run_selfplay(same, log=lambda m: None) == rows  # as many as were run: a no-op
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,10 @@ def _read_jsonl_prompts(path: Path) -> list[tuple[str, Any]]:
     return out
 
 
+#: the roles a chat ``messages`` turn may have (those chat templates know)
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
 def _prompt_field(rec: Any, where: str) -> Any:
     if not isinstance(rec, dict):
         raise ValueError(
@@ -63,6 +67,12 @@ def _prompt_field(rec: Any, where: str) -> Any:
             raise ValueError(
                 f"{where}: field 'messages' must be a non-empty list of {{role: str, content: str}}"
             )
+        for j, m in enumerate(msgs):
+            if m["role"] not in CHAT_ROLES:  # a typo (`usr`) would reach the template as is
+                raise ValueError(
+                    f"{where}: messages[{j}] has unknown role {m['role']!r}; "
+                    f"use one of {', '.join(CHAT_ROLES)}"
+                )
         while msgs and msgs[-1]["role"] == "assistant":  # a dataset's answer (UltraFeedback):
             msgs = msgs[:-1]  # the policy answers the conversation up to its last user turn
         if not msgs:

@@ -2,9 +2,10 @@
 
 The JSONL file is the record of truth (one object per ``log`` call, flushed and fsynced so
 a finished line survives a crash; a torn last line from an earlier crash is trimmed when
-the logger reopens the run). TensorBoard is a convenience: scalars are mirrored to a
-``SummaryWriter`` only when the ``tensorboard`` package is importable (``pip install
-'rspo[tensorboard]'``); without it the mirror is silently skipped.
+the logger reopens the run). TensorBoard is a convenience, asked for explicitly: scalars
+are mirrored to a ``SummaryWriter`` with ``use_tensorboard=True`` (``pip install
+'rspo[tensorboard]'``). Self-play runs report through ``run.report_to`` instead
+(:mod:`rspo.evaluation.trackers`).
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def _jsonable(v: Any) -> Any:
 class MetricsLogger:
     """Append metric rows to ``run_dir/metrics.jsonl`` and mirror scalars to TensorBoard.
 
-    ``use_tensorboard``: ``None`` = use it if installed, ``False`` = never, ``True`` =
-    require it (``ImportError`` if missing). Usable as a context manager.
+    ``use_tensorboard``: ``False`` (default) = no mirror, ``True`` = mirror (``ImportError``
+    if tensorboard is missing), ``None`` = if installed. Usable as a context manager.
     """
 
-    def __init__(self, run_dir: str | Path, use_tensorboard: bool | None = None) -> None:
+    def __init__(self, run_dir: str | Path, use_tensorboard: bool | None = False) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"

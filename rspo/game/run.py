@@ -50,6 +50,8 @@ def run_game(
     """
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
+    if plot:
+        check_plot_path(plot)  # before the run, not after it
     P = make_game(game, n, seed)
     ref_vec = make_ref(n, seed, ref)
     reg = resolve_regularizer(regularizer if tau > 0 else None, tau)
@@ -110,6 +112,27 @@ def run_game(
         "history": rows,
         "plot": plot,
     }
+
+
+def check_plot_path(path: str) -> None:
+    """A plot can be saved at ``path``: its folder exists and its extension is an image
+    format matplotlib writes (ValueError naming the problem otherwise)."""
+    from pathlib import Path
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise ValueError(f"--plot {path}: folder {p.parent} does not exist; create it first")
+    if p.is_dir():
+        raise ValueError(f"--plot {path}: is a directory; give a file name such as plot.png")
+    kinds = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if p.suffix and p.suffix[1:].lower() not in kinds:
+        raise ValueError(
+            f"--plot {path}: unknown image format {p.suffix!r}; use one of "
+            f"{', '.join('.' + k for k in sorted(kinds))}"
+        )
 
 
 def _plot(rows: list[dict], path: str, title: str) -> None:

@@ -121,14 +121,17 @@ def load_model(
     float32 CPU linear layers on oneDNN (:func:`rspo.utils.onednn.route_linear`, auto). Weights
     missing from the checkpoint are an error (transformers would initialise them at random:
     a reward head saved under another name would judge by noise)."""
-    model, info = auto_cls.from_pretrained(
-        path,
-        dtype=resolve_dtype(dtype),
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        local_files_only=local_files_only,
-        output_loading_info=True,
-    )
+    from rspo.modeling import quiet_weight_bars
+
+    with quiet_weight_bars():
+        model, info = auto_cls.from_pretrained(
+            path,
+            dtype=resolve_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            local_files_only=local_files_only,
+            output_loading_info=True,
+        )
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         raise ValueError(

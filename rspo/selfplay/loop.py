@@ -30,12 +30,14 @@ from rspo.config import (
 )
 from rspo.data import PromptSet, load_prompts
 from rspo.distributed import DistContext, init_distributed, quiet_deepspeed_on_cpu
+from rspo.evaluation.trackers import RunTrackers, check_report_to
 from rspo.generation import SamplingParams
 from rspo.modeling import (
     batched_sequence_logprobs,
     check_same_tokenizer,
     free_memory,
     load_tokenizer,
+    quiet_weight_bars,
     resolve_dtype,
     resolve_model_path,
     use_packing,
@@ -146,6 +148,7 @@ class SelfPlayRun:
         self.device = self.dist.device(self.cfg.model.device)
         quiet_deepspeed_on_cpu(self.device)
         self.models = PolicyModels(self.cfg, self.device, self.dist)
+        self.trackers = RunTrackers([], self.rd.root, {})  # run.report_to's: opened by run()
         if not self.dist.is_main:
             self.log = lambda m: None
 
@@ -292,6 +295,7 @@ class SelfPlayRun:
         self.dist.from_main(lambda: self.rd.root.is_dir() and self.rd.lock())
         self._check_ranks_agree("config", c.to_dict())
         engine = training_engine(self.dist)  # FSDP1 or DeepSpeed missing: refused before any work
+        self.report_to = check_report_to(c.run.report_to)  # a tracker not installed: refused
         check_launch(c, engine, self.dist.world_size)
         if c.run.num_threads:
             torch.set_num_threads(c.run.num_threads)
@@ -623,7 +627,9 @@ class SelfPlayRun:
             self.tok.pad_token_id,
             state_dir=self.rd.iter_dir(t) / "train_state",
             ref_examples=refs,
-            log=(lambda m: append_jsonl(logf, [m])) if self.dist.is_main else None,
+            log=(lambda m: (append_jsonl(logf, [m]), self.trackers.log_train(t, m)))
+            if self.dist.is_main
+            else None,
             on_step=on_step,
             dist=self.dist,
             on_resume=on_resume,
@@ -646,7 +652,8 @@ class SelfPlayRun:
         ck = self.rd.checkpoint(t)
         tmp = ck.with_name("checkpoint.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        with writing(tmp, cleanup=tmp):  # a full disk names the checkpoint, leaves no .tmp
+        # a full disk names the checkpoint and leaves no .tmp; no "Writing model shards" bar
+        with writing(tmp, cleanup=tmp), quiet_weight_bars():
             model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             self.tok.save_pretrained(tmp)
         shutil.rmtree(ck, ignore_errors=True)
@@ -664,6 +671,8 @@ class SelfPlayRun:
         self.dist.main_only(atomic_write_json, self.rd.iter_dir(t) / "metrics.json", metrics)
         self.rd.mark_done(t, "evaluate")
         self.rd.rebuild_metrics(self.cfg.run.iterations)
+        if self.dist.is_main:
+            self.trackers.log_eval(t, metrics)
         return metrics
 
     # ------------------------------------------------------------------ driver
@@ -672,6 +681,7 @@ class SelfPlayRun:
         try:
             return self._run()
         finally:
+            self.trackers.close()
             self.rd.unlock()
 
     def _run(self) -> list[dict[str, Any]]:
@@ -679,6 +689,9 @@ class SelfPlayRun:
         resuming = self.setup()
         if resuming:
             self.log(f"resuming run in {self.rd.root}")
+        if self.dist.is_main and self.report_to:  # sends what a resumed run holds unsent
+            self.trackers = RunTrackers(self.report_to, self.rd.root, self.cfg.to_dict())
+            self.log(f"reporting to {', '.join(self.report_to)}")
         if self.dist.enabled:
             backend = torch.distributed.get_backend()
             engine = engine_label(training_engine(self.dist), self.dist.world_size)
@@ -688,7 +701,14 @@ class SelfPlayRun:
             )
         c = self.cfg
         if c.evaluation.enabled and not self._done(0, "evaluate"):
+            self.log(
+                "iter 0: evaluating the initial policy π_0 (the baseline every iteration is "
+                "compared with; reported as iteration 0)"
+            )
+            t0 = time.perf_counter()
             self.stage_evaluate(0)
+            self.log(f"iter 0 evaluate: {time.perf_counter() - t0:.1f}s")
+            self._log_metrics(0)
         stages = [
             ("generate", self.stage_generate),
             ("judge", self.stage_judge),
@@ -704,13 +724,8 @@ class SelfPlayRun:
                 t0 = time.perf_counter()
                 fn(t)
                 self.log(f"iter {t} {name}: {time.perf_counter() - t0:.1f}s")
-            if c.evaluation.enabled and self.dist.is_main:
-                m = read_json(self.rd.iter_dir(t) / "metrics.json")
-                self.log(
-                    f"iter {t}: win_rate {m['win_rate']:.3f} [{m['win_rate_ci'][0]:.3f}, "
-                    f"{m['win_rate_ci'][1]:.3f}] lc {m['lc_win_rate']:.3f} "
-                    f"len {m['avg_length']:.1f}"
-                )
+            if c.evaluation.enabled:
+                self._log_metrics(t)
         self.models.release()
         rows = self.dist.from_main(self.rd.rebuild_metrics, self.cfg.run.iterations)
         if rows:  # the run's own gold (and proxy) win rate against KL(π‖π_ref)
@@ -721,6 +736,18 @@ class SelfPlayRun:
                 plot_frontier, {_method(c): rows}, self.rd.root / "plots" / "frontier.png"
             )
         return rows
+
+    def _log_metrics(self, t: int) -> None:
+        """One line of iteration t's evaluation (t = 0: the initial policy π_0)."""
+        if not self.dist.is_main:
+            return
+        m = read_json(self.rd.iter_dir(t) / "metrics.json")
+        who = " (initial policy π_0)" if t == 0 else ""
+        self.log(
+            f"iter {t}{who}: win_rate {m['win_rate']:.3f} [{m['win_rate_ci'][0]:.3f}, "
+            f"{m['win_rate_ci'][1]:.3f}] vs π_ref, lc {m['lc_win_rate']:.3f} "
+            f"len {m['avg_length']:.1f}"
+        )
 
     def _done(self, t: int, stage: str) -> bool:
         """Rank 0's view of a stage marker (waits for rank 0 to finish the previous stage)."""

@@ -39,11 +39,26 @@ RESUMABLE_KEYS = (
     "run.num_threads",
     "run.cache_dir",
     "run.keep_freed_memory",
+    "run.report_to",
     "model.keep_reference",
     "model.cpu_linear",
 )
 #: the file an active run holds an exclusive lock on
 LOCK_FILE = ".lock"
+
+
+def check_output_dir(path: str | Path, key: str = "run.output") -> None:
+    """``path`` can be a directory: it, or a folder above it, being a file is a ConfigError
+    naming it (not ``[Errno 17] File exists``)."""
+    p = Path(path)
+    for d in (p, *p.parents):
+        if d.exists():
+            if not d.is_dir():
+                what = "is a file" if d == p else f"is under {d}, a file"
+                raise ConfigError(
+                    f"{key}: {p} {what}, not a directory; give the run a directory path"
+                )
+            return
 
 
 def _try_lock(root: Path) -> Any:
@@ -178,6 +193,7 @@ class RunDir:
         """Hold ``.lock`` until :meth:`unlock` (or the process ends): two processes writing
         one run directory would interleave records; the second is refused."""
         if self._lock is None:
+            check_output_dir(self.root)
             self.root.mkdir(parents=True, exist_ok=True)
             held = _try_lock(self.root)
             if held is None:
@@ -221,6 +237,17 @@ class RunDir:
                 raise ConfigError(
                     f"run directory {self.root} was made with a different config; differing keys: "
                     f"{', '.join(diff)}. Use another --output, or --overwrite to start over."
+                )
+            beyond = sorted(
+                int(m.parent.name[5:])
+                for m in self.root.glob("iter_*/metrics.json")
+                if m.parent.name[5:].isdigit() and int(m.parent.name[5:]) > cfg.run.iterations
+            )
+            if beyond:  # metrics.jsonl would drop their rows
+                raise ConfigError(
+                    f"run.iterations: {cfg.run.iterations}, but {self.root} already evaluated "
+                    f"iteration {beyond[-1]}; lowering it would drop rows from metrics.jsonl. "
+                    f"Use run.iterations >= {beyond[-1]} (nothing is redone), or another --output"
                 )
             # a kill mid atomic write left its temp file: this run's own (not in a directory
             # another process may hold, such as rspo eval's <run>/eval)

@@ -20,6 +20,7 @@ def evaluate_model(cfg: Config, model_path: str, out: str | None = None) -> dict
     from rspo.selfplay.evaluate import evaluate_iteration
     from rspo.selfplay.loop import SelfPlayRun
 
+    check_model(model_path)  # before out_dir is created
     out_dir = Path(out or Path(cfg.run.output) / "eval")
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output=str(out_dir)))
     run = SelfPlayRun(cfg, fresh=True)
@@ -36,6 +37,48 @@ def evaluate_model(cfg: Config, model_path: str, out: str | None = None) -> dict
     finally:
         run.rd.unlock()
     return metrics
+
+
+def _run_of(path: Path) -> tuple[Path, str] | None:
+    """``(run directory, iter_NNN)`` when ``path`` is a training run's checkpoint
+    (``<run>/iter_NNN/checkpoint``), else None."""
+    from rspo.selfplay.rundir import _is_run
+
+    it = path.parent
+    if path.name == "checkpoint" and it.name.startswith("iter_") and _is_run(it.parent):
+        return it.parent, it.name
+    return None
+
+
+def default_eval_dir(cfg: Config, model_path: str, output_given: bool = False) -> Path:
+    """Where ``rspo eval`` writes without ``--out``: ``<run>/eval/iter_NNN`` for a checkpoint
+    of a training run (one folder per checkpoint, so evaluating another keeps these), else
+    ``<run.output>/eval``; ``output_given`` (``--output``) makes ``run.output`` win."""
+    found = None if output_given else _run_of(Path(model_path).expanduser().resolve())
+    if found is not None:
+        return found[0] / "eval" / found[1]
+    return Path(cfg.run.output) / "eval"
+
+
+def check_model(model_path: str) -> None:
+    """A model ``rspo eval`` can load: a missing path is a FileNotFoundError naming it, and a
+    run directory (or one of its iter_NNN folders) names the checkpoints it holds."""
+    from rspo.modeling import resolve_model_path
+    from rspo.selfplay.rundir import _is_run
+
+    p = Path(model_path).expanduser()
+    run = (
+        p if _is_run(p) else p.parent if p.name.startswith("iter_") and _is_run(p.parent) else None
+    )
+    if run is not None:
+        its = p.glob("iter_*/checkpoint") if run == p else [p / "checkpoint"]
+        cks = sorted(str(c) for c in its if c.is_dir())
+        hint = f"e.g. --model {cks[-1]}" if cks else "it holds no checkpoint yet"
+        raise FileNotFoundError(
+            f"--model {model_path} is a training run's {'directory' if run == p else 'iteration'}"
+            f", not a model; give one of its checkpoints, iter_NNN/checkpoint ({hint})"
+        )
+    resolve_model_path(model_path)
 
 
 #: what ``rspo eval`` writes for the evaluated model; π_ref's baseline depends on the config
