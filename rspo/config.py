@@ -172,7 +172,7 @@ class ObjectiveConfig:
     samples: str = "best_worst"
     #: MPO: refresh the regularization anchor to the current policy every N iterations
     magnet_refresh: int | None = None
-    #: adaptive coefficient: none | kl | length (issue "regularizer study")
+    #: adaptive coefficient: none | kl | length
     adaptive: str = "none"
     #: target of the adaptive coefficient (KL in nats, or mean length in tokens)
     adaptive_target: float | None = None
