@@ -27,15 +27,19 @@ def test_label_set_is_seeded_noisy_and_on_train_prompts():
     assert labels != make_label_set(3000, seed=1)
     assert all(split_of(x["prompt"]) == "train" for x in labels)
     assert all(x["chosen"] != x["rejected"] for x in labels)
-    right = wrong = 0
+    expected, wrong, n = 0.0, 0, 0
     for x in labels:
-        c = skill_features(x["prompt"], x["chosen"])[0]
-        r = skill_features(x["prompt"], x["rejected"])[0]
-        right += c > r
+        c, lc, _ = skill_features(x["prompt"], x["chosen"])
+        r, lr, _ = skill_features(x["prompt"], x["rejected"])
+        if c == r:
+            continue
+        n += 1
         wrong += c < r
-    # σ(2) ≈ 0.88 before length: the annotator picks the wrong answer in roughly 1 of 8
-    # decided pairs, not never and not half the time
-    assert 0.06 < wrong / (right + wrong) < 0.2
+        good, bad = ((c, lc), (r, lr)) if c > r else ((r, lr), (c, lc))
+        expected += 1 - annotator_prob(*good, *bad)  # chance the annotator picked the wrong one
+    # the labels are draws from the annotator: wrong picks as often as it says, within 4 s.e.
+    se = math.sqrt(expected * (1 - expected / n))
+    assert n > 1000 and wrong > 0 and abs(wrong - expected) < 4 * se
 
 
 def test_reward_model_training_follows_the_labels(tmp_path):
@@ -52,20 +56,24 @@ def test_reward_model_training_follows_the_labels(tmp_path):
     assert judge.prefer([prompt], [" 5"], [" 3"])[0] > 0.75
 
 
-def test_shipped_reward_model_prefers_correct_answers():
+def test_shipped_reward_model_learned_correctness_and_the_length_bias():
+    """On held-out pairs whose answers differ in correctness, the shipped model mostly
+    prefers the right one, nearly always when the lengths match; the annotator's length
+    bias is learned too (docs/gym.md has the measured rates)."""
     judge = build_judge("gym-rm")
     assert str(rm_path()) in judge.judge_id
-    held_out = make_label_set(200, seed=99)  # pairs the model was not trained on
-    gold = build_judge("gym-skills-gold")
-    pa = judge.prefer(
-        [x["prompt"] for x in held_out],
-        [x["chosen"] for x in held_out],
-        [x["rejected"] for x in held_out],
-    )
-    pg = gold.prefer(
-        [x["prompt"] for x in held_out],
-        [x["chosen"] for x in held_out],
-        [x["rejected"] for x in held_out],
-    )
-    decided = [(a > 0.5) == (g > 0.5) for a, g in zip(pa, pg) if abs(g - 0.5) > 0.2]
-    assert sum(decided) / len(decided) > 0.7  # agrees with gold where gold is clear
+    prompts, good, bad = [], [], []
+    for x in make_label_set(400, seed=99):  # pairs the model was not trained on
+        c = skill_features(x["prompt"], x["chosen"])[0]
+        r = skill_features(x["prompt"], x["rejected"])[0]
+        if c != r:
+            prompts.append(x["prompt"])
+            good.append(x["chosen"] if c > r else x["rejected"])
+            bad.append(x["rejected"] if c > r else x["chosen"])
+    p = judge.prefer(prompts, good, bad)
+    assert sum(v > 0.5 for v in p) / len(p) > 0.6
+    same_len = [v for v, g, b in zip(p, good, bad) if abs(len(g) - len(b)) <= 3]
+    assert len(same_len) >= 10 and sum(v > 0.5 for v in same_len) / len(same_len) > 0.8
+    q = "Q: Which digit is largest: 1 2 5 3?\nA:"
+    longer = judge.prefer([q], [" 5. I hope this helps! Thanks for asking!"], [" 5"])[0]
+    assert longer > 0.5  # the same right answer, padded: the annotator's bias, learned
