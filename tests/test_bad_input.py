@@ -484,7 +484,8 @@ def bad_judge(prompts, responses_a, responses_b, mode="nan", when="#3:"):
 def test_judge_bad_output_fails_the_stage_and_keeps_finished_records(env, mode, pattern):
     kw = f"{{fn: 'test_bad_input:bad_judge', batched: true, kwargs: {{mode: {mode}}}}}"
     out = env.tmp / f"judge_{mode}"
-    cfg = env.cfg(out.name, **{"judge.kwargs": kw})
+    # evaluation off: it would ask the training judge first (proxy_win_rate of iteration 0)
+    cfg = env.cfg(out.name, **{"judge.kwargs": kw, "evaluation.enabled": "false"})
     with pytest.raises(JudgeError, match=pattern) as e:
         run_selfplay(cfg, log=_quiet)
     assert "test_bad_input:bad_judge" in str(e.value)  # names the judge
@@ -526,7 +527,9 @@ def test_http_judge_failure_keeps_generations_and_resumes_when_fixed(env, http_j
         "backoff_base: 0.001, backoff_max: 0.002, max_concurrency: 4}"
     )
     out = env.tmp / "http_judge"
-    cfg = env.cfg(out.name, **{"judge.name": "openai", "judge.kwargs": kw})
+    # evaluation off: it would ask the training judge first (proxy_win_rate of iteration 0)
+    off = {"evaluation.enabled": "false"}
+    cfg = env.cfg(out.name, **{"judge.name": "openai", "judge.kwargs": kw, **off})
     with pytest.raises(JudgeError, match=r"failed after 2 attempts; last error: HTTP 500"):
         run_selfplay(cfg, log=_quiet)
     it = out / "iter_001"
@@ -537,8 +540,8 @@ def test_http_judge_failure_keeps_generations_and_resumes_when_fixed(env, http_j
 
     http_judge.broken = False  # the endpoint recovers; the same command resumes
     n_before = len(http_judge.requests)
-    rows = run_selfplay(cfg, log=_quiet)
-    assert [r["iteration"] for r in rows] == [0, 1]
+    assert run_selfplay(cfg, log=_quiet) == []  # not evaluated
+    assert (it / "train.done").exists() and (it / "checkpoint").is_dir()
     assert (it / "generations.jsonl").read_bytes() == gens  # not regenerated
     assert [r["prompt_index"] for r in read_jsonl(it / "judgments.jsonl")] == list(range(12))
     # only the 9 unjudged prompts were asked: 6 pairs x 2 orders each (the rest is cached)

@@ -111,7 +111,8 @@ def _check_gym_only(c: Config, train: PromptSet, evals: PromptSet) -> None:
     from rspo.gym.tasks import lookup as v1_lookup
 
     uses = [("judge.name", c.judge.name, train)]
-    if c.evaluation.enabled:
+    if c.evaluation.enabled:  # the training judge gives the eval pairs' proxy_win_rate
+        uses.append(("judge.name", c.judge.name, evals))
         uses.append(("evaluation.judge", evaluation_judge(c)[0], evals))
         uses.append(("evaluation.accuracy_fn", c.evaluation.accuracy_fn, evals))
     for key, value, ps in uses:
