@@ -8,7 +8,8 @@ a seeded sample), runs them, prints the score per module and writes the report.
 
     python scripts/mutation.py                  # sample 10 mutants per module, seed 0
     python scripts/mutation.py --per-module 0   # every mutant (hours on 2 cores)
-    python scripts/mutation.py --quick          # CI: 2 per module, fails under 90 %
+    python scripts/mutation.py --quick          # 2 per module, fails under 90 % (CI runs
+                                                # tests/test_mutation_quick.py instead)
 
 Score = killed / (mutants − equivalent): an equivalent mutant (listed with its reason in
 benchmarks/results/mutation/equivalent.json) cannot change behaviour, so no test can kill

@@ -46,3 +46,41 @@ def test_lc_interval_is_the_percentiles_of_the_seeded_refits():
     lo, hi = np.percentile(_sigmoid(bb[:, 0]), [2.5, 97.5])
     assert (r.lo, r.hi) == (float(lo), float(hi))
     assert r.scale == float((lp - lb).std()) and r.n == 12 and r.raw == P.mean()
+
+
+def test_metrics_logger_mirrors_exactly_the_finite_real_scalars(tmp_path):
+    """The TensorBoard mirror (a recording writer stands in for SummaryWriter): Python and
+    numpy one-element values as floats, at the logged step; bools, strings, lists, arrays
+    of several values and non-finite values skipped; flushed once per row."""
+    from rspo.evaluation import MetricsLogger
+
+    class Writer:
+        def __init__(self):
+            self.calls = []
+
+        def add_scalar(self, tag, value, global_step=None):
+            self.calls.append((tag, value, global_step))
+
+        def flush(self):
+            self.calls.append("flush")
+
+        def close(self):
+            self.calls.append("close")
+
+    log = MetricsLogger(tmp_path / "run", use_tensorboard=False)
+    w = log._writer = Writer()
+    assert log.tensorboard
+    log.log(
+        {
+            "a": 1, "b": np.float32(0.5), "c": np.array([2.5]), "d": np.array(3.0),
+            "flag": True, "nan": float("nan"), "inf": np.float64("inf"), "name": "x",
+            "ci": [0.1, 0.2], "vec": np.array([1.0, 2.0]),
+        },
+        step=7,
+    )  # fmt: skip
+    log.close()
+    assert w.calls == [
+        ("a", 1.0, 7), ("b", 0.5, 7), ("c", 2.5, 7), ("d", 3.0, 7), "flush", "close"
+    ]  # fmt: skip
+    assert all(type(c[1]) is float for c in w.calls[:4])
+    assert not log.tensorboard

@@ -113,3 +113,17 @@ def test_a_credential_setting_is_refused_with_the_reason():
 
     with pytest.raises(ValueError, match="are saved with the run's config, so secrets do not"):
         build_judge("python", fn="x:y", extra={"api_key": "sk"})
+
+
+def test_judgement_keys_are_stable_across_releases():
+    """Cache keys are persistent (a shared cache outlives rspo versions): the sha256 of the
+    UTF-8 JSON list, non-ASCII text kept as is (not \\u-escaped). Pinned values."""
+    from rspo.judges import judgement_key
+
+    assert judgement_key("jid", "p", "a", "b") == (
+        "1d61756ebf8e0f340e05f72027a7430ce5d77a60d20ff54feb7561e5038680c3"
+    )
+    assert judgement_key("jid", "Grüße", "naïve — ja", "日本") == (
+        "283743637184604b2ea645964910a9bf7b676241e15846f025a77eabdf65dc0d"
+    )
+    assert judgement_key("jid", "p", "b", "a") != judgement_key("jid", "p", "a", "b")

@@ -49,3 +49,24 @@ def test_rspo_preset_is_the_papers_headline_setting():
     assert (p.loss_type, p.regularizer, p.coef, p.samples, p.magnet_refresh, p.tau_eta) == (
         "sppo", "forward_kl[ratio] + 10*reverse_kl[k2]", 0.2, "best_worst", None, None
     )  # fmt: skip
+
+
+def test_sample_batch_names_each_shape_error_exactly():
+    """Every ``validate`` error names the offending tensors and their sizes."""
+    b = _batch()
+    b.ref_logp_theta = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(ValueError) as e:
+        b.validate()
+    assert str(e.value) == "SampleBatch.ref_logp_theta and ref_logp_ref must be given together"
+    b.ref_logp_ref = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(ValueError) as e:
+        b.validate()
+    assert str(e.value) == "SampleBatch.ref_logp_theta and ref_logp_ref differ in length: 2 vs 3"
+    b = _batch()
+    b.win_rate = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(ValueError) as e:
+        b.validate()
+    assert str(e.value) == (
+        "SampleBatch.win_rate has 2 rows, logp_theta has 3; "
+        "all per-sample tensors must have equal length"
+    )

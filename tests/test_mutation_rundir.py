@@ -4,6 +4,7 @@ rebuilt from the iterations (exact paths and contents)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rspo.selfplay.rundir import RunDir
 from rspo.utils.io import atomic_write_json
@@ -36,3 +37,36 @@ def test_rebuild_metrics_stops_at_upto_and_only_the_writer_writes(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in lines] == [{"iteration": t} for t in range(3)]
     assert len(rd.rebuild_metrics()) == 4
+
+
+def test_overwrite_through_a_link_survives_a_file_that_cannot_be_deleted(tmp_path, monkeypatch):
+    """Emptying a symlinked run in place: the old contents are moved into one hidden folder
+    first, so a file that cannot be deleted (busy on NFS, say) leaves that folder behind
+    and the run empty, instead of failing the --overwrite; the next one removes it."""
+    import os
+
+    from rspo.selfplay.rundir import remove_output
+
+    target = tmp_path / "elsewhere"
+    (target / "iter_001").mkdir(parents=True)
+    (target / "iter_001" / "busy").write_text("x")
+    (target / "run.json").write_text('{"rspo": "0.1.0"}')
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    unlink = os.unlink
+
+    def stuck(path, *a, **k):
+        if os.fspath(path).endswith("busy"):
+            raise PermissionError(1, "Operation not permitted", os.fspath(path))
+        return unlink(path, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", stuck)
+    remove_output(link)
+    left = list(target.iterdir())
+    assert [p.name.startswith(".deleting.") for p in left] == [True]
+    assert [p.relative_to(left[0]) for p in left[0].rglob("*")] == [
+        Path("iter_001"), Path("iter_001/busy")
+    ]  # fmt: skip
+    monkeypatch.setattr(os, "unlink", unlink)
+    remove_output(link)
+    assert link.is_symlink() and list(target.iterdir()) == []

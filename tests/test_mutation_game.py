@@ -1,0 +1,71 @@
+"""The χ² equilibrium's KKT check (used by the active-set solver's exhaustive fallback) on a
+2-action game solved by hand, and the distribution checks' messages.
+
+P = [[½, p], [1−p, ½]], ref = (½, ½), χ²: φ'(σ) = 2(σ/r − 1), φ'(0+) = −2, τ = 0.1.
+Support {0,1}: the KKT rows give (p − 0.1)·π₁ = (0.9 − p)·π₀, so p = 0.8 → π = (7/8, 1/8).
+Support {0}: π = (1, 0), c = ½ − τ·φ'(1) = ½ − 2τ; the slack of action 1 is
+(1 − p) − τ·φ'(0+) − c = ½ − p + 4τ: 0.1 at p = 0.8 (action 1 wants mass: not a KKT
+point), −0.05 at p = 0.95 (the equilibrium is the pure action 0).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from rspo.game.equilibrium import _kkt_ok, _solve_on_support, regularized_nash
+from rspo.game.games import validate_distribution
+from rspo.objectives import get_regularizer
+
+REF = np.array([0.5, 0.5])
+TAU = 0.1
+
+
+def _game(p):
+    return np.array([[0.5, p], [1.0 - p, 0.5]])
+
+
+def test_kkt_check_accepts_only_the_equilibrium_support():
+    chi2 = get_regularizer("chi2")
+    P = _game(0.8)
+    np.testing.assert_allclose(regularized_nash(P, REF, "chi2", TAU), [7 / 8, 1 / 8], atol=1e-12)
+    ok = {}
+    for sup in ([True, True], [True, False], [False, True]):
+        sup = np.array(sup)
+        pi, c = _solve_on_support(P, REF, chi2, TAU, sup, REF)
+        ok[tuple(sup)] = _kkt_ok(P, REF, chi2, TAU, pi, c, sup)
+        if sup.all():
+            np.testing.assert_allclose(pi, [7 / 8, 1 / 8], atol=1e-12)
+        if tuple(sup) == (True, False):
+            assert c == pytest.approx(0.5 - 2 * TAU, abs=1e-12)
+    assert ok == {(True, True): True, (True, False): False, (False, True): False}
+
+
+@pytest.mark.parametrize("p,slack", [(0.8, 0.1), (0.95, -0.05), (0.875, 0.025)])
+def test_kkt_check_uses_the_slack_with_tau_times_the_gradient_at_zero(p, slack):
+    chi2 = get_regularizer("chi2")
+    P, sup = _game(p), np.array([True, False])
+    pi, c = np.array([1.0, 0.0]), 0.5 - 2 * TAU
+    assert _kkt_ok(P, REF, chi2, TAU, pi, c, sup) is (slack <= 0)
+    # the tolerance is on that slack: shifting c by it flips the answer at the boundary
+    assert _kkt_ok(P, REF, chi2, TAU, pi, c + slack + 1e-9, sup)
+    assert not _kkt_ok(P, REF, chi2, TAU, pi, c + slack - 1e-9, sup)
+    if slack <= 0:
+        np.testing.assert_allclose(regularized_nash(P, REF, "chi2", TAU), [1.0, 0.0], atol=1e-12)
+    # a negative mass on the support fails whatever the slack
+    assert not _kkt_ok(P, REF, chi2, TAU, np.array([-1e-9, 1.0]), c, np.array([True, True]))
+
+
+def test_distribution_checks_name_the_problem():
+    with pytest.raises(ValueError) as e:
+        validate_distribution([0.5, 0.6], 2, "ref")
+    assert re.fullmatch(r"ref must sum to 1, sums to (np\.float64\()?1\.1\)?", str(e.value))
+    with pytest.raises(ValueError) as e:
+        validate_distribution([0.5, 0.5], 3)
+    assert str(e.value) == "policy must have shape (3,), got (2,)"
+    with pytest.raises(ValueError) as e:
+        validate_distribution([1.0, 0.0], 2, "ref", positive=True)
+    assert str(e.value) == "ref must be finite and > 0: [1. 0.]"
+    np.testing.assert_array_equal(validate_distribution([1, 0], 2), [1.0, 0.0])
