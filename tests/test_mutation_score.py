@@ -22,7 +22,8 @@ P1 = [[0.5, 0.5, 0.5]] * 3
 
 
 def _run(tmp_path, **objective) -> SelfPlayRun:
-    cfg = load_config(None, [f"--objective.{k}={v}" for k, v in objective.items()])
+    overrides = [f"--objective.{k}={v}" for k, v in objective.items()]
+    cfg = load_config(None, overrides, preset="gym")  # the gym preset: samples all, η = 10
     cfg.run.output = str(tmp_path)
     sp = object.__new__(SelfPlayRun)  # no model: the stage reads records, logp recorded
     sp.cfg, sp.rd, sp.dist = cfg, RunDir(tmp_path), DistContext()
