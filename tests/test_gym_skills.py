@@ -110,3 +110,19 @@ def test_analytic_judges_follow_their_formulas():
     assert gold.judge_id.startswith("gym-skills-gold(")
     with pytest.raises(JudgeError, match="gym-skills"):
         gold.prefer(["Q: What colour is a banana?\nA:"], [" yellow"], [" red"])
+
+
+def test_the_skills_preset_sits_on_the_gym_preset():
+    from rspo.config import load_config
+
+    for cfg in (load_config(None, {"model": {"path": "gym-skills"}}),
+                load_config(None, [], preset="gym-skills")):
+        assert (cfg.model.path, cfg.data.prompts, cfg.data.eval_prompts) == ("gym-skills",) * 3
+        assert (cfg.judge.name, cfg.evaluation.judge) == ("gym-skills-proxy", "gym-skills-gold")
+        assert cfg.evaluation.accuracy_fn == "rspo.gym.skills.tasks:check_answer"
+        assert cfg.evaluation.subset_fn == "rspo.gym.skills.tasks:skill_of"
+        gym = load_config(None, [], preset="gym")
+        assert (cfg.objective.eta, cfg.training.lr) == (gym.objective.eta, gym.training.lr)
+    assert load_config(None, {"model": {"path": "gym-skills"}}, preset="none").training.lr != (
+        load_config(None, [], preset="gym").training.lr
+    )
