@@ -64,15 +64,16 @@ def judge_usage(judge: Any) -> dict[str, int] | None:
 
 
 def usage_metrics(run: SelfPlayRun, before: dict | None, after: dict | None) -> dict[str, int]:
-    """``judge_calls`` and, when the responses reported them, ``judge_prompt_tokens`` and
-    ``judge_completion_tokens``: what the evaluation judge was paid for between ``before``
-    and ``after``, summed over ranks (cached verdicts cost nothing and are not counted)."""
+    """``judge_calls`` and, when the responses reported them (or no call was made: 0),
+    ``judge_prompt_tokens`` and ``judge_completion_tokens``: what the evaluation judge was
+    paid for between ``before`` and ``after``, summed over ranks (cached verdicts cost
+    nothing and are not counted)."""
     if before is None or after is None:
         return {}
     delta = {k: after[k] - before.get(k, 0) for k in after}
     total = {k: sum(d[k] for d in run.dist.all_gather(delta)) for k in delta}
     out = {"judge_calls": total.get("calls", 0)}
-    if total.get("calls_with_usage"):
+    if total.get("calls_with_usage") or not out["judge_calls"]:  # no call: 0 tokens paid
         out["judge_prompt_tokens"] = total.get("prompt_tokens", 0)
         out["judge_completion_tokens"] = total.get("completion_tokens", 0)
     return out
