@@ -1,4 +1,4 @@
-"""The ``rspo`` command line: game, train, eval, demo, sweep, config."""
+"""The ``rspo`` command line: game, train, eval, demo, sweep, config, select, export."""
 
 from __future__ import annotations
 
@@ -190,6 +190,42 @@ def _cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _cmd_select(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from rspo.selfplay.select import select_iteration
+
+    if extra:
+        print(f"error: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
+        return 2
+    print(json.dumps(select_iteration(args.run_dir, args.by, minimize=args.min)))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from rspo.evaluation.export import default_model_id, export_answers, hf_generate
+    from rspo.selfplay.standalone import check_model
+
+    cfg = _load_cfg(args, extra)
+    check_model(args.model)
+    files = {"alpaca_eval": args.alpaca_eval, "arena_hard": args.arena_hard,
+             "mt_bench": args.mt_bench}  # fmt: skip
+    files = {b: f for b, f in files.items() if f}
+    max_new = args.max_new_tokens or cfg.evaluation.max_new_tokens
+    model_id = args.model_id or default_model_id(args.model)
+    settings = {"model": str(Path(args.model).resolve()) if Path(args.model).exists()
+                else args.model, "max_new_tokens": max_new, "temperature": args.temperature,
+                "chat_template": cfg.data.chat_template, "seed": cfg.run.seed}  # fmt: skip
+    generate, count = hf_generate(args.model, cfg, max_new, args.temperature, cfg.run.seed)
+    written = export_answers(
+        args.out, files, generate, model_id, settings, count, cfg.generation.batch_size,
+        overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr),
+    )  # fmt: skip
+    for bench, path in written.items():
+        print(f"{bench}: {path}")
+    return 0
+
+
 #: the --help epilog of the commands that take config overrides
 OVERRIDES_HELP = """\
 config overrides:
@@ -284,6 +320,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--output", default=None, help="run directory (overrides run.output)")
     e.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("select", help="the best evaluated iteration of a run by a metric, as JSON")
+    s.add_argument("run_dir", help="a training run's directory (holds metrics.jsonl)")
+    s.add_argument("--by", required=True, help="metric of metrics.jsonl, e.g. win_rate")
+    s.add_argument("--min", action="store_true", help="lowest value wins (default: highest)")
+    s.set_defaults(fn=_cmd_select)
+
+    x = sub.add_parser(
+        "export",
+        help="a model's answers to benchmark questions, in each benchmark's own format",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    x.add_argument("--model", required=True, help="model directory (a checkpoint), or gym")
+    x.add_argument("--out", required=True, help="directory for the answer files")
+    x.add_argument("--model-id", default=None, help="name in the answer files (default: "
+                   "<run>-iter_NNN for a run's checkpoint, else the directory name)")  # fmt: skip
+    x.add_argument("--alpaca-eval", default=None, help="AlpacaEval questions (.json/.jsonl)")
+    x.add_argument("--arena-hard", default=None, help="Arena-Hard-Auto question.jsonl")
+    x.add_argument("--mt-bench", default=None, help="MT-Bench question.jsonl")
+    x.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default: evaluation.max_new_tokens")  # fmt: skip
+    x.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    x.add_argument("--config", default=None, help="YAML config (model loading, chat template)")
+    x.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    x.set_defaults(fn=_cmd_export)
     return p
 
 

@@ -56,6 +56,10 @@ class OpenAIJudge(Judge):
     Retries 408/409/429/5xx, timeouts and connection errors up to ``max_attempts`` times
     with exponential backoff and jitter (``Retry-After`` honoured, capped at
     ``backoff_max``); any other failure raises :class:`JudgeError` at once.
+
+    ``usage`` (cumulative, thread-safe): ``calls`` (requests answered with a JSON object,
+    retries not counted), ``prompt_tokens`` and ``completion_tokens`` summed from the
+    responses' ``usage`` fields, and ``calls_with_usage`` (how many responses reported it).
     """
 
     order_sensitive = True
@@ -140,6 +144,7 @@ class OpenAIJudge(Judge):
         self._sleep = sleep or time.sleep
         self._lock = threading.Lock()
         self.stats = {"requests": 0, "attempts": 0, "retries": 0, "hard_verdicts": 0}
+        self.usage = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "calls_with_usage": 0}
 
     @property
     def judge_id(self) -> str:
@@ -263,7 +268,22 @@ class OpenAIJudge(Judge):
             ) from None
         if not isinstance(obj, dict):
             raise JudgeError(f"openai judge: {self.url} returned JSON that is not an object")
+        self._count_usage(obj.get("usage"))
         return obj
+
+    def _count_usage(self, usage: Any) -> None:
+        """Add one answered call and the tokens its ``usage`` reports (ill-typed: ignored)."""
+        tokens = {}
+        if isinstance(usage, dict):
+            for key in ("prompt_tokens", "completion_tokens"):
+                v = usage.get(key)
+                if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+                    tokens[key] = v
+        with self._lock:
+            self.usage["calls"] += 1
+            self.usage["calls_with_usage"] += bool(tokens)
+            for key, v in tokens.items():
+                self.usage[key] += v
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter in [½, 1] of the step; Retry-After wins if larger."""

@@ -45,9 +45,38 @@ def _eval_judge(run: SelfPlayRun):
 
         name, kwargs = evaluation_judge(run.cfg)
         run._eval_judge = CachedJudge(
-            build_judge(name, **kwargs), run.cache_path("eval_judge_cache.sqlite")
+            build_judge(name, **kwargs),
+            run.cache_path("eval_judge_cache.sqlite"),
+            run.cfg.judge.batch_size,
         )
     return run._eval_judge
+
+
+def judge_usage(judge: Any) -> dict[str, int] | None:
+    """A copy of the ``usage`` counters of ``judge`` or of a judge it wraps (the ``openai``
+    judge's calls and tokens), or None when none reports usage."""
+    while judge is not None:
+        usage = getattr(judge, "usage", None)
+        if isinstance(usage, dict):
+            return dict(usage)
+        judge = getattr(judge, "judge", None)
+    return None
+
+
+def usage_metrics(run: SelfPlayRun, before: dict | None, after: dict | None) -> dict[str, int]:
+    """``judge_calls`` and, when the responses reported them (or no call was made: 0),
+    ``judge_prompt_tokens`` and ``judge_completion_tokens``: what the evaluation judge was
+    paid for between ``before`` and ``after``, summed over ranks (cached verdicts cost
+    nothing and are not counted)."""
+    if before is None or after is None:
+        return {}
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    total = {k: sum(d[k] for d in run.dist.all_gather(delta)) for k in delta}
+    out = {"judge_calls": total.get("calls", 0)}
+    if total.get("calls_with_usage") or not out["judge_calls"]:  # no call: 0 tokens paid
+        out["judge_prompt_tokens"] = total.get("prompt_tokens", 0)
+        out["judge_completion_tokens"] = total.get("completion_tokens", 0)
+    return out
 
 
 def _responses(
@@ -220,11 +249,13 @@ def evaluate_iteration(
     a = [x for r in pol for x in r["responses"][:k]]
     b = [x for r in base for x in r["responses"][:k]]
     ta, tb, judge = [x["text"] for x in a], [x["text"] for x in b], _eval_judge(run)
+    usage_before = judge_usage(judge)
     probs = run.dist.shard_map(  # judge calls split over the data-parallel ranks
         lambda sl: symmetric_prefer(judge, texts[sl], ta[sl], tb[sl]),
         len(texts),
         run.cfg.judge.batch_size,
     )
+    usage = usage_metrics(run, usage_before, judge_usage(judge))
     samples = div = None
     if e.diversity_samples >= 2:
         if k >= e.diversity_samples and e.diversity_temperature == e.temperature:
@@ -276,6 +307,7 @@ def evaluate_iteration(
             )
         metrics.update(subsets)
     metrics.update(overoptimization_metrics(run, t, d, path, ref, (texts, ta, tb), pol, div))
+    metrics.update(usage)
     first = [r["responses"][0]["text"] for r in pol]
     name = generator or f"{_method(run.cfg)}/iter_{t:03d}"
     run.dist.main_only(

@@ -363,7 +363,9 @@ class SelfPlayRun:
         cache = self.cache_path("judge_cache.sqlite")
         self.judge = CachedJudge(judge, cache) if c.judge.cache else judge
         if eval_judge is not None:  # picked up by evaluate._eval_judge
-            self._eval_judge = CachedJudge(eval_judge, self.cache_path("eval_judge_cache.sqlite"))
+            self._eval_judge = CachedJudge(  # judge.batch_size pairs per call, each committed
+                eval_judge, self.cache_path("eval_judge_cache.sqlite"), c.judge.batch_size
+            )
         return resuming
 
     def cache_path(self, name: str) -> Path:
