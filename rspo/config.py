@@ -67,7 +67,7 @@ class ModelConfig:
     keep_reference: str = "auto"
     #: float32 linear layers of π_t and π_ref on the CPU: torch (F.linear, MKL; the default:
     #: the model's layers stay as loaded) | auto (oneDNN where this torch has it,
-    #: single-process runs; opt-in, measured faster on one CPU, see the gym preset) | onednn
+    #: single-process runs; opt-in, on in the gym preset; docs/benchmarks.md) | onednn
     #: (also under several processes; an error where it cannot). Results differ by float
     #: rounding only; GPUs are unaffected; rspo's HF judges always use auto
     cpu_linear: str = "torch"

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 MODES = ("auto", "onednn", "torch")
 
 #: products smaller than this (rows x in x out multiply-adds) stay with F.linear: a oneDNN
-#: call costs ~12 µs more to set up than MKL's, and ~0.3 ms more the first time it meets a
-#: shape (it builds a kernel per shape; a decode loop whose rows finish one by one meets a
-#: new one nearly every step), against ~0.2 ms saved on a product of this size
+#: call costs more to set up than MKL's, and more again the first time it meets a shape (it
+#: builds a kernel per shape; a decode loop whose rows finish one by one meets a new one
+#: nearly every step); the threshold and its measurements are in docs/benchmarks.md
 MIN_MACS = 1 << 24
 
 _available: bool | None = None
