@@ -82,10 +82,12 @@ def main() -> None:
         full = [t for t in sppo_it if sppo_it[t]["win_rate"]["n"] == len(sppo)]
         best = max(full, key=lambda t: sppo_it[t]["win_rate"]["mean"])  # oracle early stop
         summary["sppo_best_iteration"] = best
+        final = max(t for cells in data.values() for rows in cells.values() for t in rows)
+        summary["final_iteration"] = final
+        last = lambda rows: final  # noqa: E731  (cells that have not reached it are left out)
         for name, cells in data.items():
             if name == "sppo":
                 continue
-            last = lambda rows: max(rows)  # noqa: E731  (each seed's last evaluated iteration)
             summary["vs_sppo"][name] = {
                 f"final_minus_sppo_final/{m}": paired(cells, sppo, last, last, m)
                 for m in METRICS
