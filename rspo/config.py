@@ -25,6 +25,35 @@ class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names it."""
 
 
+#: experiment trackers ``run.report_to`` may name (``rspo.evaluation.trackers`` sends to them)
+TRACKER_NAMES: tuple[str, ...] = ("tensorboard", "wandb", "mlflow")
+
+
+def report_to_names(report_to: list[str] | str | None) -> list[str]:
+    """``run.report_to`` as a list of lower-case names (a list, one name or a comma-separated
+    string); ``none`` or empty gives []; ``all`` stays ``["all"]``."""
+    if report_to is None:
+        return []
+    names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
+    names = [str(n).strip().lower() for n in names if str(n).strip()]
+    return [] if names in ([], ["none"]) else list(dict.fromkeys(names))
+
+
+def check_report_to_names(report_to: list[str] | str | None) -> None:
+    """A ConfigError for an unknown tracker name, or ``none``/``all`` mixed with names."""
+    names = report_to_names(report_to)
+    if names == ["all"]:
+        return
+    for n in names:
+        if n in ("none", "all"):
+            raise ConfigError(f"run.report_to: {n!r} cannot be combined with tracker names")
+        if n not in TRACKER_NAMES:
+            raise ConfigError(
+                f"run.report_to: unknown tracker {n!r}; use any of {', '.join(TRACKER_NAMES)}, "
+                "all (those installed) or none"
+            )
+
+
 @dataclass
 class LoraConfig:
     """LoRA adapter settings (peft); π_ref is the adapter-disabled base, no second model."""
@@ -397,9 +426,7 @@ def _validate(cfg: Config) -> None:
             f"run.output: {cfg.run.output!r} is the current directory; give the run its own"
         )
     _validate_device(cfg.model.device)
-    from rspo.evaluation.trackers import check_report_to
-
-    check_report_to(cfg.run.report_to, installed=False)  # names; installs: when a run starts
+    check_report_to_names(cfg.run.report_to)  # whether they are installed: when a run starts
     if not 0.0 < cfg.generation.top_p <= 1.0:
         raise ConfigError(f"generation.top_p: must be in (0, 1], got {cfg.generation.top_p}")
     t = cfg.training

@@ -30,11 +30,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rspo.config import ConfigError, check_report_to_names, report_to_names
 from rspo.utils.io import atomic_write_json, read_json, read_jsonl
 
 __all__ = ["TRACKERS", "RunTrackers", "check_report_to", "resolve_report_to"]
 
-#: tracker name -> (module that must be importable, what to install)
+#: tracker name -> (module that must be importable, what to install); the names are
+#: ``rspo.config.TRACKER_NAMES``
 TRACKERS: dict[str, tuple[str, str]] = {
     "tensorboard": ("tensorboard", "pip install 'rspo[tensorboard]' (or tensorboard)"),
     "wandb": ("wandb", "pip install 'rspo[wandb]' (or wandb)"),
@@ -46,31 +48,18 @@ STATE_FILE = "trackers.json"
 def resolve_report_to(report_to: list[str] | str | None) -> list[str]:
     """The tracker names of ``run.report_to`` as TRL reads ``report_to``: a list, one name,
     a comma-separated string, ``none`` (or empty) for none, ``all`` for every installed one."""
-    if report_to is None:
-        return []
-    names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
-    names = [str(n).strip().lower() for n in names if str(n).strip()]
-    if names in ([], ["none"]):
-        return []
+    names = report_to_names(report_to)
     if names == ["all"]:
         return [n for n, (mod, _) in TRACKERS.items() if importlib.util.find_spec(mod)]
-    return list(dict.fromkeys(names))
+    return names
 
 
 def check_report_to(report_to: list[str] | str | None, installed: bool = True) -> list[str]:
     """The tracker names, each known (and with ``installed``, importable); a ConfigError
     naming the tracker and what to install otherwise."""
-    from rspo.config import ConfigError
-
+    check_report_to_names(report_to)
     names = resolve_report_to(report_to)
     for n in names:
-        if n in ("none", "all"):
-            raise ConfigError(f"run.report_to: {n!r} cannot be combined with tracker names")
-        if n not in TRACKERS:
-            raise ConfigError(
-                f"run.report_to: unknown tracker {n!r}; use any of {', '.join(TRACKERS)}, "
-                "all (those installed) or none"
-            )
         mod, how = TRACKERS[n]
         if installed and importlib.util.find_spec(mod) is None:
             raise ConfigError(

@@ -93,6 +93,13 @@ def render(answer: str, style: str, prefix: Sequence[str] = (), suffix: Sequence
     return " " + " ".join([*prefix, core, *suffix])
 
 
+def fillers(rng: random.Random) -> tuple[list[str], list[str]]:
+    """1..MAX_FILLERS filler sentences, split at random between before and after the answer."""
+    k = rng.randint(1, MAX_FILLERS)
+    n_pre = rng.randint(0, k)
+    return rng.sample(facts.PREFIX_FILLERS, n_pre), rng.sample(facts.SUFFIX_FILLERS, k - n_pre)
+
+
 def _pick(rng: random.Random, mix: dict) -> object:
     return rng.choices(list(mix), weights=list(mix.values()))[0]
 
@@ -102,13 +109,7 @@ def make_demo(prompt: GymPrompt, rng: random.Random) -> Demo:
     correct, padded = _pick(rng, QUALITY_MIX)
     style = str(_pick(rng, STYLE_MIX))
     answer = correct_answer(prompt, rng) if correct else wrong_answer(prompt, rng)
-    prefix: list[str] = []
-    suffix: list[str] = []
-    if padded:
-        k = rng.randint(1, MAX_FILLERS)
-        n_pre = rng.randint(0, k)
-        prefix = rng.sample(facts.PREFIX_FILLERS, n_pre)
-        suffix = rng.sample(facts.SUFFIX_FILLERS, k - n_pre)
+    prefix, suffix = fillers(rng) if padded else ([], [])
     response = render(answer, style, prefix, suffix)
     return Demo(prompt.text, response, prompt.skill, bool(correct), bool(padded), style)
 

@@ -9,9 +9,9 @@ concise answers, and no cycle. Both are deterministic and exactly skew-symmetric
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from rspo.gym.tasks import answer_is_correct, lookup, parse_response
+from rspo.gym.tasks import GymPrompt, answer_is_correct, lookup, parse_response
 from rspo.judges.base import Judge, JudgeError, register_judge
 
 #: the proxy's style cycle: each style beats the next one (wrapping around)
@@ -37,14 +37,21 @@ def style_cycle(style_a: str | None, style_b: str | None) -> int:
     return 1 if (i + 1) % len(STYLE_CYCLE) == j else -1
 
 
-def _features(prompt: str, response: str) -> tuple[float, int, str | None]:
-    """(correct in {0, 1}, length in characters, style or None) of one response."""
+def _features(
+    prompt: str,
+    response: str,
+    find: Callable[[str], GymPrompt] = lookup,
+    is_correct: Callable[[GymPrompt, str | None], bool] = answer_is_correct,
+    gym: str = "gym",
+) -> tuple[float, int, str | None]:
+    """(correct in {0, 1}, length in characters, style or None) of one response to a prompt
+    of the gym whose ``find`` and ``is_correct`` are given."""
     try:
-        gym_prompt = lookup(prompt)
+        gym_prompt = find(prompt)
     except ValueError as e:
-        raise JudgeError(f"gym judges only score gym prompts: {e}") from e
+        raise JudgeError(f"{gym} judges only score {gym} prompts: {e}") from e
     parsed = parse_response(response)
-    correct = parsed.style is not None and answer_is_correct(gym_prompt, parsed.answer)
+    correct = parsed.style is not None and is_correct(gym_prompt, parsed.answer)
     return float(correct), len(str(response).strip()), parsed.style
 
 

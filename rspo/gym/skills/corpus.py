@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import random
 
-from rspo.gym import facts
-from rspo.gym.corpus import STYLE_MIX, Demo, render
+from rspo.gym.corpus import STYLE_MIX, Demo, fillers, render
 from rspo.gym.skills.tasks import SKILLS, draw, wrong_answer
 from rspo.gym.tasks import GymPrompt
 
@@ -22,7 +21,6 @@ QUALITY_MIX: dict[tuple[bool, bool], float] = {
     (False, False): 0.18,
     (False, True): 0.12,
 }
-MAX_FILLERS = 2
 
 
 def make_demo(prompt: GymPrompt, rng: random.Random) -> Demo:
@@ -30,13 +28,7 @@ def make_demo(prompt: GymPrompt, rng: random.Random) -> Demo:
     correct, padded = rng.choices(list(QUALITY_MIX), weights=list(QUALITY_MIX.values()))[0]
     style = rng.choices(list(STYLE_MIX), weights=list(STYLE_MIX.values()))[0]
     answer = prompt.answer if correct else wrong_answer(prompt, rng)
-    prefix: list[str] = []
-    suffix: list[str] = []
-    if padded:
-        k = rng.randint(1, MAX_FILLERS)
-        n_pre = rng.randint(0, k)
-        prefix = rng.sample(facts.PREFIX_FILLERS, n_pre)
-        suffix = rng.sample(facts.SUFFIX_FILLERS, k - n_pre)
+    prefix, suffix = fillers(rng) if padded else ([], [])
     response = render(answer, style, prefix, suffix)
     return Demo(prompt.text, response, prompt.skill, correct, padded, style)
 

@@ -7,21 +7,14 @@ The learned proxy ``gym-rm`` lives in :mod:`rspo.gym.skills.rm`.
 
 from __future__ import annotations
 
-from rspo.gym.judges import GymGoldJudge, GymProxyJudge
+from rspo.gym.judges import GymGoldJudge, GymProxyJudge, _features
 from rspo.gym.skills.tasks import answer_is_correct, lookup
-from rspo.gym.tasks import parse_response
-from rspo.judges.base import JudgeError, register_judge
+from rspo.judges.base import register_judge
 
 
 def skill_features(prompt: str, response: str) -> tuple[float, int, str | None]:
     """(correct in {0, 1}, length in characters, style or None) of one response."""
-    try:
-        gym_prompt = lookup(prompt)
-    except ValueError as e:
-        raise JudgeError(f"gym-skills judges only score gym-skills prompts: {e}") from e
-    parsed = parse_response(response)
-    correct = parsed.style is not None and answer_is_correct(gym_prompt, parsed.answer)
-    return float(correct), len(str(response).strip()), parsed.style
+    return _features(prompt, response, lookup, answer_is_correct, "gym-skills")
 
 
 @register_judge("gym-skills-proxy")
