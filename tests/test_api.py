@@ -94,6 +94,19 @@ class PluginKL(ReverseKL):
 '''
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _plugins_unregistered():
+    """The plug-ins this module registers (imported once per process) are taken out of the
+    judge and regularizer registries afterwards, so later test modules see only rspo's."""
+    import rspo.judges.base as judges_base
+    import rspo.objectives.registry as reg_registry
+
+    yield
+    for name in ("plugin-shorter", "test-api-noid", "test-api-file-judge"):
+        judges_base._REGISTRY.pop(name, None)
+    reg_registry._REGISTRY.pop("plugin_rkl", None)
+
+
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory) -> Path:
     """The directory holding the user's module ``my_rspo_plugins``."""

@@ -109,7 +109,7 @@ def _eval_args(tmp, model):
     write_prompts(tmp / "eval.jsonl", 4, prefix="Evaluate")
     judge = "{fn: 'fixtures_lm:lowercase_judge'}"
     return [
-        "eval", "--model", str(model),
+        "eval", "--model", str(model), "--preset", "gym",
         "--model.path", str(model), "--data.prompts", str(tmp / "eval.jsonl"),
         "--data.eval_prompts", str(tmp / "eval.jsonl"), "--data.num_eval_prompts", "4",
         "--judge.name", "python", "--judge.kwargs", judge,
@@ -261,4 +261,4 @@ def test_the_demo_table_is_whole_when_piped(tmp_path, capsys, monkeypatch):
     run_demo(str(tmp_path / "demo"), quick=True)
     out = capsys.readouterr().out
     assert "…" not in out
-    assert "0.612 [0.550,0.670]" in out and "wr_unseen" in out and "self_bleu" in out
+    assert "0.612 [0.550,0.670]" in out and "proxy_win_rate" in out and "self_bleu" in out

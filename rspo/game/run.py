@@ -37,7 +37,7 @@ def run_game(
     every: int = 100,
     as_json: bool = False,
     plot: str | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     *,
     ref: str | np.ndarray = "random",
     magnet_every: int | None = None,
@@ -46,8 +46,10 @@ def run_game(
 
     Human table, or with ``as_json`` one JSON object per line (keys iter, exploitability,
     distance_to_nash (L1), avg_exploitability, avg_distance_to_nash). With ``magnet_every``
-    (MPO) the target is the unregularized (τ = 0) equilibrium. Returns a summary dict.
+    (MPO) the target is the unregularized (τ = 0) equilibrium. ``out`` defaults to the
+    ``sys.stdout`` of the call (not of the import). Returns a summary dict.
     """
+    out = sys.stdout if out is None else out
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     if plot:
