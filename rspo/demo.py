@@ -46,12 +46,11 @@ DEMO_CONFIG: dict[str, Any] = {
     "run": {"iterations": 3, "num_threads": 1},
 }
 QUICK_CONFIG: dict[str, Any] = {
-    "data": {"num_prompts": 128, "num_eval_prompts": 64},
+    "data": {"num_prompts": 128, "num_eval_prompts": 128},
     "generation": {"num_samples": 4, "max_new_tokens": 40},
     "training": {"lr": 3e-4, "epochs": 2, "batch_size": 32, "micro_batch_size": 32},
     "evaluation": {
         **DEMO_EVAL,
-        "num_samples": 2,
         "diversity_samples": 2,
         "n_boot": 300,
         "max_new_tokens": 40,
