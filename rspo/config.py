@@ -201,10 +201,23 @@ class ObjectiveConfig:
     samples: str = "best_worst"
     #: MPO: refresh the regularization anchor to the current policy every N iterations
     magnet_refresh: int | None = None
-    #: adaptive coefficient: none | kl | length
+    #: adaptive coefficient: none | kl | length | kpi (follows objective.kpi; docs/operations.md)
     adaptive: str = "none"
-    #: target of the adaptive coefficient (KL in nats, or mean length in tokens)
+    #: target of the adaptive coefficient (KL in nats, or mean length in tokens; kl and length)
     adaptive_target: float | None = None
+    # --- issue 18: the KPI-driven coefficient (objective.adaptive: kpi; rspo.selfplay.kpi)
+    #: adaptive kpi: the metrics.jsonl metric (higher = better) that steers λ: spot_win_rate,
+    #: spot_lc_win_rate, win_rate, lc_win_rate, accuracy or win_rate_<subset label>
+    kpi: str | None = None
+    #: adaptive kpi: the most λ changes in one iteration (a factor; 2 = at most ×2 or ÷2)
+    kpi_step: float = 2.0
+    #: adaptive kpi: the KPI change that earns the full step (smaller changes, a fraction of
+    #: it: λ_t = λ_{t−1} · kpi_step^(−clip(ΔKPI / kpi_scale, −1, 1))); ~ the KPI's noise or more
+    kpi_scale: float = 0.05
+    #: adaptive kpi: the smallest λ the rule may set
+    coef_min: float = 0.01
+    #: adaptive kpi: the largest λ the rule may set
+    coef_max: float = 10.0
     #: R: estimators clip log importance weights / log ratios at R, e.g. forward_kl[ratio] =
     #: min(π_ref/π_θ, e^R) (the authors' IS forward KL; their loss names use R = 5, 7, 10)
     is_clip: float = 10.0
@@ -246,6 +259,31 @@ class TrainingConfig:
 
 
 @dataclass
+class SpotCheckConfig:
+    """Issue 18: an independent judge on a fixed subset of the eval pairs (docs/operations.md)."""
+
+    #: the spot judge (registered name or ``module:Class``, e.g. openai, gym-skills-gold);
+    #: required
+    judge: str | None = None
+    #: settings of the spot judge
+    judge_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: eval prompts in the subset (all of them when there are fewer), each with its
+    #: evaluation.num_samples pairs
+    num_prompts: int = 64
+    #: check every N iterations (iteration 0 and the last are always checked)
+    every: int = 1
+    #: draws the subset (the same prompts at every checked iteration)
+    seed: int = 0
+    #: the over-optimization alarm fires when spot_agreement falls below this; null = never
+    #: on agreement
+    min_agreement: float | None = 0.5
+    #: price of 1M prompt tokens (spot_judge_cost = tokens × prices; 0 = no cost reported)
+    prompt_token_price: float = 0.0
+    #: price of 1M completion tokens
+    completion_token_price: float = 0.0
+
+
+@dataclass
 class EvaluationConfig:
     """Per-iteration evaluation of π_{t+1} against π_ref on held-out prompts."""
 
@@ -274,6 +312,10 @@ class EvaluationConfig:
     subset_fn: str = ""
     #: bootstrap resamples for the win-rate interval
     n_boot: int = 1000
+    # issue 18 (rspo.selfplay.spot)
+    #: spot check: an independent judge on a fixed subset of the eval pairs, the alarm's
+    #: input (docs/operations.md); null = off
+    spot_check: SpotCheckConfig | None = None
 
 
 @dataclass
@@ -308,6 +350,10 @@ class RunConfig:
     #: TRL: a list of tensorboard, wandb, mlflow; "all" (those installed); [] or "none" = none
     #: (explicit opt-in). The run directory stays the record; a resume sends no step twice
     report_to: list[str] | str = field(default_factory=list)
+    # issue 18 (rspo.selfplay.spot.stop_after)
+    #: stop after an iteration whose over-optimization alarm fired (needs
+    #: evaluation.spot_check); checkpoints and metrics are kept; false (resumable) continues
+    stop_on_overoptimization: bool = False
 
 
 @dataclass
@@ -347,7 +393,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "generation.hf_decode": ("auto", "generate"),
     "objective.loss_type": ("sppo", "sppo_hard", "inpo"),
     "objective.samples": ("all", "best_worst"),
-    "objective.adaptive": ("none", "kl", "length"),
+    "objective.adaptive": ("none", "kl", "length", "kpi"),
     "training.optimizer": ("adamw", "rmsprop"),
     "training.packing": ("auto", "on", "off"),
     "run.keep_checkpoints": ("all", "last"),
@@ -452,11 +498,13 @@ def _validate(cfg: Config) -> None:
     o = cfg.objective
     if o.loss_type == "inpo" and (o.tau is None or o.tau < 0):
         raise ConfigError("objective.tau: INPO needs tau >= 0")
-    if o.adaptive != "none" and o.adaptive_target is None:
+    if o.adaptive in ("kl", "length") and o.adaptive_target is None:
         raise ConfigError(
             f"objective.adaptive_target: required when objective.adaptive={o.adaptive!r}"
         )
-    if o.adaptive != "none" and not (math.isfinite(o.adaptive_target) and o.adaptive_target > 0):
+    if o.adaptive in ("kl", "length") and not (
+        math.isfinite(o.adaptive_target) and o.adaptive_target > 0
+    ):
         raise ConfigError(
             f"objective.adaptive_target: must be > 0 and finite, got {o.adaptive_target}"
         )
@@ -487,7 +535,92 @@ def _validate(cfg: Config) -> None:
             parse_regularizer(o.regularizer)
         except ValueError as e:
             raise ConfigError(f"objective.regularizer: {e}") from e
+    _validate_spot_kpi(cfg)  # issue 18: evaluation.spot_check, objective.kpi, stop_on_...
     _validate_scaling(cfg)
+
+
+#: issue 18: metrics objective.kpi may name (higher = better); also win_rate_<subset label>
+KPI_METRICS = ("spot_win_rate", "spot_lc_win_rate", "win_rate", "lc_win_rate", "accuracy")
+
+
+def _validate_spot_kpi(cfg: Config) -> None:
+    """Issue 18's keys: ``evaluation.spot_check``, ``objective.adaptive: kpi`` and
+    ``run.stop_on_overoptimization`` (one self-contained block)."""
+    e, o, s = cfg.evaluation, cfg.objective, cfg.evaluation.spot_check
+    if s is not None:
+        if not (isinstance(s.judge, str) and s.judge.strip()):
+            raise ConfigError(
+                "evaluation.spot_check.judge: required (e.g. openai, gym-gold); set "
+                "evaluation.spot_check: null to turn the spot check off"
+            )
+        for key in ("num_prompts", "every"):
+            if getattr(s, key) <= 0:
+                raise ConfigError(
+                    f"evaluation.spot_check.{key}: must be > 0, got {getattr(s, key)}"
+                )
+        if s.seed < 0:
+            raise ConfigError(f"evaluation.spot_check.seed: must be >= 0, got {s.seed}")
+        m = s.min_agreement
+        if m is not None and not (math.isfinite(m) and 0.0 <= m <= 1.0):
+            raise ConfigError(
+                f"evaluation.spot_check.min_agreement: must be in [0, 1] or null, got {m}"
+            )
+        for key in ("prompt_token_price", "completion_token_price"):
+            v = getattr(s, key)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"evaluation.spot_check.{key}: must be >= 0, got {v}")
+        if not e.enabled:
+            raise ConfigError(
+                "evaluation.spot_check: judges the evaluation's pairs, so it needs "
+                "evaluation.enabled: true (or evaluation.spot_check: null)"
+            )
+    if cfg.run.stop_on_overoptimization and s is None:
+        raise ConfigError(
+            "run.stop_on_overoptimization: the alarm needs evaluation.spot_check (a judge "
+            "other than the training judge); set one, or stop_on_overoptimization: false"
+        )
+    if o.adaptive != "kpi":
+        return
+    if o.adaptive_target is not None:
+        raise ConfigError(
+            "objective.adaptive_target: unused by objective.adaptive=kpi (it follows the "
+            "direction of objective.kpi); remove it"
+        )
+    if not o.kpi:
+        raise ConfigError(
+            f"objective.kpi: required when objective.adaptive=kpi; one of "
+            f"{', '.join(KPI_METRICS)}, win_rate_<subset label>"
+        )
+    if o.kpi not in KPI_METRICS and not re.fullmatch(r"win_rate_\w+", o.kpi):
+        raise ConfigError(
+            f"objective.kpi: unknown metric {o.kpi!r}; allowed: {', '.join(KPI_METRICS)}, "
+            "win_rate_<subset label> (a length target: objective.adaptive: length)"
+        )
+    if o.kpi == "win_rate_ci":
+        raise ConfigError("objective.kpi: win_rate_ci is an interval, not a metric; use win_rate")
+    if not e.enabled:
+        raise ConfigError("objective.adaptive=kpi: reads the evaluation, needs evaluation.enabled")
+    if o.kpi.startswith("spot_") and s is None:
+        raise ConfigError(
+            f"objective.kpi={o.kpi}: needs evaluation.spot_check (the spot judge measures it)"
+        )
+    if o.kpi == "accuracy" and not e.accuracy_fn:
+        raise ConfigError("objective.kpi=accuracy: needs evaluation.accuracy_fn")
+    if o.kpi.startswith("win_rate_") and o.kpi not in KPI_METRICS and not e.subset_fn:
+        raise ConfigError(f"objective.kpi={o.kpi}: a subset win rate needs evaluation.subset_fn")
+    for key in ("kpi_step", "kpi_scale", "coef_min", "coef_max"):
+        v = getattr(o, key)
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"objective.{key}: must be > 0 and finite, got {v}")
+    if o.kpi_step < 1:
+        raise ConfigError(f"objective.kpi_step: a factor >= 1 (1 = λ fixed), got {o.kpi_step}")
+    if not o.coef_min <= o.coef <= o.coef_max:
+        raise ConfigError(
+            f"objective.coef: the starting λ ({o.coef:g}) must lie in [objective.coef_min, "
+            f"objective.coef_max] = [{o.coef_min:g}, {o.coef_max:g}] for adaptive=kpi"
+        )
+    if not o.regularizer.strip():
+        raise ConfigError("objective.adaptive=kpi: steers λ of a regularizer; set one")
 
 
 def check_runnable(cfg: Config) -> None:

@@ -40,6 +40,22 @@ METRICS = (
 )
 #: per-iteration metrics averaged over seeds (the frontier plot's curves)
 CURVE_METRICS = ("win_rate", "proxy_win_rate", "kl_ref", "kl_ref_per_token", "lc_win_rate")
+#: issue 18: spot-check metrics, added to the tables and curves when a run reports them
+SPOT_METRICS = ("spot_win_rate", "spot_lc_win_rate", "spot_agreement")
+
+
+def _metrics(per_run: list[dict[str, Any]]) -> tuple[str, ...]:
+    """:data:`METRICS`, plus :data:`SPOT_METRICS` when a run has a spot check."""
+    spot = any(r.get(m) is not None for r in per_run for m in SPOT_METRICS)
+    return METRICS + SPOT_METRICS if spot else METRICS
+
+
+def _alarm(rows: list[dict[str, Any]]) -> tuple[int | None, str | None]:
+    """The first iteration whose over-optimization alarm fired, and why (None, None: none)."""
+    for r in rows:
+        if r.get("overoptimization"):
+            return int(r["iteration"]), r.get("overoptimization_reason")
+    return None, None
 
 
 @dataclass
@@ -162,7 +178,8 @@ def _changed(run: SweepRun) -> bool:
             f"config; differing keys: {', '.join(fixed)}. Use another sweep output, or delete "
             "that cell to rerun it"
         )
-    return "run.iterations" in diff
+    # issue 18: stop_on_overoptimization turned off continues a cell its alarm stopped
+    return "run.iterations" in diff or "run.stop_on_overoptimization" in diff
 
 
 def _interval(values: list[float]) -> tuple[float, float]:
@@ -184,6 +201,7 @@ def aggregate(runs: list[SweepRun]) -> tuple[list[dict[str, Any]], list[dict[str
         if not rows:
             continue
         final = rows[-1]
+        alarm, reason = _alarm(rows)
         secs = (
             (r.output / "sweep.done").read_text() if (r.output / "sweep.done").exists() else "nan"
         )
@@ -197,10 +215,17 @@ def aggregate(runs: list[SweepRun]) -> tuple[list[dict[str, Any]], list[dict[str
                 "iteration": final["iteration"],
                 "seconds": float(secs),
                 "seconds_per_iteration": float(secs) / max(1, final["iteration"]),
-                **{m: final.get(m) for m in METRICS},
+                **{m: final.get(m) for m in METRICS + SPOT_METRICS},
                 "coef_final": final.get("coef"),
+                "alarm_iteration": alarm,
+                "alarm_reason": reason,
             }
         )
+    metrics = _metrics(per_run)
+    if metrics == METRICS:  # no spot check anywhere: the columns as before issue 18
+        for r in per_run:
+            for m in SPOT_METRICS + ("alarm_iteration", "alarm_reason"):
+                del r[m]
     table = []
     for label in dict.fromkeys(r["setting"] for r in per_run):
         rs = [r for r in per_run if r["setting"] == label]
@@ -210,10 +235,12 @@ def aggregate(runs: list[SweepRun]) -> tuple[list[dict[str, Any]], list[dict[str
             "coef": rs[0]["coef"],
             "seeds": len(rs),
         }
-        for m in (*METRICS, "seconds_per_iteration"):
+        for m in (*metrics, "seconds_per_iteration"):
             vals = [r[m] for r in rs if r[m] is not None]
             if vals:
                 row[m], row[f"{m}_ci"] = _interval(vals)
+        if metrics != METRICS:  # runs of this setting whose alarm fired
+            row["alarms"] = sum(r["alarm_iteration"] is not None for r in rs)
         table.append(row)
     if table:
         best = max(table, key=lambda r: r.get("lc_win_rate", -1))
@@ -233,10 +260,13 @@ def aggregate_iterations(runs: list[SweepRun]) -> list[dict[str, Any]]:
     for r in runs:
         for row in read_jsonl(r.output / "metrics.jsonl"):
             by.setdefault((r.label, int(row["iteration"])), []).append(row)
+    curves = CURVE_METRICS
+    if any(row.get("spot_win_rate") is not None for rows in by.values() for row in rows):
+        curves += SPOT_METRICS + ("coef",)  # issue 18: the spot check and λ per iteration
     out = []
     for (label, it), rows in by.items():
         agg: dict[str, Any] = {"setting": label, "iteration": it, "seeds": len(rows)}
-        for m in CURVE_METRICS:
+        for m in curves:
             vals = [r[m] for r in rows if r.get(m) is not None]
             if not vals:
                 agg[m], agg[f"{m}_ci"] = None, None
@@ -269,18 +299,31 @@ def write_sweep_reports(
     from rspo.evaluation.report import write_csv, write_html_report
 
     out.mkdir(parents=True, exist_ok=True)
+    metrics = _metrics(per_run)
+    alarms = "alarms | " if metrics != METRICS else ""
     lines = [
-        "| setting | seeds | " + " | ".join(METRICS) + " | s/iter (×SPPO) |",
-        "|---" * (len(METRICS) + 3) + "|",
+        "| setting | seeds | " + " | ".join(metrics) + f" | {alarms}s/iter (×SPPO) |",
+        "|---" * (len(metrics) + 3 + bool(alarms)) + "|",
     ]
     for r in table:
         name = f"**{r['setting']}** (best LC)" if r.get("best") else r["setting"]
         nan = float("nan")
         spi, rel = r.get("seconds_per_iteration", nan), r.get("cost_vs_sppo", nan)
         cost = f"{spi:.1f} ({rel:.2f}×)"
+        fired = f"{r.get('alarms', 0)}/{r['seeds']} | " if alarms else ""
         lines.append(
-            f"| {name} | {r['seeds']} | " + " | ".join(_fmt(r, m) for m in METRICS) + f" | {cost} |"
+            f"| {name} | {r['seeds']} | "
+            + " | ".join(_fmt(r, m) for m in metrics)
+            + f" | {fired}{cost} |"
         )
+    fired = [r for r in per_run if r.get("alarm_iteration") is not None]
+    if fired:  # issue 18: which runs' over-optimization alarm fired, and why
+        lines += ["", "Over-optimization alarms (first per run):"]
+        lines += [
+            f"- {r['setting']} seed {r['seed']}: iteration {r['alarm_iteration']}: "
+            f"{r['alarm_reason']}"
+            for r in fired
+        ]
     atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
     write_csv(table, out / "table.csv")
     write_csv(per_run, out / "runs.csv")

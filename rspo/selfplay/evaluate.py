@@ -308,6 +308,9 @@ def evaluate_iteration(
         metrics.update(subsets)
     metrics.update(overoptimization_metrics(run, t, d, path, ref, (texts, ta, tb), pol, div))
     metrics.update(usage)
+    from rspo.selfplay.spot import spot_check_metrics  # issue 18: the spot check, on these pairs
+
+    metrics.update(spot_check_metrics(run, t, d, texts, a, b, proxy_probs(run, d, texts, ta, tb)))
     first = [r["responses"][0]["text"] for r in pol]
     name = generator or f"{_method(run.cfg)}/iter_{t:03d}"
     run.dist.main_only(

@@ -115,6 +115,8 @@ def _check_gym_only(c: Config, train: PromptSet, evals: PromptSet) -> None:
         uses.append(("judge.name", c.judge.name, evals))
         uses.append(("evaluation.judge", evaluation_judge(c)[0], evals))
         uses.append(("evaluation.accuracy_fn", c.evaluation.accuracy_fn, evals))
+        if c.evaluation.spot_check is not None:  # issue 18: the spot judge reads eval prompts
+            uses.append(("evaluation.spot_check.judge", c.evaluation.spot_check.judge, evals))
     for key, value, ps in uses:
         if value == "gym-rm" or not (value.startswith("gym-") or value.startswith("rspo.gym.")):
             continue  # gym-rm is a reward model: it scores any text
@@ -357,6 +359,9 @@ class SelfPlayRun:
                 spec = getattr(c.evaluation, key)
                 if spec:
                     load_callable(spec, f"evaluation.{key}")
+        from rspo.selfplay.spot import attach_spot_judge, build_spot_judge
+
+        spot_judge = build_spot_judge(c)  # issue 18: a bad spot judge fails before the run dir
         resuming = self.dist.from_main(self.rd.init, c, fresh=self.fresh)  # input is usable
         prompts = {"train": self.train_prompts, "eval": self.eval_prompts}
         self.dist.from_main(self.rd.check_prompts, prompts, resuming)
@@ -366,6 +371,7 @@ class SelfPlayRun:
             self._eval_judge = CachedJudge(  # judge.batch_size pairs per call, each committed
                 eval_judge, self.cache_path("eval_judge_cache.sqlite"), c.judge.batch_size
             )
+        attach_spot_judge(self, spot_judge)  # issue 18: behind spot_judge_cache.sqlite
         return resuming
 
     def cache_path(self, name: str) -> Path:
@@ -574,6 +580,10 @@ class SelfPlayRun:
         o = self.cfg.objective
         if o.adaptive == "none":
             return o.coef, None
+        if o.adaptive == "kpi":  # issue 18: λ from the KPI of the evaluated iterations before t
+            from rspo.selfplay.kpi import kpi_coef
+
+            return kpi_coef(self, t)
         prev = o.coef if t == 1 else read_json(self.rd.iter_dir(t - 1) / "dataset.json")["coef"]
         if not rows:  # nothing measured (every prompt tied): keep λ
             return prev, None
@@ -671,6 +681,9 @@ class SelfPlayRun:
         metrics = evaluate_iteration(self, t, path)
         if t > 0:  # the coefficient this iteration trained with (varies when adaptive)
             metrics["coef"] = read_json(self.rd.iter_dir(t) / "dataset.json").get("coef")
+        from rspo.selfplay.spot import alarm_metrics
+
+        metrics.update(alarm_metrics(self, t, metrics))  # issue 18: over-optimization alarm
         self.dist.main_only(atomic_write_json, self.rd.iter_dir(t) / "metrics.json", metrics)
         self.rd.mark_done(t, "evaluate")
         self.rd.rebuild_metrics(self.cfg.run.iterations)
@@ -729,6 +742,10 @@ class SelfPlayRun:
                 self.log(f"iter {t} {name}: {time.perf_counter() - t0:.1f}s")
             if c.evaluation.enabled:
                 self._log_metrics(t)
+                from rspo.selfplay.spot import stop_after
+
+                if stop_after(self, t):  # issue 18: run.stop_on_overoptimization
+                    break
         self.models.release()
         rows = self.dist.from_main(self.rd.rebuild_metrics, self.cfg.run.iterations)
         if rows:  # the run's own gold (and proxy) win rate against KL(π‖π_ref)

@@ -42,6 +42,7 @@ RESUMABLE_KEYS = (
     "run.report_to",
     "model.keep_reference",
     "model.cpu_linear",
+    "run.stop_on_overoptimization",  # issue 18: turned off to continue past an alarm
 )
 #: the file an active run holds an exclusive lock on
 LOCK_FILE = ".lock"

@@ -90,6 +90,7 @@ MODEL_FILES = (
     "annotations.json",
     "proxy_judgments.json",
     "kl_logprobs.json",
+    "spot_judgments.json",  # issue 18
 )
 CLAIM = "eval_for.json"
 
