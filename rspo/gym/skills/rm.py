@@ -181,6 +181,7 @@ def build_rm(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    tok.init_kwargs.pop("local_files_only", None)  # set by HF_HUB_OFFLINE: not the model's
     tok.save_pretrained(out)
     (out / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out
