@@ -110,7 +110,7 @@ def chunk_slices(n: int, batch_size: int | None) -> Iterator[slice]:
 
 
 #: the plug-in group of judge modules (:mod:`rspo.utils.plugins`): rspo.judges declares its
-#: built-ins, rspo.gym its judges; imported on the first lookup by name
+#: built-ins, packages above this layer theirs; imported on the first lookup by name
 PLUGIN_GROUP = "rspo.judges"
 
 
