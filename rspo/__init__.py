@@ -12,7 +12,14 @@ Extension points: subclass :class:`Judge` (``@register_judge("name")``) or
 
 Layers (each depends only on those above it in this list):
 ``objectives`` (pure torch losses and regularizers) -> ``game`` (exact tabular games)
--> ``judges`` -> ``generation`` / ``training`` / ``evaluation`` -> ``selfplay`` -> ``cli``.
+-> ``judges`` -> ``generation`` / ``training`` / ``evaluation`` -> ``selfplay`` -> ``cli``;
+``config`` (the typed configuration) is a foundation any layer may import, ``gym`` (the
+embedded default) a plug-in on top. No import cycles (tests/test_import_cycles.py).
+
+A lower layer finds what an upper one adds through plug-in groups (:mod:`rspo.utils.plugins`,
+entry points inside rspo): below, this package declares the gym in the judge registry's
+group, so ``gym-proxy`` and the other gym judges are found wherever a judge is named, while
+``rspo.judges`` never imports ``rspo.gym``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from rspo.utils import plugins as _plugins
+
 __version__ = "0.1.0"
+
+# the embedded gym registers its judges (it declares its judge modules when imported)
+_plugins.declare("rspo.judges", "rspo.gym")
 
 #: public name -> module that defines it (imported on first access)
 _LAZY: dict[str, str] = {

@@ -4,7 +4,7 @@
 a real model on a GPU (method.md §3a); the embedded gym's small-model values live in the
 ``gym`` preset (``rspo/configs/gym.yaml``). YAML files and ``--section.key value`` CLI
 overrides are checked against the dataclass fields: unknown keys and bad values are errors
-that name the key and the allowed values.
+that name the key and the allowed values (a setting's choices are its ``Literal`` type).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -82,7 +82,7 @@ class ModelConfig:
     #: float32 | bfloat16 | float16 (LoRA only) | auto (bfloat16 on a CUDA device that
     #: supports it, else float32). float32 by default: bfloat16 weights round away updates
     #: of lr 5e-7 (the paper's) to most weights
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     #: auto | cpu | cuda | cuda:N
     device: str = "auto"
     #: LoRA adapters instead of full fine-tuning (needs the [peft] extra); null = full fine-tune
@@ -93,13 +93,13 @@ class ModelConfig:
     #: scoring (one load fewer per iteration; one more copy of the weights beside generation
     #: and training): auto (HF backend, weights at most 5% of the device's memory) | on (HF
     #: backend) | off; never for dynamic-RoPE models (their state changes with the inputs)
-    keep_reference: str = "auto"
+    keep_reference: Literal["auto", "on", "off"] = "auto"
     #: float32 linear layers of π_t and π_ref on the CPU: torch (F.linear, MKL; the default:
     #: the model's layers stay as loaded) | auto (oneDNN where this torch has it,
     #: single-process runs; opt-in, on in the gym preset; docs/benchmarks.md) | onednn
     #: (also under several processes; an error where it cannot). Results differ by float
     #: rounding only; GPUs are unaffected; rspo's HF judges always use auto
-    cpu_linear: str = "torch"
+    cpu_linear: Literal["auto", "onednn", "torch"] = "torch"
 
 
 @dataclass
@@ -123,7 +123,7 @@ class DataConfig:
     #: all UltraFeedback prompts)
     max_prompt_length: int = 1024
     #: auto (use the tokenizer's chat template if it has one) | always | never
-    chat_template: str = "auto"
+    chat_template: Literal["auto", "always", "never"] = "auto"
 
 
 @dataclass
@@ -131,7 +131,7 @@ class GenerationConfig:
     """Sampling K responses per prompt from π_t."""
 
     #: hf | vllm
-    backend: str = "hf"
+    backend: Literal["hf", "vllm"] = "hf"
     #: K, responses per prompt (the paper's 5)
     num_samples: int = 5
     #: response length cap (tokens); hitting it counts as truncation. 512 holds most chat
@@ -150,10 +150,10 @@ class GenerationConfig:
     #: (checked once per model against generate; on CPU and GPU: the one GPU measurement,
     #: benchmarks/results/gpu_smoke_h200, does not separate it from recorded log-probs) |
     #: generate = transformers' generate
-    hf_decode: str = "auto"
+    hf_decode: Literal["auto", "generate"] = "auto"
     #: record log π_t of each sample while sampling (HF backend), so scoring skips one
     #: forward: auto (float32 models) | on | off (always a separate forward)
-    logprobs: str = "auto"
+    logprobs: Literal["auto", "on", "off"] = "auto"
     #: vllm backend: fraction of GPU memory the engine may take (the rest: training, judge)
     vllm_gpu_memory_utilization: float = 0.5
     #: vllm backend: extra vllm.LLM engine arguments, e.g. {tensor_parallel_size: 2}
@@ -186,7 +186,7 @@ class ObjectiveConfig:
     #: a name from rspo.objectives.PRESETS fills the fields below not set explicitly
     preset: str | None = None
     #: sppo | sppo_hard | inpo
-    loss_type: str = "sppo"
+    loss_type: Literal["sppo", "sppo_hard", "inpo"] = "sppo"
     #: mirror-descent step size η (target η(p̂ − ½); the paper's 1000)
     eta: float = 1000.0
     #: regularizer spec, e.g. "reverse_kl", "0.5*forward_kl + 0.5*reverse_kl[k2]"; "" = none.
@@ -198,11 +198,11 @@ class ObjectiveConfig:
     #: INPO's τ (loss_type inpo only)
     tau: float | None = None
     #: all K samples (general SPPO loss) | best_worst (official SPPO and RSPO code)
-    samples: str = "best_worst"
+    samples: Literal["all", "best_worst"] = "best_worst"
     #: MPO: refresh the regularization anchor to the current policy every N iterations
     magnet_refresh: int | None = None
     #: adaptive coefficient: none | kl | length | kpi (follows objective.kpi; docs/operations.md)
-    adaptive: str = "none"
+    adaptive: Literal["none", "kl", "length", "kpi"] = "none"
     #: target of the adaptive coefficient (KL in nats, or mean length in tokens; kl and length)
     adaptive_target: float | None = None
     # --- issue 18: the KPI-driven coefficient (objective.adaptive: kpi; rspo.selfplay.kpi)
@@ -228,7 +228,7 @@ class TrainingConfig:
     """Optimisation of π_{t+1} from π_t on one iteration's dataset."""
 
     #: adamw | rmsprop (the paper's)
-    optimizer: str = "rmsprop"
+    optimizer: Literal["adamw", "rmsprop"] = "rmsprop"
     #: learning rate (constant; the paper's 5e-7 for a 7B model)
     lr: float = 5e-7
     #: decoupled weight decay
@@ -255,7 +255,7 @@ class TrainingConfig:
     #: one row, the prompt computed once: auto (on CPU, when a probe matches the padded
     #: forward; off on CUDA, where the one measurement found a packed train step 1.6x
     #: slower: benchmarks/results/gpu_smoke_h200/hf.dry.json vs plain.dry.json) | on | off
-    packing: str = "auto"
+    packing: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass
@@ -329,7 +329,7 @@ class RunConfig:
     #: seeds generation, data order and bootstrap
     seed: int = 0
     #: all | last: which iteration checkpoints to keep
-    keep_checkpoints: str = "all"
+    keep_checkpoints: Literal["all", "last"] = "all"
     #: torch CPU threads (0 = torch's default); 1 is fastest for tiny models and avoids
     #: oversubscription when other processes share the cores. Bitwise results hold for a
     #: given count: another count (or 0 on another machine) rounds sums differently
@@ -383,22 +383,6 @@ class Config:
         return self
 
 
-_CHOICES: dict[str, tuple[Any, ...]] = {
-    "model.dtype": ("float32", "bfloat16", "float16", "auto"),
-    "model.keep_reference": ("auto", "on", "off"),
-    "model.cpu_linear": ("auto", "onednn", "torch"),
-    "data.chat_template": ("auto", "always", "never"),
-    "generation.backend": ("hf", "vllm"),
-    "generation.logprobs": ("auto", "on", "off"),
-    "generation.hf_decode": ("auto", "generate"),
-    "objective.loss_type": ("sppo", "sppo_hard", "inpo"),
-    "objective.samples": ("all", "best_worst"),
-    "objective.adaptive": ("none", "kl", "length", "kpi"),
-    "training.optimizer": ("adamw", "rmsprop"),
-    "training.packing": ("auto", "on", "off"),
-    "run.keep_checkpoints": ("all", "last"),
-}
-
 _POSITIVE = (
     "generation.max_new_tokens",
     "generation.batch_size",
@@ -441,12 +425,10 @@ def _get(cfg: Config, dotted: str) -> Any:
 
 
 def _validate(cfg: Config) -> None:
-    for key, choices in _CHOICES.items():
-        v = _get(cfg, key)
-        if v not in choices:
-            raise ConfigError(
-                f"{key}: invalid value {v!r}; allowed: {', '.join(map(str, choices))}"
-            )
+    for sec in dataclasses.fields(cfg):  # the choices: Literal annotations (a Python-built
+        for key, tp in _field_types(type(getattr(cfg, sec.name))).items():  # Config too)
+            if typing.get_origin(tp) is Literal:
+                _choice(getattr(getattr(cfg, sec.name), key), tp, f"{sec.name}.{key}")
     for key in _POSITIVE + _NON_NEGATIVE:
         v = _get(cfg, key)
         if isinstance(v, float) and math.isnan(v):
@@ -769,13 +751,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
+    if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(typing.get_args(tp)):
+            value = "on" if value else "off"  # YAML 1.1 reads unquoted on/off as booleans
+        return _choice(_coerce(value, str, key), tp, key)
     if tp is str:
-        if isinstance(value, bool) and {"on", "off"} <= set(_CHOICES.get(key, ())):
-            return "on" if value else "off"  # YAML 1.1 reads unquoted on/off as booleans
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _choice(value: Any, tp: Any, key: str) -> Any:
+    """``value`` if the ``Literal`` annotation ``tp`` allows it, else a ConfigError listing them."""
+    allowed = typing.get_args(tp)
+    if value not in allowed:
+        raise ConfigError(f"{key}: invalid value {value!r}; allowed: {', '.join(allowed)}")
+    return value
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:

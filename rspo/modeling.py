@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import json
+import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rspo.forward import (  # noqa: F401  (re-exported: callers reach them here too)
+    cached_probe,
+    forget_probes,
+    forward_accepts,
+    forward_target,
+    padded_sequence_logprobs,
+    token_logprobs,
+)
 from rspo.utils.hf_config import has_stateful_rope
 from rspo.utils.memory import device_memory, weight_bytes
 from rspo.utils.onednn import route_linear
@@ -230,6 +240,47 @@ def check_same_tokenizer(
         )
 
 
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing``: hide that
+    FutureWarning (nothing for the user to change)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
+        yield
+
+
+def require_peft() -> Any:
+    """Import peft or fail with the install command."""
+    try:
+        import peft
+    except ImportError as e:
+        raise ImportError(
+            "model.lora needs the optional extra: pip install 'rspo[peft]' (peft>=0.21)"
+        ) from e
+    return peft
+
+
+def quantization_kwargs(device: torch.device, compute_dtype: torch.dtype) -> dict[str, Any]:
+    """``from_pretrained`` settings for 4-bit NF4 weights; a clear error off CUDA or without
+    bitsandbytes."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise ValueError(
+            f"model.load_in_4bit: 4-bit (QLoRA) weights need a CUDA device, but the model "
+            f"device is {device} (model.device); set load_in_4bit: false on this machine"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError("model.load_in_4bit needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    q = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+    return {"quantization_config": q, "device_map": {"": device}}
+
+
 def load_model(
     path: str,
     dtype: str = "float32",
@@ -247,8 +298,6 @@ def load_model(
     """
     path = resolve_model_path(path)
     if is_adapter_dir(path):
-        from rspo.training.peft import load_adapter_model
-
         return load_adapter_model(
             path, dtype, device, trust_remote_code, load_in_4bit, cpu_linear=cpu_linear
         )
@@ -256,8 +305,6 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, dev)
     kwargs = {}
     if load_in_4bit:
-        from rspo.training.peft import quantization_kwargs
-
         kwargs = quantization_kwargs(dev, torch_dtype)
     model = _from_pretrained(
         AutoModelForCausalLM,
@@ -273,6 +320,32 @@ def load_model(
     model = model.to(dev)
     route_linear(model, cpu_linear)
     return model
+
+
+def load_adapter_model(
+    path: str,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
+    base_path: str | None = None,
+    cpu_linear: str = "auto",
+) -> Any:
+    """Base model (``base_path`` or the adapter's ``base_model_name_or_path``) + adapter, eval
+    (``cpu_linear``: see :func:`rspo.modeling.load_model`)."""
+    peft = require_peft()
+    base_path = base_path or read_adapter_config(path).get("base_model_name_or_path")
+    if not base_path:
+        raise ValueError(
+            f"{path}/adapter_config.json names no base_model_name_or_path; load it with "
+            "model.path set to its base model and model.lora set"
+        )
+    base = load_model(
+        base_path, dtype, device, trust_remote_code, load_in_4bit, cpu_linear=cpu_linear
+    )
+    with quiet_peft():
+        model = peft.PeftModel.from_pretrained(base, path, is_trainable=False, use_safetensors=True)
+    return model.eval()
 
 
 def load_configured(path: str, model_cfg: Any, device: str | torch.device) -> PreTrainedModel:
@@ -352,131 +425,6 @@ def read_adapter_config(path: str | Path) -> dict:
         raise ValueError(f"{f}: not a readable adapter config ({e})") from e
 
 
-def _pack(
-    prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int, device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded prompt+response ids, attention mask, and a mask of response-token targets."""
-    lens = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
-    width = max(lens)
-    ids = torch.full((len(lens), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(lens), width), dtype=torch.long)
-    tgt = torch.zeros((len(lens), width), dtype=torch.bool)
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        seq = list(p) + list(r)
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attn[i, : len(seq)] = 1
-        tgt[i, len(p) : len(seq)] = True
-    return ids.to(device), attn.to(device), tgt.to(device)
-
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] per position, computed in float32 (float64 stays float64).
-
-    bf16/fp16 logits are upcast before the normalisation, so the log-probs carry float32
-    precision of the (rounded) logits rather than bf16's ~3 significant digits.
-    """
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-
-def forward_target(model: torch.nn.Module) -> torch.nn.Module:
-    """The model whose ``forward`` signature says which keyword arguments reach it (a peft
-    wrapper forwards ``**kwargs`` to its base model)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def forward_accepts(model: torch.nn.Module, name: str) -> bool:
-    """Whether keyword ``name`` reaches the model's forward (``logits_to_keep``, ``cache``)."""
-    import inspect
-
-    fwd = getattr(forward_target(model), "forward", None)
-    try:
-        return fwd is not None and name in inspect.signature(fwd).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
-        return False
-
-
-#: probe answers by model structure (see :func:`_probe_key`), shared by reloads of one model
-_PROBED: dict[tuple, bool] = {}
-
-
-def _probe_key(model: torch.nn.Module, name: str, extra: tuple) -> tuple | None:
-    """What a probe's answer depends on: the model class, its config (not the path it came
-    from), dtype, device, attention implementation and the probe's arguments. None when the
-    model has no config to key on (then only the model object caches)."""
-    cfg = getattr(model, "config", None)
-    param = next(model.parameters(), None)
-    if cfg is None or not hasattr(cfg, "to_dict") or param is None:
-        return None
-    try:
-        fields = {
-            k: v
-            for k, v in cfg.to_dict().items()
-            if k not in ("_name_or_path", "transformers_version")
-        }
-        text = json.dumps(fields, sort_keys=True, default=str)
-    except (TypeError, ValueError):  # e.g. mixed key types: key on the object only
-        return None
-    return (
-        name,
-        type(model),
-        text,
-        getattr(cfg, "_attn_implementation", None),
-        param.dtype,
-        param.device,
-        extra,
-    )
-
-
-def cached_probe(
-    model: torch.nn.Module, name: str, check: Callable[[], bool], extra: tuple = ()
-) -> bool:
-    """``check()`` once per model structure (class, config, dtype, device, ``extra``; run by
-    :func:`_run_probe`), the answer also kept on the model as ``_rspo_<name>_ok``: a probe of
-    what the model supports,
-    which a reload of the same checkpoint or the next iteration's checkpoint need not repeat
-    (:func:`forget_probes` clears it)."""
-    attr = f"_rspo_{name}_ok"
-    key = _probe_key(model, name, extra)
-    cached = getattr(model, attr, None) if key is None else _PROBED.get(key)
-    if cached is None:
-        cached = _run_probe(model, check)
-        if key is not None:
-            _PROBED[key] = cached
-    try:
-        setattr(model, attr, cached)  # a record of the answer, for inspection
-    except AttributeError:  # pragma: no cover - exotic module types
-        pass
-    return cached
-
-
-def _run_probe(model: torch.nn.Module, check: Callable[[], bool]) -> bool:
-    """``check()`` in eval mode without gradients, the training flag restored after. An
-    exception means the model does not support what is probed (False), except running out
-    of memory: that says nothing about the model (and must not be cached as an answer)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return bool(check())
-    except (torch.OutOfMemoryError, MemoryError):
-        raise
-    except Exception:  # noqa: BLE001 - e.g. a model that cannot take the probed input
-        return False
-    finally:
-        model.train(was_training)
-
-
-def forget_probes(model: torch.nn.Module) -> None:
-    """Drop the answers of :func:`cached_probe` for this model and every model of its
-    structure, so it is probed again."""
-    for attr in [a for a in model.__dict__ if a.startswith("_rspo_") and a.endswith("_ok")]:
-        delattr(model, attr)
-    for key in [k for k in _PROBED if _probe_key(model, k[0], k[-1]) == k]:
-        del _PROBED[key]
-
-
 def sequence_logprobs(
     model: PreTrainedModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -495,15 +443,7 @@ def sequence_logprobs(
         from rspo.packing import packed_sequence_logprobs
 
         return packed_sequence_logprobs(model, prompt_ids, response_ids, pad_id)
-    device = next(model.parameters()).device
-    ids, attn, tgt = _pack(prompt_ids, response_ids, pad_id, device)
-    first = max(0, min(len(p) for p in prompt_ids) - 1)  # earliest position predicting a response
-    keep = ids.shape[1] - first
-    kw = {"logits_to_keep": keep} if forward_accepts(model, "logits_to_keep") else {}
-    logits = model(input_ids=ids, attention_mask=attn, **kw).logits
-    logits = logits[:, -keep:-1] if logits.shape[1] == keep else logits[:, first:-1]
-    logp = token_logprobs(logits, ids[:, first + 1 :])
-    return (logp * tgt[:, first + 1 :]).sum(-1)
+    return padded_sequence_logprobs(model, prompt_ids, response_ids, pad_id)
 
 
 @torch.no_grad()

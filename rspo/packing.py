@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rspo.forward import cached_probe, forward_accepts, padded_sequence_logprobs, token_logprobs
+
 #: attention implementations that accept a custom 4-D mask (bool for sdpa, additive for eager)
 MASKABLE = ("sdpa", "eager")
 
@@ -221,8 +223,6 @@ def packed_sequence_logprobs(
     Same values as :func:`rspo.modeling.sequence_logprobs` up to rounding; gradients flow
     when called outside ``torch.no_grad``.
     """
-    from rspo.modeling import forward_accepts, token_logprobs
-
     impl = attention_implementation(model)
     if impl not in MASKABLE:
         raise ValueError(
@@ -292,8 +292,6 @@ def packing_supported(
     probe has two prompts of different lengths with three and two responses, so both the
     shared prefix and the row packing are exercised.
     """
-    from rspo.modeling import cached_probe
-
     return cached_probe(
         model, "packing", lambda: _probe(model, pad_id, rtol, atol), (pad_id, rtol, atol)
     )
@@ -302,14 +300,12 @@ def packing_supported(
 def _probe(model: torch.nn.Module, pad_id: int, rtol: float, atol: float) -> bool:
     if attention_implementation(model) not in MASKABLE or has_local_layers(model):
         return False
-    from rspo.modeling import sequence_logprobs
-
     vocab = int(getattr(model.config, "vocab_size", 2))
     tok = [t % vocab for t in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)]
     prompts = [tok[:3], tok[:3], tok[:3], tok[2:8], tok[2:8]]
     resps = [tok[4:12], tok[1:8], tok[3:11], tok[:2], tok[5:12]]
     # (run by cached_probe: eval mode, no grad; an exception = cannot take packed input)
-    ref = sequence_logprobs(model, prompts, resps, pad_id).double()
+    ref = padded_sequence_logprobs(model, prompts, resps, pad_id).double()
     got = packed_sequence_logprobs(model, prompts, resps, pad_id).double()
     wide = next(model.parameters()).dtype in (torch.float32, torch.float64)
     scale = 1.0 if wide else 1e3  # bf16/fp16: rounding differs by ~1e-2 per token

@@ -16,7 +16,8 @@ import rspo.modeling
 import rspo.selfplay.loop as loop_mod
 import rspo.selfplay.models as models_mod
 from rspo.config import ConfigError, load_config
-from rspo.modeling import _pack, load_model, resolve_dtype, sequence_logprobs
+from rspo.forward import _pack
+from rspo.modeling import load_model, resolve_dtype, sequence_logprobs
 from rspo.selfplay.loop import run_selfplay
 from rspo.selfplay.models import PolicyModels
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from os import PathLike
 from typing import Any
 
 
@@ -82,23 +81,3 @@ class GenerationBackend(ABC):
     def update_weights(self, model: Any) -> None:
         """Point the backend at new policy weights (backends sharing the model object ignore it)."""
         return None
-
-
-def build_backend(
-    name: str, model: Any, tokenizer: Any, batch_size: int = 64, **options: Any
-) -> GenerationBackend:
-    """Instantiate a backend by name: ``hf`` (``model`` = a loaded model; ``options``:
-    ``logprobs``) or ``vllm`` (``model`` = a model directory; ``options`` go to
-    :class:`rspo.generation.vllm.VLLMBackend`).
-    """
-    if name == "hf":
-        from rspo.generation.hf import HFBackend
-
-        return HFBackend(model, tokenizer, batch_size=batch_size, **options)
-    if name == "vllm":
-        from rspo.generation.vllm import VLLMBackend
-
-        if not isinstance(model, (str, PathLike)):
-            raise TypeError("generation.backend=vllm: pass the model directory, not a model")
-        return VLLMBackend(str(model), tokenizer, **options)
-    raise ValueError(f"generation.backend: unknown backend {name!r}; allowed: hf, vllm")

@@ -37,7 +37,7 @@ def decode(
     pass the mask as (rows, 1, 1, keys) booleans (see :func:`step_mask_4d_supported`)."""
     from transformers import DynamicCache
 
-    from rspo.modeling import forward_accepts
+    from rspo.forward import forward_accepts
 
     stops = {eos} if isinstance(eos, int) else set(eos)
     n = ids.shape[0]
@@ -127,7 +127,7 @@ def decode_supported(model, eos: int, pad: int) -> bool:
     """Whether :func:`decode` gives ``generate``'s greedy tokens on a probe (answered once per
     model structure): prompts of different lengths, one left-padded, one repeated (shared
     prefill)."""
-    from rspo.modeling import cached_probe
+    from rspo.forward import cached_probe
 
     return cached_probe(model, "decode", lambda: _probe(model, eos, pad), (eos, pad))
 
@@ -135,7 +135,7 @@ def decode_supported(model, eos: int, pad: int) -> bool:
 def step_mask_4d_supported(model, eos: int, pad: int) -> bool:
     """Whether :func:`decode` may pass 4-D step masks: an SDPA model with no local layers
     whose probe gives ``generate``'s tokens that way too (once per model structure)."""
-    from rspo.modeling import cached_probe
+    from rspo.forward import cached_probe
 
     return _takes_step_mask(model) and cached_probe(
         model, "decode_mask_4d", lambda: _probe(model, eos, pad, True), (eos, pad)
@@ -148,7 +148,7 @@ def _probe(model, eos: int, pad: int, step_mask_4d: bool = False) -> bool:
     from transformers import GenerationConfig
 
     from rspo.generation.base import SamplingParams, until_eos
-    from rspo.generation.hf import SeededGumbelSampler, left_pad, plain_generation_config
+    from rspo.generation.sampler import SeededGumbelSampler, left_pad, plain_generation_config
 
     vocab = int(getattr(model.config, "vocab_size", 2))
     device = next(model.parameters()).device

@@ -11,6 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from rspo.gym.tasks import GymPrompt, check_answer, make_prompts, write_prompts_jsonl
+from rspo.utils import plugins
+
+# the gym's judges (gym-proxy, gym-gold, gym-skills-proxy, gym-skills-gold, gym-rm) register
+# when first named: the judge registry imports these modules on its first lookup. rspo's top
+# package declares rspo.gym itself, so they are found before anything imports the gym.
+plugins.declare("rspo.judges", "rspo.gym.judges", "rspo.gym.skills.judges", "rspo.gym.skills.rm")
 
 __all__ = [
     "GymPrompt",

@@ -1,10 +1,14 @@
 """Preference models behind one interface: ``prefer(prompts, a, b) -> P(a ≻ b)``.
 
 Built-in judges (``python``, ``reward_model``, ``pairwise_lm``, ``openai``, ``pairrm``)
-register themselves when first needed; build them with :func:`build_judge`.
+register themselves when first needed; build them with :func:`build_judge`. Packages above
+this layer add theirs the same way (the gym: ``gym-proxy``, ``gym-gold``...) by declaring
+their modules in the ``rspo.judges`` plug-in group (:mod:`rspo.utils.plugins`); this layer
+imports none of them.
 """
 
 from rspo.judges.base import (
+    PLUGIN_GROUP,
     Judge,
     JudgeError,
     available_judges,
@@ -14,6 +18,7 @@ from rspo.judges.base import (
 )
 from rspo.judges.cache import CachedJudge, JudgementCache, judgement_key
 from rspo.judges.symmetric import SymmetricJudge, batched_prefer, symmetric_prefer
+from rspo.utils import plugins
 
 __all__ = [
     "CachedJudge",
@@ -31,19 +36,13 @@ __all__ = [
 ]
 
 
-def _load_builtin() -> None:
-    """Import the modules that register built-in judges (kept lazy: some need torch/HF)."""
-    import importlib
-
-    for mod in ("python_fn", "reward_model", "pairwise_lm", "openai_compat", "pairrm"):
-        try:
-            importlib.import_module(f"rspo.judges.{mod}")
-        except ModuleNotFoundError as e:  # module not written yet / optional dependency
-            if e.name != f"rspo.judges.{mod}":
-                raise
-    for mod in ("rspo.gym.judges", "rspo.gym.skills.judges", "rspo.gym.skills.rm"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name not in (mod, "rspo.gym", "rspo.gym.skills"):
-                raise
+# built-in judges register when first named (some need torch/HF): the judge registry imports
+# these on its first lookup (rspo.utils.plugins), skipping one whose module is absent
+plugins.declare(
+    PLUGIN_GROUP,
+    "rspo.judges.python_fn",
+    "rspo.judges.reward_model",
+    "rspo.judges.pairwise_lm",
+    "rspo.judges.openai_compat",
+    "rspo.judges.pairrm",
+)

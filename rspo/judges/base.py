@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from rspo.utils import plugins
+
 
 class JudgeError(RuntimeError):
     """A judge failed or returned something that is not a probability."""
@@ -107,11 +109,14 @@ def chunk_slices(n: int, batch_size: int | None) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, n))
 
 
-def available_judges() -> list[str]:
-    """Names of all registered judges."""
-    from rspo.judges import _load_builtin  # noqa: F401  (registers built-ins)
+#: the plug-in group of judge modules (:mod:`rspo.utils.plugins`): rspo.judges declares its
+#: built-ins, packages above this layer theirs; imported on the first lookup by name
+PLUGIN_GROUP = "rspo.judges"
 
-    _load_builtin()
+
+def available_judges() -> list[str]:
+    """Names of all registered judges (the declared judge modules imported first)."""
+    plugins.load(PLUGIN_GROUP)
     return sorted(_REGISTRY)
 
 

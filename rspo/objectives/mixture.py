@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .batch import SampleBatch
 from .regularizer import EstimatorInfo, Regularizer
+from .terms import spec_terms
 
 
 class Mixture(Regularizer):
@@ -24,8 +25,6 @@ class Mixture(Regularizer):
     estimators: dict[str, EstimatorInfo] = {}
 
     def __init__(self, components: Sequence[tuple[float, Regularizer | str]]):
-        from .spec import get_regularizer
-
         flat: list[tuple[float, Regularizer]] = []
         for item in components:
             try:
@@ -37,10 +36,10 @@ class Mixture(Regularizer):
             weight = float(weight)
             if not math.isfinite(weight) or weight <= 0:
                 raise ValueError(f"Mixture weight must be finite and > 0, got {weight} for {reg!r}")
-            r = get_regularizer(reg)
-            if r is None:
+            terms = spec_terms(reg)  # a spec string's terms: its components once summed
+            if terms is None:
                 raise ValueError(f"Mixture component {reg!r} is not a regularizer")
-            flat.extend((weight * w, c) for w, c in r.components())
+            flat.extend((weight * w, c) for w, c in terms)
         if not flat:
             raise ValueError("Mixture needs at least one component")
         seen: set[str] = set()

@@ -25,6 +25,17 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def tied_duplicates(model: torch.nn.Module) -> list[str]:
+    """Names of parameters that share storage with an earlier one (e.g. a tied lm_head)."""
+    seen: set[int] = set()
+    dup = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            dup.append(name)
+        seen.add(id(p))
+    return dup
+
+
 def save_train_state(
     state_dir: Path, model, optimizer: torch.optim.Optimizer, step: int, extra: dict[str, Any]
 ) -> None:

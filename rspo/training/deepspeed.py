@@ -180,7 +180,7 @@ class DeepSpeedPolicy:
         cfg: TrainingConfig,
         dist: DistContext,
     ) -> None:
-        from rspo.training.fsdp import tied_duplicates
+        from rspo.training.checkpoint import tied_duplicates
 
         ds = import_deepspeed()
         dtype = next(model.parameters()).dtype

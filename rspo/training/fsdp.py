@@ -17,6 +17,7 @@ import torch
 
 from rspo.config import Config, ConfigError
 from rspo.distributed import DistContext, launcher_engine
+from rspo.training.checkpoint import tied_duplicates
 
 
 def training_engine(dist: DistContext) -> str:
@@ -80,17 +81,6 @@ def check_launch(cfg: Config, engine: str, world_size: int) -> None:
             "rank runs its own vLLM engine on its own GPU (tensor_parallel_size 1); to spread "
             "one engine over several GPUs, launch one process"
         )
-
-
-def tied_duplicates(model: torch.nn.Module) -> list[str]:
-    """Names of parameters that share storage with an earlier one (e.g. a tied lm_head)."""
-    seen: set[int] = set()
-    dup = []
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            dup.append(name)
-        seen.add(id(p))
-    return dup
 
 
 def shard_policy(model: torch.nn.Module) -> torch.nn.Module:

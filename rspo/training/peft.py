@@ -8,10 +8,6 @@ peft's ``disable_adapter()``. Adapters are read and written as safetensors only.
 
 from __future__ import annotations
 
-import importlib.util
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,56 +15,19 @@ import torch
 from safetensors.torch import load_file
 
 from rspo.config import LoraConfig, ModelConfig
-from rspo.modeling import (
+from rspo.modeling import (  # noqa: F401  (load_adapter_model, quantization_kwargs: re-exported)
     is_adapter_dir,
+    load_adapter_model,
     load_model,
+    quantization_kwargs,
+    quiet_peft,
     read_adapter_config,
+    require_peft,
     resolve_device,
     resolve_model_path,
 )
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-@contextmanager
-def _quiet_peft() -> Iterator[None]:
-    """peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing``: hide that
-    FutureWarning (nothing for the user to change)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
-        yield
-
-
-def require_peft() -> Any:
-    """Import peft or fail with the install command."""
-    try:
-        import peft
-    except ImportError as e:
-        raise ImportError(
-            "model.lora needs the optional extra: pip install 'rspo[peft]' (peft>=0.21)"
-        ) from e
-    return peft
-
-
-def quantization_kwargs(device: torch.device, compute_dtype: torch.dtype) -> dict[str, Any]:
-    """``from_pretrained`` settings for 4-bit NF4 weights; a clear error off CUDA or without
-    bitsandbytes."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise ValueError(
-            f"model.load_in_4bit: 4-bit (QLoRA) weights need a CUDA device, but the model "
-            f"device is {device} (model.device); set load_in_4bit: false on this machine"
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ImportError("model.load_in_4bit needs bitsandbytes: pip install bitsandbytes")
-    from transformers import BitsAndBytesConfig
-
-    q = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-    )
-    return {"quantization_config": q, "device_map": {"": device}}
 
 
 def check_lora_settings(m: ModelConfig) -> None:
@@ -130,32 +89,6 @@ def load_adapter_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not f.is_file():
         raise FileNotFoundError(f"adapter directory {path} has no {ADAPTER_WEIGHTS}")
     return load_file(str(f))
-
-
-def load_adapter_model(
-    path: str,
-    dtype: str = "float32",
-    device: str | torch.device = "cpu",
-    trust_remote_code: bool = False,
-    load_in_4bit: bool = False,
-    base_path: str | None = None,
-    cpu_linear: str = "auto",
-) -> Any:
-    """Base model (``base_path`` or the adapter's ``base_model_name_or_path``) + adapter, eval
-    (``cpu_linear``: see :func:`rspo.modeling.load_model`)."""
-    peft = require_peft()
-    base_path = base_path or read_adapter_config(path).get("base_model_name_or_path")
-    if not base_path:
-        raise ValueError(
-            f"{path}/adapter_config.json names no base_model_name_or_path; load it with "
-            "model.path set to its base model and model.lora set"
-        )
-    base = load_model(
-        base_path, dtype, device, trust_remote_code, load_in_4bit, cpu_linear=cpu_linear
-    )
-    with _quiet_peft():
-        model = peft.PeftModel.from_pretrained(base, path, is_trainable=False, use_safetensors=True)
-    return model.eval()
 
 
 class _AdapterDisabled(torch.nn.Module):
@@ -234,7 +167,7 @@ class LoraPolicy:
             )
             if c.load_in_4bit:
                 base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-            with torch.random.fork_rng(devices=[]), _quiet_peft():
+            with torch.random.fork_rng(devices=[]), quiet_peft():
                 torch.manual_seed(self.seed)
                 try:
                     self.model = peft.get_peft_model(base, peft_lora_config(c.lora))
