@@ -27,9 +27,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from rspo._version import __version__
 from rspo.utils import plugins as _plugins
-
-__version__ = "0.1.0"
 
 # the embedded gym registers its judges (it declares its judge modules when imported)
 _plugins.declare("rspo.judges", "rspo.gym")

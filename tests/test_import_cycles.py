@@ -21,7 +21,6 @@ _spec.loader.exec_module(ig)
 # other cycle in rspo/ is an error.
 SELFPLAY_PENDING = {
     ("rspo.selfplay.evaluate", "rspo.selfplay.loop"),
-    ("rspo.selfplay.rundir", "rspo"),
 }
 
 

@@ -267,13 +267,13 @@ class RunDir:
         import torch
         import transformers
 
-        import rspo
+        from rspo._version import __version__
 
         atomic_write_json(
             self.root / "run.json",
             {
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "rspo": rspo.__version__,
+                "rspo": __version__,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "python": platform.python_version(),
