@@ -44,6 +44,8 @@ class Module:
     files: tuple[str, ...]
     tests: tuple[str, ...]
     functions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: files matched by ``files`` but left out of the core, each with the reason
+    exclude: dict[str, str] = field(default_factory=dict)
 
 
 _JUDGE_IDS = ("judge_id",)
@@ -68,9 +70,18 @@ MODULES: dict[str, Module] = {
             "tests/test_evaluation_outputs.py",
             "tests/test_evaluation_length_control.py",
             "tests/test_evaluation_diversity.py",
+            "tests/test_overoptimization.py",
             "tests/test_mutation_evaluation.py",
         ),
+        exclude={
+            "rspo/evaluation/trackers.py": "adapters to wandb/MLflow/TensorBoard run trackers "
+            "(logging only, no number of rspo's; tests/test_trackers.py needs the real libraries)",
+            "rspo/evaluation/export.py": "writes answers in external benchmarks' file formats "
+            "(no statistic of rspo's; tests/test_operations.py)",
+        },
     ),  # fmt: skip
+    # the score path: when stage_score/stage_generate move out of loop.py, edit this entry
+    # only (files, and the functions of each file that belong to the module)
     "selfplay.score": Module(
         ("rspo/selfplay/estimate.py", "rspo/selfplay/loop.py"),
         ("tests/test_estimate.py", "tests/test_mutation_score.py"),
@@ -120,6 +131,8 @@ def _parse(name: str) -> tuple[str, str]:
 def module_of(name: str) -> str | None:
     path, fn = _parse(name)
     for mod, spec in MODULES.items():
+        if path in spec.exclude:
+            continue
         if any(fnmatch.fnmatch(path, g) for g in spec.files):
             only = spec.functions.get(path)
             if only is None or fn in only:
@@ -263,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-score", type=float, default=0.9)
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="delete mutants/ first")
+    ap.add_argument(
+        "--report-only", action="store_true",
+        help="no run: score and report the results already in mutants/ for this sample",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.per_module, args.seed, args.no_report = 2, 0, True
@@ -275,11 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     names = generate()
     chosen = select(names, args.per_module, args.seed)
     total = {m: sum(module_of(n) == m for n in names) for m in MODULES}
-    try:
-        run(chosen, args.jobs)
-    except SystemExit as e:
-        if e.code:
-            raise
+    if not args.report_only:
+        try:
+            run(chosen, args.jobs)
+        except SystemExit as e:
+            if e.code:
+                raise
     res = results(chosen)
     print(f"\nmutation score per module ({time.perf_counter() - t0:.0f}s)")
     ok = True
