@@ -242,7 +242,7 @@ def write_report(res: dict[str, dict], args: argparse.Namespace, total: dict[str
         if args.per_module
         else " --per-module 0"
     )
-    (RESULTS / "report.json").write_text(
+    (RESULTS / f"{args.report}.json").write_text(
         json.dumps({"command": cmd, "mutants_in_module": total, "modules": res}, indent=1) + "\n"
     )
     lines = [
@@ -258,13 +258,17 @@ def write_report(res: dict[str, dict], args: argparse.Namespace, total: dict[str
             f"| {m} | {r['mutants']} (of {total[m]}) | {r['equivalent']} | {r['killed']} "
             f"| {100 * r['score']:.0f} % |"
         )
-    lines += ["", "## Surviving mutants", ""]
+    excluded = [(f, why) for spec in MODULES.values() for f, why in spec.exclude.items()]
+    if excluded:
+        lines += ["", "Not in the core (their mutants are not counted):", ""]
+        lines += [f"- `{f}`: {why}" for f, why in excluded]
+    lines += ["", "## Surviving and equivalent mutants", ""]
     for r in res.values():
         for n, st in {**r["survivors"], **r["equivalent_mutants"]}.items():
             why = r["equivalent_mutants"].get(n)
             lines += [f"### {n}", "", f"{'equivalent: ' + why if why else st}", "", "```diff",
                       diff_of(n).strip(), "```", ""]  # fmt: skip
-    (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.report}.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--min-score", type=float, default=0.9)
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--report", default="report", help="report file name (.md/.json), no suffix")
     ap.add_argument("--fresh", action="store_true", help="delete mutants/ first")
     ap.add_argument(
         "--report-only", action="store_true",

@@ -283,3 +283,64 @@ def test_csv_writes_the_columns_asked_for_at_full_precision(tmp_path):
         ["a", "b", "c", "d", "e"], [repr(1 / 3), "[1, 2]", "", "0.1", ""],
         ["", '{"k": 1}', "", "", "5"],
     ]  # fmt: skip
+
+
+# ----------------------------------------------------------------- the length GLM
+def test_length_glm_starts_at_the_intercept_only_fit():
+    """With no length signal (f ≡ 0) the optimum is θ = logit(mean p), φ = 0, which is where
+    Newton starts: the first iteration finds a zero gradient and stops."""
+    from rspo.evaluation.length_control import fit_length_glm
+
+    p = np.array([1.0, 0.0, 1.0, 1.0, 0.5])  # mean 0.7
+    beta, conv, n_iter = fit_length_glm(p, np.zeros(5))
+    assert n_iter == 1 and conv.tolist() == [True]
+    assert beta[0, 0] == pytest.approx(np.log(0.7 / 0.3), abs=1e-12) and beta[0, 1] == 0.0
+
+
+def test_length_glm_fits_in_float64_whatever_the_weights_dtype():
+    from rspo.evaluation.length_control import fit_length_glm
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=40)
+    f = np.tanh(rng.normal(size=40))
+    w = rng.integers(0, 3, size=(3, 40)).astype(np.float32) * np.float32(0.1)
+    b64, c64, n64 = fit_length_glm(p, f, weights=w.astype(np.float64))
+    b32, c32, n32 = fit_length_glm(p, f, weights=w)
+    assert np.array_equal(b64, b32) and np.array_equal(c64, c32) and n64 == n32
+
+
+# ----------------------------------------------------------------- per-iteration panels
+def test_metrics_per_iteration_draws_one_panel_per_metric_under_one_legend(tmp_path, monkeypatch):
+    from rspo.evaluation.plots import plot_metrics_per_iteration
+
+    figs = _drawn(monkeypatch)
+    rows = [
+        {"method": "sppo", "iteration": 2, "win_rate": 0.6, "win_rate_ci": [0.5, 0.7],
+         "avg_length": 30},
+        {"method": "sppo", "iteration": 1, "win_rate": 0.55, "win_rate_ci": [0.45, 0.65],
+         "avg_length": float("nan")},
+        {"method": "rspo", "iteration": 1, "win_rate": 0.58, "avg_length": 20},
+    ]  # fmt: skip
+    plot_metrics_per_iteration(rows, tmp_path / "m.png", metrics=("win_rate", "avg_length"))
+    fig = figs[0]
+    ax1, ax2 = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["win rate", "mean length (tokens)"]
+    assert [a.get_xlabel() for a in fig.axes] == ["iteration", "iteration"]
+    got = [(lab, xs, ys) for lab, xs, ys, *_ in _lines(ax1)]
+    assert got == [("sppo", [1.0, 2.0], [0.55, 0.6]), ("rspo", [1.0], [0.58])]
+    got = [(lab, xs, ys) for lab, xs, ys, *_ in _lines(ax2)]
+    assert got == [("sppo", [2.0], [30.0]), ("rspo", [1.0], [20.0])]  # NaN left out
+    # the CI band of sppo only: between 0.45..0.65 at 1 and 0.5..0.7 at 2
+    (band,) = ax1.collections
+    ys = sorted({round(float(v), 12) for v in band.get_paths()[0].vertices[:, 1]})
+    assert ys == [0.45, 0.5, 0.65, 0.7]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["sppo", "rspo"]
+    # layout: panels side by side under the legend, each panel as wide as a lone one
+    boxes = [ax.get_position() for ax in fig.axes]
+    assert all(0 <= b.x0 < b.x1 <= 1 and 0 <= b.y0 < b.y1 <= 0.88 + 1e-9 for b in boxes)
+    assert boxes[0].x1 < boxes[1].x0 and boxes[0].x0 < 0.2 and boxes[1].x1 > 0.8
+    plot_metrics_per_iteration(rows, tmp_path / "one.png", metrics=("win_rate",))
+    assert fig.get_size_inches()[0] == pytest.approx(2 * figs[1].get_size_inches()[0])
+    with pytest.raises(ValueError, match="^no metrics to plot$"):
+        plot_metrics_per_iteration(rows, tmp_path / "none.png", metrics=())

@@ -266,3 +266,16 @@ def test_lockstep_pads_with_one_one_token_forward_per_missing_pass():
     # pass is two one-row forwards
     assert len(n) == 6
     assert sizes == [1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on CPU every device is")
+def test_accumulation_keeps_the_batch_on_the_models_device():
+    """The batch's constant tensors (log π_t, log π_ref, win rates) go to the model's device:
+    a GPU model accumulates the same gradient as on the CPU."""
+    ex, refs = _data()
+    loss_fn = RSPOLoss(eta=4.0, regularizer="forward_kl[nll]", coef=0.5)
+    idx = list(range(12))
+    want, _ = _full_batch(ex, idx, refs, loss_fn)
+    model = _model().cuda()
+    accumulate_gradients(model, ex, idx, loss_fn, 5, PAD, _by_group(refs))
+    assert torch.allclose(_grad(model).cpu(), want, rtol=0, atol=1e-9)
