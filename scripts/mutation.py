@@ -145,6 +145,9 @@ def _mutmut():
     import mutmut.__main__ as mm
     from mutmut.configuration import config
 
+    also = config().also_copy  # tests compare the code with docs/ (tables stated there)
+    if Path("docs") not in also:
+        also.append(Path("docs"))
     return mm, config
 
 
