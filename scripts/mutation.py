@@ -6,8 +6,9 @@ called its function in a traced run of the module's fast test files (below), and
 when one of them fails. This script picks the mutants of each core module (all of them, or
 a seeded sample), runs them, prints the score per module and writes the report.
 
-    python scripts/mutation.py                  # sample 10 mutants per module, seed 0
+    python scripts/mutation.py                  # sample 30 mutants per module, seed 0
     python scripts/mutation.py --per-module 0   # every mutant (hours on 2 cores)
+    python scripts/mutation.py --report-only    # rescore the results in mutants/, no run
     python scripts/mutation.py --quick          # 2 per module, fails under 90 % (CI runs
                                                 # tests/test_mutation_quick.py instead)
 
@@ -44,6 +45,8 @@ class Module:
     files: tuple[str, ...]
     tests: tuple[str, ...]
     functions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: files matched by ``files`` but left out of the core, each with the reason
+    exclude: dict[str, str] = field(default_factory=dict)
 
 
 _JUDGE_IDS = ("judge_id",)
@@ -68,9 +71,18 @@ MODULES: dict[str, Module] = {
             "tests/test_evaluation_outputs.py",
             "tests/test_evaluation_length_control.py",
             "tests/test_evaluation_diversity.py",
+            "tests/test_overoptimization.py",
             "tests/test_mutation_evaluation.py",
         ),
+        exclude={
+            "rspo/evaluation/trackers.py": "adapters to wandb/MLflow/TensorBoard run trackers "
+            "(logging only, no number of rspo's; tests/test_trackers.py needs the real libraries)",
+            "rspo/evaluation/export.py": "writes answers in external benchmarks' file formats "
+            "(no statistic of rspo's; tests/test_operations.py)",
+        },
     ),  # fmt: skip
+    # the score path: when stage_score/stage_generate move out of loop.py, edit this entry
+    # only (files, and the functions of each file that belong to the module)
     "selfplay.score": Module(
         ("rspo/selfplay/estimate.py", "rspo/selfplay/loop.py"),
         ("tests/test_estimate.py", "tests/test_mutation_score.py"),
@@ -120,6 +132,8 @@ def _parse(name: str) -> tuple[str, str]:
 def module_of(name: str) -> str | None:
     path, fn = _parse(name)
     for mod, spec in MODULES.items():
+        if path in spec.exclude:
+            continue
         if any(fnmatch.fnmatch(path, g) for g in spec.files):
             only = spec.functions.get(path)
             if only is None or fn in only:
@@ -132,6 +146,9 @@ def _mutmut():
     import mutmut.__main__ as mm
     from mutmut.configuration import config
 
+    also = config().also_copy  # tests compare the code with docs/ (tables stated there)
+    if Path("docs") not in also:
+        also.append(Path("docs"))
     return mm, config
 
 
@@ -229,13 +246,15 @@ def write_report(res: dict[str, dict], args: argparse.Namespace, total: dict[str
         if args.per_module
         else " --per-module 0"
     )
-    (RESULTS / "report.json").write_text(
+    (RESULTS / f"{args.report}.json").write_text(
         json.dumps({"command": cmd, "mutants_in_module": total, "modules": res}, indent=1) + "\n"
     )
     lines = [
         "# Mutation score of the core",
         "",
         f"Command: `{cmd}` (mutmut 3.8; sample of each module's mutants, seeded).",
+        "A sample whose survivors tests were written for overstates the whole module's "
+        "score; docs/testing.md also gives a held-out sample's.",
         "",
         "| module | mutants (of all) | equivalent | killed | score |",
         "| --- | --- | --- | --- | --- |",
@@ -245,24 +264,33 @@ def write_report(res: dict[str, dict], args: argparse.Namespace, total: dict[str
             f"| {m} | {r['mutants']} (of {total[m]}) | {r['equivalent']} | {r['killed']} "
             f"| {100 * r['score']:.0f} % |"
         )
-    lines += ["", "## Surviving mutants", ""]
+    excluded = [(f, why) for spec in MODULES.values() for f, why in spec.exclude.items()]
+    if excluded:
+        lines += ["", "Not in the core (their mutants are not counted):", ""]
+        lines += [f"- `{f}`: {why}" for f, why in excluded]
+    lines += ["", "## Surviving and equivalent mutants", ""]
     for r in res.values():
         for n, st in {**r["survivors"], **r["equivalent_mutants"]}.items():
             why = r["equivalent_mutants"].get(n)
             lines += [f"### {n}", "", f"{'equivalent: ' + why if why else st}", "", "```diff",
                       diff_of(n).strip(), "```", ""]  # fmt: skip
-    (RESULTS / "report.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.report}.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--per-module", type=int, default=10, help="sample size; 0 = all mutants")
+    ap.add_argument("--per-module", type=int, default=30, help="sample size; 0 = all mutants")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="CI: 2 per module, seed 0, no report")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--min-score", type=float, default=0.9)
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--report", default="report", help="report file name (.md/.json), no suffix")
     ap.add_argument("--fresh", action="store_true", help="delete mutants/ first")
+    ap.add_argument(
+        "--report-only", action="store_true",
+        help="no run: score and report the results already in mutants/ for this sample",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.per_module, args.seed, args.no_report = 2, 0, True
@@ -275,11 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     names = generate()
     chosen = select(names, args.per_module, args.seed)
     total = {m: sum(module_of(n) == m for n in names) for m in MODULES}
-    try:
-        run(chosen, args.jobs)
-    except SystemExit as e:
-        if e.code:
-            raise
+    if not args.report_only:
+        try:
+            run(chosen, args.jobs)
+        except SystemExit as e:
+            if e.code:
+                raise
     res = results(chosen)
     print(f"\nmutation score per module ({time.perf_counter() - t0:.0f}s)")
     ok = True

@@ -39,8 +39,13 @@ def test_split_is_a_fifth_of_the_space():
     rng = random.Random(0)
     drawn = [split_of(draw("train", rng, s).text) for s in SKILLS for _ in range(5)]
     assert set(drawn) == {"train"}
-    texts = [f"Q: Which digit is largest: {a} {b} {c} {d}?\nA:" for a in range(10)
-             for b in range(10) for c in range(10) for d in range(10)]
+    texts = [
+        f"Q: Which digit is largest: {a} {b} {c} {d}?\nA:"
+        for a in range(10)
+        for b in range(10)
+        for c in range(10)
+        for d in range(10)
+    ]
     frac = sum(split_of(t) == "eval" for t in texts) / len(texts)
     assert 0.18 < frac < 0.22
 
@@ -60,8 +65,12 @@ def test_answers_are_recomputed_from_the_text(question, answer, skill):
     assert (p.answer, p.skill) == (answer, skill)
     assert lookup(question).answer == answer  # a bare question is framed first
     assert skill_of(p.text) == skill
-    for good in (f" {answer}", f" Answer: {answer}", f" The answer is {answer}.",
-                 f" Sure! {answer}. Happy to help."):
+    for good in (
+        f" {answer}",
+        f" Answer: {answer}",
+        f" The answer is {answer}.",
+        f" Sure! {answer}. Happy to help.",
+    ):
         assert check_answer(p.text, good)
     for bad in (" ", " Sure!", f" {answer}0", f" Answer {answer}", " I hope this helps!"):
         assert not check_answer(p.text, bad)
@@ -115,8 +124,10 @@ def test_analytic_judges_follow_their_formulas():
 def test_the_skills_preset_sits_on_the_gym_preset():
     from rspo.config import load_config
 
-    for cfg in (load_config(None, {"model": {"path": "gym-skills"}}),
-                load_config(None, [], preset="gym-skills")):
+    for cfg in (
+        load_config(None, {"model": {"path": "gym-skills"}}),
+        load_config(None, [], preset="gym-skills"),
+    ):
         assert (cfg.model.path, cfg.data.prompts, cfg.data.eval_prompts) == ("gym-skills",) * 3
         assert (cfg.judge.name, cfg.evaluation.judge) == ("gym-skills-proxy", "gym-skills-gold")
         assert cfg.evaluation.accuracy_fn == "rspo.gym.skills.tasks:check_answer"

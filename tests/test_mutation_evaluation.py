@@ -4,6 +4,7 @@ resamples are redrawn here from the same generator and the bounds compared exact
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rspo.evaluation.length_control import lc_win_rate
 from rspo.evaluation.winrate import win_rate
@@ -84,3 +85,262 @@ def test_metrics_logger_mirrors_exactly_the_finite_real_scalars(tmp_path):
     ]  # fmt: skip
     assert all(type(c[1]) is float for c in w.calls[:4])
     assert not log.tensorboard
+
+
+# ----------------------------------------------------------------- embedding diversity
+def _embed_alone(model_path, text, max_length):
+    """One text's embedding, computed alone (no padding): mean of its token states, L2-normed."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path).eval()
+    enc = tok([text], truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state[0].double()
+    v = h.mean(0)
+    return v / v.norm()
+
+
+def test_embedding_diversity_is_the_mean_pairwise_cosine_distance(tmp_path):
+    """A tiny local model (no download): batches padded to the longest text must give each
+    text its own embedding (mean over its real tokens only), and the result is the mean of
+    1 − cos over the ordered pairs i ≠ j; truncation at ``max_length`` tokens."""
+    import itertools
+
+    import torch
+
+    from rspo.evaluation import embedding_diversity
+
+    from fixtures_lm import make_tiny_model_dir
+
+    path = str(make_tiny_model_dir(tmp_path / "m", seed=3))
+    texts = ["a", "hello there, friend", "hello there", "zz top" * 5]
+    e = [_embed_alone(path, t, 12) for t in texts]
+    pairs = list(itertools.permutations(range(4), 2))
+    want = sum(1.0 - float(torch.dot(e[i], e[j])) for i, j in pairs) / len(pairs)
+    for bs in (1, 3, 32):
+        got = embedding_diversity(texts, model_path=path, batch_size=bs, max_length=12)
+        assert got == pytest.approx(want, abs=1e-6), bs
+    assert embedding_diversity(["same", "same"], model_path=path) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError, match="^embedding diversity needs at least two texts$"):
+        embedding_diversity(["one"], model_path=path)
+
+
+# ----------------------------------------------------------------- KL: exact bootstrap
+def test_cluster_interval_is_the_percentiles_of_the_seeded_cluster_resamples():
+    from rspo.evaluation.kl import cluster_mean_interval, sequence_kl
+
+    vals = np.array([1.0, 3.0, 10.0, 10.0, 0.0, 2.0, 4.0, 5.0, -1.0, 0.5])
+    c = vals.reshape(-1, 2).mean(axis=1)  # cluster means 2, 10, 1, 4.5, -0.25
+    rng = np.random.default_rng(3)
+    means = c[rng.integers(0, c.size, size=(500, c.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    assert cluster_mean_interval(vals, 2, n_boot=500, seed=3) == (c.mean(), lo, hi)
+    assert cluster_mean_interval(vals, 2, n_boot=0) == (c.mean(),) * 3
+    # sequence_kl passes its bootstrap settings on: d = log π − log π_ref
+    lp_ref = np.linspace(-3.0, -1.0, 10)
+    est = sequence_kl(vals + lp_ref, lp_ref, [4] * 5 + [6] * 5, 2, n_boot=500, seed=3)
+    assert (est.mean, est.lo, est.hi, est.n) == (c.mean(), lo, hi, 5)
+    assert est.per_token == pytest.approx(c.mean() / 5.0, rel=1e-15)
+    assert np.isnan(sequence_kl([0.0], [1.0], [0]).per_token)  # no tokens: undefined
+    for args, msg in (
+        (([],), "no values given"),
+        (([1.0, 2.0, 3.0], 2), "3 values do not split into groups of 2"),
+        (([1.0, 2.0], 0), "2 values do not split into groups of 0"),
+        (([1.0, np.inf],), "values contain NaN or inf"),
+        (([1.0], 1, -1), "n_boot must be >= 0"),
+    ):
+        with pytest.raises(ValueError) as e:
+            cluster_mean_interval(*args)
+        assert str(e.value) == msg
+    with pytest.raises(ValueError) as e:
+        sequence_kl([0.0, 1.0], [0.0], [1, 1, 1])
+    assert str(e.value) == "mismatched lengths: 2 policy, 1 ref, 3 lengths"
+
+
+# ----------------------------------------------------------------- plots: what is drawn
+def _drawn(monkeypatch):
+    """Capture the figures the plot functions save (they are still written)."""
+    from rspo.evaluation import plots
+
+    figs = []
+    real = plots._save
+
+    def save(fig, out):
+        figs.append(fig)
+        return real(fig, out)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return figs
+
+
+def _lines(ax):
+    return [
+        (ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata()), ln.get_linestyle(),
+         ln.get_color(), ln.get_markerfacecolor())
+        for ln in ax.get_lines()
+    ]  # fmt: skip
+
+
+def test_frontier_draws_each_methods_gold_and_proxy_curve_from_the_origin(tmp_path, monkeypatch):
+    import matplotlib.colors as mc
+
+    from rspo.evaluation.plots import plot_frontier
+
+    figs = _drawn(monkeypatch)
+    runs = {
+        "a": [
+            {"iteration": 2, "kl_ref": 4.0, "win_rate": 0.7, "proxy_win_rate": 0.9,
+             "win_rate_ci": [0.6, 0.75], "kl_ref_ci": [1.0, 9.0]},
+            {"iteration": 1, "kl_ref": 1.0, "win_rate": 0.6, "proxy_win_rate": None},
+            {"iteration": 3, "kl_ref": None, "win_rate": 0.8},
+        ],
+        "b": [{"iteration": 0, "kl_ref": 0.25, "win_rate": 0.4, "proxy_win_rate": 0.45}],
+        "c": [{"iteration": 1, "kl_ref": None, "win_rate": 0.9}],  # no KL: not drawn
+    }  # fmt: skip
+    out = plot_frontier(runs, tmp_path / "f.png", x="sqrt_kl", title="T")
+    assert out == str(tmp_path / "f.png") and (tmp_path / "f.png").stat().st_size > 0
+    ax = figs[0].axes[0]
+    c0, c1 = mc.to_rgba("C0"), mc.to_rgba("C1")
+    got = [(lab, xs, ys, ls, mc.to_rgba(col), mc.to_rgba(face))
+           for lab, xs, ys, ls, col, face in _lines(ax)]  # fmt: skip
+    assert len(got) == 5 and got[:4] == [
+        ("a (gold)", [0.0, 1.0, 2.0], [0.5, 0.6, 0.7], "-", c0, c0),  # origin added
+        ("a (proxy)", [0.0, 2.0], [0.5, 0.9], "--", c0, mc.to_rgba("white")),
+        ("b (gold)", [0.5], [0.4], "-", c1, c1),  # has iteration 0: no origin
+        ("b (proxy)", [0.5], [0.45], "--", c1, mc.to_rgba("white")),
+    ]
+    hline = ax.get_lines()[4]  # the ½ line: π_ref's own win rate
+    assert list(hline.get_ydata()) == [0.5, 0.5] and hline.get_linestyle() == ":"
+    # iteration labels on the gold curves only, at their points
+    notes = [(t.get_text(), tuple(t.xy)) for t in ax.texts]
+    assert notes == [("0", (0.0, 0.5)), ("1", (1.0, 0.6)), ("2", (2.0, 0.7)), ("0", (0.5, 0.4))]
+    # error bars of iteration 2 (gold: both intervals, √ of the KL bounds; proxy: KL only)
+    segs = [
+        np.asarray(s).round(12).tolist() for coll in ax.collections for s in coll.get_segments()
+    ]
+    assert [[2.0, 0.6], [2.0, 0.75]] in segs and [[1.0, 0.7], [3.0, 0.7]] in segs
+    assert [[1.0, 0.9], [3.0, 0.9]] in segs and len(segs) == 3
+    assert ax.get_xlabel() == "√KL(π‖π_ref)  (√nats, sequence level)"
+    assert (ax.get_ylabel(), ax.get_title()) == ("win rate vs π_ref", "T")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "a (gold)", "a (proxy)", "b (gold)", "b (proxy)"
+    ]  # fmt: skip
+    # without the proxy, plain KL axis
+    plot_frontier(runs, tmp_path / "g.png", proxy=False)
+    ax = figs[1].axes[0]
+    assert [ln.get_label() for ln in ax.get_lines()][:2] == ["a (gold)", "b (gold)"]
+    assert list(ax.get_lines()[0].get_xdata()) == [0.0, 1.0, 4.0]
+    assert ax.get_xlabel() == "KL(π‖π_ref)  (nats, sequence level)"
+    assert ax.get_title() == "gold win rate vs KL from π_ref (over-optimization frontier)"
+    # nothing to draw: the axes say why
+    plot_frontier({"c": runs["c"]}, tmp_path / "h.png")
+    ax = figs[2].axes[0]
+    assert ax.get_legend() is None
+    assert [t.get_text() for t in ax.texts] == [
+        "no kl_ref in these rows\n(evaluated at temperature ≠ 1?)"
+    ]
+
+
+def test_length_vs_winrate_scatter_labels_axes_points_and_iterations(tmp_path, monkeypatch):
+    from rspo.evaluation.plots import plot_length_vs_winrate
+
+    figs = _drawn(monkeypatch)
+    rows = [
+        {"method": "m", "iteration": 2, "avg_length": 30, "win_rate": 0.6},
+        {"method": "m", "iteration": 1, "avg_length": 10.0, "win_rate": 0.5},
+        {"method": "n", "avg_length": 20.0, "win_rate": None},  # missing y: skipped
+        {"method": "n", "avg_length": 25.0, "win_rate": 0.55},  # no iteration: no label
+    ]
+    plot_length_vs_winrate(rows, tmp_path / "s.png")
+    ax = figs[0].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("mean length (tokens)", "win rate")
+    pts = [c.get_offsets().tolist() for c in ax.collections]
+    assert pts == [[[10.0, 0.5], [30.0, 0.6]], [[25.0, 0.55]]]
+    assert [(t.get_text(), tuple(t.xy)) for t in ax.texts] == [("1", (10.0, 0.5)),
+                                                                ("2", (30.0, 0.6))]  # fmt: skip
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["m", "n"]
+    plot_length_vs_winrate(rows, tmp_path / "t.png", x="self_bleu", y="my_metric")
+    ax = figs[1].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("Self-BLEU-3 (lower = diverse)", "my_metric")
+    assert ax.get_legend() is None  # nothing plotted
+
+
+# ----------------------------------------------------------------- CSV
+def test_csv_writes_the_columns_asked_for_at_full_precision(tmp_path):
+    import csv
+
+    from rspo.evaluation.report import write_csv
+
+    rows = [{"a": 1 / 3, "b": [1, 2], "c": None, "d": np.float64(0.1)}, {"b": {"k": 1}, "e": 5}]
+    p = write_csv(rows, tmp_path / "x.csv", columns=["d", "b", "c"])
+    assert p == tmp_path / "x.csv"
+    assert list(csv.reader(p.open())) == [["d", "b", "c"], ["0.1", "[1, 2]", ""],
+                                          ["", '{"k": 1}', ""]]  # fmt: skip
+    write_csv(rows, tmp_path / "y.csv")
+    assert list(csv.reader((tmp_path / "y.csv").open())) == [
+        ["a", "b", "c", "d", "e"], [repr(1 / 3), "[1, 2]", "", "0.1", ""],
+        ["", '{"k": 1}', "", "", "5"],
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------- the length GLM
+def test_length_glm_starts_at_the_intercept_only_fit():
+    """With no length signal (f ≡ 0) the optimum is θ = logit(mean p), φ = 0, which is where
+    Newton starts: the first iteration finds a zero gradient and stops."""
+    from rspo.evaluation.length_control import fit_length_glm
+
+    p = np.array([1.0, 0.0, 1.0, 1.0, 0.5])  # mean 0.7
+    beta, conv, n_iter = fit_length_glm(p, np.zeros(5))
+    assert n_iter == 1 and conv.tolist() == [True]
+    assert beta[0, 0] == pytest.approx(np.log(0.7 / 0.3), abs=1e-12) and beta[0, 1] == 0.0
+
+
+def test_length_glm_fits_in_float64_whatever_the_weights_dtype():
+    from rspo.evaluation.length_control import fit_length_glm
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=40)
+    f = np.tanh(rng.normal(size=40))
+    w = rng.integers(0, 3, size=(3, 40)).astype(np.float32) * np.float32(0.1)
+    b64, c64, n64 = fit_length_glm(p, f, weights=w.astype(np.float64))
+    b32, c32, n32 = fit_length_glm(p, f, weights=w)
+    assert np.array_equal(b64, b32) and np.array_equal(c64, c32) and n64 == n32
+
+
+# ----------------------------------------------------------------- per-iteration panels
+def test_metrics_per_iteration_draws_one_panel_per_metric_under_one_legend(tmp_path, monkeypatch):
+    from rspo.evaluation.plots import plot_metrics_per_iteration
+
+    figs = _drawn(monkeypatch)
+    rows = [
+        {"method": "sppo", "iteration": 2, "win_rate": 0.6, "win_rate_ci": [0.5, 0.7],
+         "avg_length": 30},
+        {"method": "sppo", "iteration": 1, "win_rate": 0.55, "win_rate_ci": [0.45, 0.65],
+         "avg_length": float("nan")},
+        {"method": "rspo", "iteration": 1, "win_rate": 0.58, "avg_length": 20},
+    ]  # fmt: skip
+    plot_metrics_per_iteration(rows, tmp_path / "m.png", metrics=("win_rate", "avg_length"))
+    fig = figs[0]
+    ax1, ax2 = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["win rate", "mean length (tokens)"]
+    assert [a.get_xlabel() for a in fig.axes] == ["iteration", "iteration"]
+    got = [(lab, xs, ys) for lab, xs, ys, *_ in _lines(ax1)]
+    assert got == [("sppo", [1.0, 2.0], [0.55, 0.6]), ("rspo", [1.0], [0.58])]
+    got = [(lab, xs, ys) for lab, xs, ys, *_ in _lines(ax2)]
+    assert got == [("sppo", [2.0], [30.0]), ("rspo", [1.0], [20.0])]  # NaN left out
+    # the CI band of sppo only: between 0.45..0.65 at 1 and 0.5..0.7 at 2
+    (band,) = ax1.collections
+    ys = sorted({round(float(v), 12) for v in band.get_paths()[0].vertices[:, 1]})
+    assert ys == [0.45, 0.5, 0.65, 0.7]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["sppo", "rspo"]
+    # layout: panels side by side under the legend, each panel as wide as a lone one
+    boxes = [ax.get_position() for ax in fig.axes]
+    assert all(0 <= b.x0 < b.x1 <= 1 and 0 <= b.y0 < b.y1 <= 0.88 + 1e-9 for b in boxes)
+    assert boxes[0].x1 < boxes[1].x0 and boxes[0].x0 < 0.2 and boxes[1].x1 > 0.8
+    plot_metrics_per_iteration(rows, tmp_path / "one.png", metrics=("win_rate",))
+    assert fig.get_size_inches()[0] == pytest.approx(2 * figs[1].get_size_inches()[0])
+    with pytest.raises(ValueError, match="^no metrics to plot$"):
+        plot_metrics_per_iteration(rows, tmp_path / "none.png", metrics=())

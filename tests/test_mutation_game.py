@@ -69,3 +69,70 @@ def test_distribution_checks_name_the_problem():
         validate_distribution([1.0, 0.0], 2, "ref", positive=True)
     assert str(e.value) == "ref must be finite and > 0: [1. 0.]"
     np.testing.assert_array_equal(validate_distribution([1, 0], 2), [1.0, 0.0])
+
+
+@pytest.mark.parametrize("p,want", [(0.8, [7 / 8, 1 / 8]), (0.95, [1.0, 0.0])])
+def test_the_exhaustive_fallback_finds_the_hand_solved_equilibrium(monkeypatch, p, want):
+    """When principal pivoting cycles, ``_active_set`` tries every support, largest first,
+    and returns the first KKT point. Pivoting is made to cycle (full support -> π₀ < 0, drop
+    action 0 -> {1} -> action 0 has slack, add it back -> full support again); the fallback
+    then runs the real solver and check and must land on the equilibrium solved by hand."""
+    from rspo.game import equilibrium as eq
+
+    real = eq._solve_on_support
+    fallback = []
+
+    def cycling(P, ref, reg, tau, support, pi0):
+        if pi0 is ref:  # the fallback's calls (start at ref itself)
+            fallback.append(tuple(support))
+            return real(P, ref, reg, tau, support, pi0)
+        if support.all():
+            return np.array([-1.0, 2.0]), 0.0
+        return np.array([0.0, 1.0]), -10.0
+
+    monkeypatch.setattr(eq, "_solve_on_support", cycling)
+    chi2 = get_regularizer("chi2")
+    np.testing.assert_allclose(eq._active_set(_game(p), REF, chi2, TAU), want, atol=1e-12)
+    # largest support first: both actions (the answer at p = 0.8); at 0.95 then {0}
+    assert fallback == ([(True, True)] if p == 0.8 else [(True, True), (True, False)])
+    monkeypatch.setattr(eq, "_kkt_ok", lambda *a: False)  # no support passes the check
+    with pytest.raises(RuntimeError) as e:
+        eq._active_set(_game(p), REF, chi2, TAU)
+    assert str(e.value) == "no KKT point found for chi2[is]"
+
+
+def _docs_table_rows() -> dict[tuple[str, str], str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "game.md").read_text()
+    start = text.index("| R | τ | η = 0.1 | η = 1 | η = 5 | η_crit (linearized) |")
+    rows = {}
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("| "):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[(cells[0], cells[1])] = line
+    return rows
+
+
+def test_convergence_table_reproduces_the_documented_rows():
+    """docs/game.md's convergence table, cells recomputed (4000 iterations on the six games):
+    reverse KL at τ = 0.5, η = 5 (every game overflows) and χ² at τ = 0.02, η ∈ {1, 5}
+    (rates, and η_crit's note on boundary equilibria)."""
+    from rspo.game.convergence import convergence_table
+
+    docs = _docs_table_rows()
+    got = convergence_table(("reverse_kl",), (0.5,), etas=(5.0,), iters=4000).splitlines()
+    want = docs[("reverse_kl", "0.5")].split(" | ")
+    assert got == [
+        "| R | τ | η = 5 | η_crit (linearized) |",
+        "|---|---|---|---|",
+        " | ".join(want[:2] + want[4:]),  # "0/6, 6 overflow | 3.2–3.9 |"
+    ]
+    got = convergence_table(("chi2",), (0.02,), etas=(1.0, 5.0), iters=4000).splitlines()
+    want = docs[("chi2", "0.02")].split(" | ")
+    assert got == [
+        "| R | τ | η = 1 | η = 5 | η_crit (linearized) |",
+        "|---|---|---|---|---|",
+        " | ".join(want[:2] + want[3:]),  # "... | 1.2–6.4 (4 boundary eq.) |"
+    ]

@@ -127,3 +127,183 @@ def test_judgement_keys_are_stable_across_releases():
         "283743637184604b2ea645964910a9bf7b676241e15846f025a77eabdf65dc0d"
     )
     assert judgement_key("jid", "p", "b", "a") != judgement_key("jid", "p", "a", "b")
+
+
+# ----------------------------------------------------------------- base: classes and errors
+def test_a_judge_class_with_settings_but_no_judge_id_is_refused_naming_its_settings():
+    from rspo.judges.base import Judge, _check_judge_id
+
+    class Sized(Judge):
+        def __init__(self, size, temperature=1.0):
+            self.size, self.temperature = size, temperature
+
+        def _prefer(self, prompts, a, b):
+            return [0.5] * len(prompts)
+
+    with pytest.raises(ValueError) as e:
+        _check_judge_id(Sized)
+    msg = str(e.value)
+    assert f"{Sized.__module__}.{Sized.__qualname__} takes settings (size, temperature)" in msg
+    assert "does not define judge_id" in msg and "judgement cache" in msg
+
+    class NoSettings(Judge):  # nothing to key on: the name alone is a sound id
+        def _prefer(self, prompts, a, b):
+            return [0.5] * len(prompts)
+
+    class OnlySelf(NoSettings):
+        def __init__(self):
+            pass
+
+    class WithId(Sized):
+        @property
+        def judge_id(self):
+            return f"sized[{self.size}]"
+
+    for ok in (NoSettings, OnlySelf, WithId, _fn):  # _fn: a factory, not a class
+        _check_judge_id(ok)
+
+
+def _ns_judge(module_name, tmp_path, monkeypatch, body):
+    (tmp_path / f"{module_name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_a_module_class_judge_is_built_named_and_checked(tmp_path, monkeypatch):
+    from rspo.judges.base import build_judge
+
+    _ns_judge(
+        "my_judges_mut", tmp_path, monkeypatch,
+        "from rspo.judges.base import Judge\n"
+        "class Half(Judge):\n"
+        "    def _prefer(self, p, a, b):\n"
+        "        return [0.5] * len(p)\n"
+        "class NotAJudge:\n"
+        "    pass\n",
+    )  # fmt: skip
+    j = build_judge("my_judges_mut:Half")
+    assert j.name == "my_judges_mut:Half" and j.judge_id == "my_judges_mut:Half"
+    assert j.prefer(["p"], ["a"], ["b"]) == [0.5]
+    with pytest.raises(ValueError) as e:
+        build_judge("my_judges_mut:NotAJudge")
+    assert str(e.value).startswith("judge 'my_judges_mut:NotAJudge': <class ")
+    assert "is not a Judge subclass (subclass rspo.Judge and implement _prefer)" in str(e.value)
+    with pytest.raises(ValueError) as e:  # load_callable's errors name the judge setting
+        build_judge("my_judges_mut:Missing")
+    assert str(e.value).startswith("judge 'my_judges_mut:Missing'")
+    with pytest.raises(ValueError) as e:  # a setting the class does not take
+        build_judge("my_judges_mut:Half", size=3)
+    assert "judge 'my_judges_mut:Half':" in str(e.value) and "valid settings: (none)" in str(
+        e.value
+    )
+
+
+def test_build_judge_errors_name_the_judge_and_the_choices():
+    from rspo.judges.base import available_judges, build_judge
+
+    with pytest.raises(ValueError) as e:
+        build_judge("no_such_judge")
+    assert str(e.value) == (
+        f"unknown judge 'no_such_judge'; valid judges: {', '.join(available_judges())}, or "
+        "'module:Class' for a Judge subclass in your code"
+    )
+    with pytest.raises(ValueError) as e:
+        build_judge("python", fn="x:y", nonsense=1)
+    msg = str(e.value)
+    assert msg.startswith("judge 'python': ") and "valid settings: fn, " in msg
+    with pytest.raises(ValueError) as e:  # a credential nested in a mapping: its full path
+        build_judge("python", fn="x:y", kwargs={"auth": {"Authorization": "Bearer x"}})
+    assert "setting 'kwargs.auth.Authorization' looks like a credential" in str(e.value)
+    # names of environment variables are fine at any depth
+    from rspo.judges.base import _check_no_secrets
+
+    _check_no_secrets("openai", {"api_key_env": "K", "header_env": {"X_TOKEN_ENV": "V"}})
+
+
+def test_register_judge_names_the_class_and_refuses_a_second_factory():
+    from rspo.judges.base import _REGISTRY, Judge, register_judge
+
+    class A(Judge):
+        def _prefer(self, p, a, b):
+            return [1.0] * len(p)
+
+    try:
+        assert register_judge("mut_test_a")(A) is A and A.name == "mut_test_a"
+        assert register_judge("mut_test_a")(A) is A  # the same factory again: fine
+        with pytest.raises(ValueError, match="judge name 'mut_test_a' is already registered"):
+            register_judge("mut_test_a")(lambda: A())
+        assert _REGISTRY["mut_test_a"] is A
+    finally:
+        _REGISTRY.pop("mut_test_a", None)
+
+
+def test_prefer_validates_and_names_the_judge_pair_and_prompt():
+    from rspo.judges.base import Judge, JudgeError
+
+    class Fixed(Judge):
+        name = "fixed"
+
+        def __init__(self, out):
+            self.out = out
+
+        @property
+        def judge_id(self):
+            return f"fixed[{self.out!r}]"
+
+        def _prefer(self, p, a, b):
+            return self.out
+
+    assert Fixed([0.0, 1.0]).prefer(["p", "q"], ["a", "b"], ["c", "d"]) == [0.0, 1.0]
+    assert Fixed(None).prefer([], [], []) == []  # no call for no pairs
+    with pytest.raises(ValueError) as e:
+        Fixed([0.5]).prefer(["p"], ["a", "b"], ["c"])
+    assert str(e.value) == (
+        "judge 'fixed': prompts, responses_a, responses_b must have equal lengths, got 1, 2, 1"
+    )
+    with pytest.raises(JudgeError) as e:
+        Fixed([0.5]).prefer(["p", "q"], ["a", "b"], ["c", "d"])
+    assert str(e.value) == "judge 'fixed' (fixed[[0.5]]) returned 1 results for 2 pairs"
+    with pytest.raises(JudgeError) as e:
+        Fixed([0.5, 1.5]).prefer(["p", "q" * 100], ["a", "b"], ["c", "d"])
+    assert str(e.value) == (
+        f"judge 'fixed' (fixed[[0.5, 1.5]]) returned 1.5 for pair 1 (prompt {'q' * 60!r}); "
+        "a preference probability must lie in [0, 1]"
+    )
+    for bad in ([-0.0001], [float("nan")], [1.0000001]):
+        with pytest.raises(JudgeError, match="for pair 0"):
+            Fixed(bad).prefer(["p"], ["a"], ["b"])
+    with pytest.raises(
+        JudgeError, match=r"^judge 'fixed' \(fixed\[\['x'\]\]\) returned a non-number"
+    ):
+        Fixed(["x"]).prefer(["p"], ["a"], ["b"])
+    assert repr(Fixed([1])) == "Fixed('fixed[[1]]')"
+
+
+def test_chunk_slices_are_consecutive_and_bounded():
+    from rspo.judges.base import chunk_slices
+
+    assert list(chunk_slices(5, 2)) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert list(chunk_slices(4, None)) == [slice(0, 4)]
+    assert list(chunk_slices(0, None)) == [] and list(chunk_slices(3, 1))[-1] == slice(2, 3)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        list(chunk_slices(3, 0))
+
+
+# ----------------------------------------------------------------- cache
+def test_cache_creates_missing_parent_directories_and_names_a_bad_file(tmp_path):
+    from rspo.judges.cache import CachedJudge, JudgementCache
+
+    c = JudgementCache(tmp_path / "a" / "b" / "c.sqlite")
+    assert c.path.is_file() and len(c) == 0
+    assert repr(c) == f"JudgementCache({str(tmp_path / 'a' / 'b' / 'c.sqlite')!r})"
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ValueError) as e:
+        JudgementCache(bad)
+    assert str(e.value).startswith(f"{bad}: not a readable judge cache (")
+    assert str(e.value).endswith(
+        "it only caches judge calls, so delete it and run again (the judge is asked again)"
+    )
+    inner = PythonJudge(_fn)
+    cj = CachedJudge(inner, c)
+    assert repr(cj) == f"CachedJudge({inner!r}, {str(c.path)!r})"
+    assert cj.judge_id == inner.judge_id and cj.order_sensitive is False

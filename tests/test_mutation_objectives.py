@@ -70,3 +70,130 @@ def test_sample_batch_names_each_shape_error_exactly():
         "SampleBatch.win_rate has 2 rows, logp_theta has 3; "
         "all per-sample tensors must have equal length"
     )
+
+
+# ----------------------------------------------------------------- presets vs the docs
+def _docs_presets() -> dict[str, dict]:
+    """The presets table of docs/objectives.md, parsed (an independent statement of them)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "objectives.md").read_text()
+    head = "| preset | loss | regularizer | coef | samples | paper | exact | note |"
+    lines = text[text.index(head) :].splitlines()[2:]
+    out = {}
+    for line in lines:
+        if not line.startswith("| `"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name, loss, reg, coef, samples, paper, exact = cells[:7]
+        out[name.strip("`")] = {
+            "loss_type": loss,
+            "regularizer": None if reg.startswith("–") else reg.strip("`"),
+            "coef": float(coef),
+            "samples": samples,
+            "citation": paper,
+            "exact": exact.startswith("yes"),
+        }
+    return out
+
+
+def test_presets_are_the_documented_table():
+    """Every field of every preset as docs/objectives.md states it; MPO's magnet every 2
+    iterations and INPO's ητ = 0.5 (its note) — calling ``_presets()`` itself, so a change
+    to the table is seen (``PRESETS`` is built once at import)."""
+    from rspo.objectives.presets import _presets
+
+    got = _presets()
+    docs = _docs_presets()
+    assert list(got) == list(docs)
+    for name, p in got.items():
+        assert p.name == name
+        fields = {k: getattr(p, k) for k in docs[name]}
+        assert fields == docs[name], name
+        assert (p.magnet_refresh, p.tau_eta) == (
+            (2, None) if name == "mpo" else (None, 0.5) if name == "inpo" else (None, None)
+        ), name
+        assert p.note and isinstance(p.note, str)
+
+
+def test_preset_notes_cite_the_authors_of_their_paper():
+    from rspo.objectives.presets import _presets
+
+    authors = {
+        "2405.00675": "(Wu et al.)",
+        "2503.00030": "(Tang et al.)",
+        "2312.00886": "(Munos et al.)",
+        "2407.00617": "(Zhang et al.)",
+        "2410.16714": "(Wang et al.)",
+    }  # fmt: skip  (the module docstring's list)
+    for p in _presets().values():
+        assert authors[p.citation] in p.note, p.name
+    assert "NOT reproduced" in _presets()["nash_md"].note
+
+
+# ----------------------------------------------------------------- mixture, spec, batch
+def test_mixture_construction_errors_name_the_problem():
+    from rspo.objectives import ForwardKL
+
+    with pytest.raises(ValueError) as e:
+        Mixture([])
+    assert str(e.value) == "Mixture needs at least one component"
+    with pytest.raises(ValueError) as e:
+        Mixture([(1.0, "reverse_kl"), (2.0, ReverseKL())])
+    assert str(e.value) == "Mixture has duplicate component 'reverse_kl[is]'; merge the weights"
+    with pytest.raises(ValueError) as e:
+        Mixture([(0.0, "reverse_kl")])
+    assert str(e.value) == "Mixture weight must be finite and > 0, got 0.0 for 'reverse_kl'"
+    with pytest.raises(ValueError) as e:
+        Mixture(["reverse_kl"])
+    assert str(e.value) == (
+        "Mixture components must be (weight, regularizer) pairs, got 'reverse_kl'"
+    )
+    with pytest.raises(ValueError) as e:
+        Mixture([(1.0, None)])
+    assert str(e.value) == "Mixture component None is not a regularizer"
+    m = Mixture([(0.5, ForwardKL("nll")), (2.0, Mixture([(3.0, "chi2")]))])
+    assert [(w, c.spec) for w, c in m.components()] == [(0.5, "forward_kl[nll]"),
+                                                         (6.0, "chi2[is]")]  # fmt: skip
+    # no single estimator: the attributes say so, and per-sample terms are refused
+    assert (m.estimator, m.log_clip) == (None, None)
+    with pytest.raises(TypeError, match=r"^Mixture has no single per-sample term; use estimate"):
+        m.per_sample(_batch())
+    with pytest.raises(AttributeError, match="one estimator per component"):
+        m.info  # noqa: B018
+
+
+def test_a_spec_error_shows_the_expected_form():
+    from rspo.objectives.spec import parse_regularizer
+
+    with pytest.raises(ValueError) as e:
+        parse_regularizer("0.5*reverse_kl + forward kl")
+    assert str(e.value) == (
+        "cannot parse term 'forward kl' in regularizer spec '0.5*reverse_kl + forward kl'; "
+        "expected [WEIGHT*]NAME[ESTIMATOR], e.g. '0.5*forward_kl[is]'"
+    )
+
+
+def test_sample_batch_names_a_non_tensor_or_a_2d_tensor():
+    b = _batch()
+    b.logp_t = [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError) as e:
+        b.validate()
+    assert str(e.value) == "SampleBatch.logp_t must be a 1-D tensor, got list"
+    b = _batch()
+    b.ref_logp_theta = torch.zeros(2, 1, dtype=torch.float64)
+    b.ref_logp_ref = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(ValueError) as e:
+        b.validate()
+    assert str(e.value) == "SampleBatch.ref_logp_theta must be a 1-D tensor, got shape (2, 1)"
+
+
+def test_regularizers_are_equal_and_hash_by_class_and_settings():
+    from rspo.objectives import ForwardKL
+
+    a, b = ReverseKL("k2", log_clip=5.0), ReverseKL("k2", log_clip=5.0)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != ReverseKL("k2") and a != ReverseKL("is", log_clip=5.0)
+    assert len({a, ReverseKL("k2"), ForwardKL(), ForwardKL("nll")}) == 4
+    assert hash(ReverseKL()) != hash(ForwardKL())  # same settings, another class
+    assert repr(a) == "ReverseKL(estimator='k2', log_clip=5.0)"

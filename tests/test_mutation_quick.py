@@ -163,6 +163,32 @@ MUTANTS = [
         ("tests/test_mutation_game.py::test_kkt_check_accepts_only_the_equilibrium_support",),
     ),
     Mutant(
+        "score: a tied prompt ends the scan (mutmut_61)",
+        "rspo/selfplay/loop.py",
+        "tied += 1  # the judge preferred none of them: no chosen/rejected pair\n"
+        "                    continue",
+        "tied += 1  # the judge preferred none of them: no chosen/rejected pair\n"
+        "                    break",
+        (MS + "test_a_tied_prompt_skips_only_itself",),
+    ),
+    Mutant(
+        "trainer: padding forwards without lockstep (mutmut_123)",
+        "rspo/training/trainer.py",
+        "if lockstep and loss_fn.needs_ref_samples and not refs",
+        "if lockstep or loss_fn.needs_ref_samples and not refs",
+        (MT + "test_forward_passes_are_the_micro_batches_and_their_reference_samples",),
+    ),
+    Mutant(
+        "rundir: a linked run counts as a run one level down (mutmut_21)",
+        "rspo/selfplay/rundir.py",
+        "subdirs = [c for c in inside if c.is_dir() and not c.is_symlink()]",
+        "subdirs = [c for c in inside if c.is_dir() or not c.is_symlink()]",
+        (
+            "tests/test_mutation_rundir.py::"
+            "test_overwrite_does_not_count_a_linked_run_as_one_level_down",
+        ),
+    ),  # fmt: skip
+    Mutant(
         "evaluation: TensorBoard mirror skips numpy scalars",
         "rspo/evaluation/tensorboard.py",
         'if hasattr(v, "item") and callable(v.item)',
@@ -203,7 +229,7 @@ def _probe(src: Path) -> str:
 
 
 def test_mutant_list_is_well_formed():
-    names = [m.name for m in MUTANTS]
+    names = [m.name for m in MUTANTS]  # at most 20: each costs a pytest subprocess
     assert len(names) == len(set(names)) and 15 <= len(MUTANTS) <= 20
     for m in MUTANTS:
         text = (ROOT / m.file).read_text(encoding="utf-8")

@@ -1,12 +1,18 @@
 """Run-directory markers: where they go, what they hold, who writes them, and the metrics
-rebuilt from the iterations (exact paths and contents)."""
+rebuilt from the iterations (exact paths and contents); the lock, run.json, the prompt
+check of a resumed run and what ``--overwrite`` refuses (exact messages)."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
-from rspo.selfplay.rundir import RunDir
+import pytest
+
+from rspo.config import ConfigError, load_config
+from rspo.selfplay.rundir import RunDir, remove_output
 from rspo.utils.io import atomic_write_json
 
 
@@ -70,3 +76,110 @@ def test_overwrite_through_a_link_survives_a_file_that_cannot_be_deleted(tmp_pat
     monkeypatch.setattr(os, "unlink", unlink)
     remove_output(link)
     assert link.is_symlink() and list(target.iterdir()) == []
+
+
+# ----------------------------------------------------------------- lock, run.json, overwrite
+
+
+def test_a_released_directory_can_be_locked_again_by_the_same_run(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.lock()
+    with pytest.raises(ConfigError, match="in use by another rspo process"):
+        RunDir(tmp_path).lock()
+    rd.unlock()
+    rd.unlock()  # releasing twice is harmless
+    other = RunDir(tmp_path)
+    other.lock()  # released: another run may take it
+    other.unlock()
+    rd.lock()  # and the first one again: it really holds the lock once more
+    with pytest.raises(ConfigError, match="in use by another rspo process"):
+        RunDir(tmp_path).lock()
+    rd.unlock()
+
+
+def test_run_json_records_when_and_with_what_the_run_was_made(tmp_path):
+    import platform
+
+    import torch
+    import transformers
+
+    import rspo
+
+    cfg = load_config(None, [], preset="gym")
+    rd = RunDir(tmp_path / "run")
+    before = datetime.now().replace(microsecond=0)
+    assert rd.init(cfg) is False
+    after = datetime.now()
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    created = datetime.strptime(info["created"], "%Y-%m-%dT%H:%M:%S")  # local time, ISO 8601
+    assert before <= created <= after
+    assert (info["rspo"], info["torch"], info["transformers"], info["python"]) == (
+        rspo.__version__, torch.__version__, transformers.__version__,
+        platform.python_version(),
+    )  # fmt: skip
+    rd.unlock()
+
+
+def _sets(train_texts, train_ids, eval_texts=("e",), eval_ids=((9,),)):
+    return {
+        "train": SimpleNamespace(texts=list(train_texts), ids=[list(i) for i in train_ids]),
+        "eval": SimpleNamespace(texts=list(eval_texts), ids=[list(i) for i in eval_ids]),
+    }
+
+
+def test_a_resumed_run_names_the_changed_prompt_and_how_it_changed(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.check_prompts(_sets(["a", "b"], [[1], [2]]), resuming=False)
+    rd.check_prompts(_sets(["a", "b"], [[1], [2]]), resuming=True)  # unchanged: fine
+    path = tmp_path / "prompts.jsonl"
+    with pytest.raises(ConfigError) as e:
+        rd.check_prompts(_sets(["a", "b"], [[1], [2, 3]]), resuming=True)
+    assert str(e.value).startswith(
+        f"data.prompts: train prompt 1 is not the one this run started with ({path}: "
+        "its token ids differ); its records refer to prompts by position"
+    )
+    with pytest.raises(ConfigError) as e:
+        rd.check_prompts(_sets(["a", "B"], [[1], [2]]), resuming=True)
+    assert f"({path}: 'b', now 'B');" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        rd.check_prompts(_sets(["a", "b"], [[1], [2]], ["e", "f"], [[9], [8]]), resuming=True)
+    assert str(e.value) == (
+        f"data.eval_prompts: 2 eval prompts now, 1 when this run started ({path}); "
+        "restore the prompt file"
+    )
+
+
+def test_overwrite_refusals_name_the_path_given(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for given in (str(work), str(tmp_path)):
+        with pytest.raises(ConfigError) as e:
+            remove_output(given)
+        assert str(e.value) == (
+            f"--overwrite: refusing to delete {given} (the current directory, your home or a "
+            "directory above them); give the run its own --output"
+        )
+    (work / "f.txt").write_text("x")
+    with pytest.raises(ConfigError) as e:
+        remove_output("f.txt")
+    assert str(e.value) == "--overwrite: f.txt is a file, not a run directory; not deleting it"
+
+
+def test_overwrite_does_not_count_a_linked_run_as_one_level_down(tmp_path):
+    """A directory holding a file and a symlink to a run is not a run directory: deleting
+    it would take the user's file (the link is not followed into the run)."""
+    run = tmp_path / "elsewhere" / "run"
+    run.mkdir(parents=True)
+    atomic_write_json(run / "run.json", {"rspo": "0"})
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    (d / "linked").symlink_to(run, target_is_directory=True)
+    with pytest.raises(ConfigError, match="holds no rspo run"):
+        remove_output(d)
+    assert (d / "notes.txt").read_text() == "mine" and (run / "run.json").exists()
+    (d / "sub").mkdir()  # a real run one level down: that directory may go
+    atomic_write_json(d / "sub" / "run.json", {"rspo": "0"})
+    remove_output(d)
+    assert not d.exists() and (run / "run.json").exists()

@@ -141,3 +141,117 @@ def test_reference_samples_are_scored_for_the_prompts_of_the_dataset(tmp_path):
         {"prompt_index": 0, "response_ids": [100], "logp_ref": -100.0},
         {"prompt_index": 0, "response_ids": [200], "logp_ref": -200.0},
     ]
+
+
+# ----------------------------------------------------------------- estimate.py, exact
+def test_win_rates_count_the_self_match_by_default_and_check_the_shape():
+    from rspo.selfplay.estimate import win_rates
+
+    # P0 by hand: off-diagonal row sums 0.25, 1.25, 1.5; with the self-match (+½)/3
+    assert win_rates(P0) == pytest.approx([0.75 / 3, 1.75 / 3, 2.0 / 3], abs=1e-15)
+    assert win_rates([[0.5, 0.9], [0.1, 0.5]], include_self_match=False) == pytest.approx(
+        [0.9, 0.1], abs=1e-15
+    )
+    for bad, shape in (([[0.5]], "(1, 1)"), ([[0.5, 0.5]], "(1, 2)"), ([0.5, 0.5], "(2,)")):
+        with pytest.raises(ValueError) as e:
+            win_rates(bad)
+        assert str(e.value) == f"preference matrix must be K×K with K >= 2, got shape {shape}"
+
+
+def test_best_worst_returns_two_distinct_samples_whatever_the_estimates():
+    from rspo.selfplay.estimate import best_worst
+
+    assert best_worst([0.2, 0.9, 0.1, 0.9]) == (1, 2)  # first of the tied best
+    assert best_worst([0.5, 0.5, 0.5]) == (0, 1)
+    # argmax = argmin at a NaN that is not the first sample: still two distinct samples
+    b, w = best_worst([0.3, float("nan"), 0.3])
+    assert b == 1 and w == 0
+
+
+# ----------------------------------------------------------------- the score stage
+def _judged(sp, P_by_prompt):
+    path = sp.rd.iter_dir(1) / "judgments.jsonl"
+    path.unlink()
+    append_jsonl(path, [{"prompt_index": i, "P": P} for i, P in enumerate(P_by_prompt)])
+
+
+@pytest.mark.parametrize("loss_type", ["sppo_hard", "inpo"])
+def test_a_tied_prompt_skips_only_itself(tmp_path, loss_type):
+    """Prompt 0 tied, prompt 1 decided: the pair of prompt 1 is kept."""
+    extra = {"tau": 0.1} if loss_type == "inpo" else {}
+    sp = _run(tmp_path, loss_type=loss_type, **extra)
+    _judged(sp, [P1, P0])
+    data = _dataset(sp)
+    rows = [(e["prompt_index"], e["k"], e["label"]) for e in data["examples"]]
+    assert rows == [(1, 2, 1), (1, 0, -1)]
+    info = json.loads((sp.rd.iter_dir(1) / "score.done").read_text())
+    assert (info["examples"], info["tied_prompts"]) == (2, 1)
+
+
+def test_log_probs_are_computed_under_the_policy_and_the_reference_when_not_recorded(tmp_path):
+    """Iteration 2: π_2 is iteration 1's checkpoint, π_ref the initial model; logp was not
+    recorded while sampling, so both are computed, each under its own model."""
+    sp = _run(tmp_path, samples="best_worst")
+    sp.cfg.model.path = "init"
+    d1, d2 = sp.rd.iter_dir(1), sp.rd.iter_dir(2)
+    d2.mkdir()
+    for name in ("generations.jsonl", "judgments.jsonl"):
+        recs = [json.loads(x) for x in (d1 / name).read_text().splitlines()]
+        for r in recs:
+            for resp in r.get("responses", []):
+                resp.pop("logp")
+        append_jsonl(d2 / name, recs)
+    calls = []
+
+    def logprobs(path, prompts, resps):
+        calls.append((path, prompts, resps))
+        base = -100.0 if path == "init" else -10.0
+        return [base - r[0] for r in resps]
+
+    sp._logprobs = logprobs
+    sp.stage_score(2)
+    data = json.loads((d2 / "dataset.json").read_text())
+    policy = str(sp.rd.checkpoint(1))
+    # best/worst: prompt 0 -> (2, 0); prompt 1 tied -> (0, 1); response ids 10*i + k
+    want_ids = [[2], [0], [10], [11]]
+    assert calls == [
+        (policy, [[1, 2], [1, 2], [3], [3]], want_ids),
+        ("init", [[1, 2], [1, 2], [3], [3]], want_ids),
+    ]
+    assert [(e["logp_t"], e["logp_ref"]) for e in data["examples"]] == [
+        (-10.0 - i[0], -100.0 - i[0]) for i in want_ids
+    ]
+    assert sp.models.reference == "init"
+
+
+# ----------------------------------------------------------------- the generate stage
+def test_generation_sends_one_chunk_per_rank_and_asks_for_log_probs(tmp_path):
+    """5 prompts, K = 2, batch 2 -> chunks of one prompt; 2 ranks -> each call holds two
+    chunks (one per rank) with unit = chunk × K sequences; generation.logprobs 'on' (HF)
+    -> the records carry log π_t."""
+    sp = _run(tmp_path)
+    sp.train_prompts = SimpleNamespace(ids=[[i] for i in range(5)])
+    sp.cfg.generation.num_samples, sp.cfg.generation.batch_size = 2, 2
+    sp.cfg.generation.backend, sp.cfg.generation.logprobs = "hf", "on"
+    sp.cfg.model.path = "m"
+    calls = []
+
+    def sample_records(path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False):
+        calls.append((path, idx, k, unit, logprobs))
+        return [{"prompt_index": i, "responses": []} for i in idx]
+
+    sp.sample_records = sample_records
+    one = lambda f, *a, **k: f(*a, **k)  # noqa: E731 - rank 0's view of the collectives
+    sp.dist = SimpleNamespace(world_size=2, from_main=one, main_only=one)
+    sp.rd.iter_dir(2).mkdir()
+    sp.rd.checkpoint(1).mkdir()
+    sp.stage_generate(2)
+    path = str(sp.rd.checkpoint(1))
+    assert calls == [
+        (path, [0, 1], 2, 2, True),
+        (path, [2, 3], 2, 2, True),
+        (path, [4], 2, 2, True),
+    ]
+    got = [json.loads(x)["prompt_index"] for x in
+           (sp.rd.iter_dir(2) / "generations.jsonl").read_text().splitlines()]  # fmt: skip
+    assert got == [0, 1, 2, 3, 4] and sp.rd.done(2, "generate")

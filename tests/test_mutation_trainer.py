@@ -203,3 +203,79 @@ def test_train_policy_counts_steps_over_epochs():
     assert seen == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in logged] == seen and out["step"] == 6
     assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in logged)
+
+
+def _forwards(model):
+    """The number of sequences of each forward pass of ``model``, in order."""
+    sizes = []
+
+    def hook(mod, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        sizes.append(int(ids.shape[0]))
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return sizes
+
+
+def test_forward_passes_are_the_micro_batches_and_their_reference_samples():
+    """Unpacked, no lockstep: one forward of a micro-batch's policy samples, then one of
+    its π_ref samples when it holds them; no padding forward and no π_ref sample forwarded
+    with the policy samples. idx 0..7 = prompts 0 and 1 (4 samples each), micro-batches of 2:
+    the first micro-batch of each prompt carries its 2 π_ref samples."""
+    ex, refs = _data()
+    model = _model()
+    sizes = _forwards(model)
+    loss_fn = RSPOLoss(eta=4.0, regularizer="forward_kl[nll]", coef=0.5)
+    accumulate_gradients(model, ex, list(range(8)), loss_fn, 2, PAD, _by_group(refs))
+    assert sizes == [2, 2, 2, 2, 2, 2]  # [0,1]+refs(0), [2,3], [4,5]+refs(1), [6,7]
+    # a loss without π_ref samples forwards the policy samples only, π_ref ones never
+    model = _model()
+    sizes = _forwards(model)
+    loss_fn = RSPOLoss(eta=4.0, regularizer="reverse_kl", coef=0.5)
+    accumulate_gradients(model, ex, list(range(8)), loss_fn, 3, PAD, _by_group(refs))
+    assert sizes == [3, 3, 2]
+
+
+def test_lockstep_pads_with_one_one_token_forward_per_missing_pass():
+    """16 samples on 3 ranks (6, 5, 5), one sample per micro-batch, a loss without π_ref
+    samples: rank 2 runs its 5 samples, then ONE padding forward (one row) for rank 0's
+    sixth pass; no padding forward beside a real micro-batch."""
+    ex, refs = _data()
+    loss_fn = RSPOLoss(eta=4.0, regularizer="reverse_kl", coef=0.5)
+    model = _model()
+    sizes = _forwards(model)
+    n = []
+    accumulate_gradients(
+        model, ex, list(range(16)), loss_fn, 1, PAD, _by_group(refs), shard=(2, 3),
+        lockstep=True, backward=lambda loss: (n.append(1), loss.backward()),
+    )  # fmt: skip
+    assert (sizes, len(n)) == ([1] * 6, 6)
+    # with π_ref samples (unpacked) each padding pass stands for the policy AND the π_ref
+    # forward of rank 0's pass: two one-row forwards, one backward
+    loss_fn = RSPOLoss(eta=4.0, regularizer="forward_kl[nll]", coef=0.5)
+    model = _model()
+    sizes = _forwards(model)
+    n.clear()
+    accumulate_gradients(
+        model, ex, list(range(16)), loss_fn, 1, PAD, _by_group(refs), shard=(2, 3),
+        lockstep=True, backward=lambda loss: (n.append(1), loss.backward()),
+    )  # fmt: skip
+    # rank 2 holds idx 11..15: 11 is prompt 2's (its first sample, 8, is rank 1's), 12 is
+    # prompt 3's first and carries its 2 π_ref samples; a micro-batch without π_ref samples
+    # adds a one-row padding forward (the π_ref forward of the other ranks), and the padding
+    # pass is two one-row forwards
+    assert len(n) == 6
+    assert sizes == [1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on CPU every device is")
+def test_accumulation_keeps_the_batch_on_the_models_device():
+    """The batch's constant tensors (log π_t, log π_ref, win rates) go to the model's device:
+    a GPU model accumulates the same gradient as on the CPU."""
+    ex, refs = _data()
+    loss_fn = RSPOLoss(eta=4.0, regularizer="forward_kl[nll]", coef=0.5)
+    idx = list(range(12))
+    want, _ = _full_batch(ex, idx, refs, loss_fn)
+    model = _model().cuda()
+    accumulate_gradients(model, ex, idx, loss_fn, 5, PAD, _by_group(refs))
+    assert torch.allclose(_grad(model).cpu(), want, rtol=0, atol=1e-9)
