@@ -27,7 +27,7 @@ def _run(tmp_path, **objective) -> SelfPlayRun:
     cfg.run.output = str(tmp_path)
     sp = object.__new__(SelfPlayRun)  # no model: the stage reads records, logp recorded
     sp.cfg, sp.rd, sp.dist = cfg, RunDir(tmp_path), DistContext()
-    sp.models = SimpleNamespace(reference=None)
+    sp.models, sp.device = SimpleNamespace(reference=None), "cpu"
     sp.ops = SimpleNamespace(logprobs=None)  # no forward: log π_t is recorded, π_ref = π_1
     sp.loss_fn = SimpleNamespace(needs_ref_samples=False)
     sp.train_prompts = SimpleNamespace(ids=[[1, 2], [3]])
