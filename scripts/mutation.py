@@ -84,9 +84,18 @@ MODULES: dict[str, Module] = {
     # the score path: when stage_score/stage_generate move out of loop.py, edit this entry
     # only (files, and the functions of each file that belong to the module)
     "selfplay.score": Module(
-        ("rspo/selfplay/estimate.py", "rspo/selfplay/loop.py"),
+        ("rspo/selfplay/estimate.py", "rspo/selfplay/score.py", "rspo/selfplay/loop.py"),
         ("tests/test_estimate.py", "tests/test_mutation_score.py"),
-        {"rspo/selfplay/loop.py": ("stage_score", "stage_generate")},
+        {
+            "rspo/selfplay/score.py": (
+                "training_set",
+                "choose_samples",
+                "training_rows",
+                "sample_logprobs",
+                "reference_rows",
+            ),
+            "rspo/selfplay/loop.py": ("stage_score", "stage_generate"),
+        },
     ),
     "judges": Module(
         (

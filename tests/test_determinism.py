@@ -18,8 +18,8 @@ import pytest
 from test_selfplay_run import _cfg
 
 import rspo
-import rspo.selfplay.evaluate
 import rspo.selfplay.loop
+import rspo.selfplay.resume
 from rspo.config import load_config
 from rspo.selfplay.loop import run_selfplay
 from rspo.utils.io import read_jsonl
@@ -136,7 +136,7 @@ def _interrupted_then_resumed(env, monkeypatch, out: str, stage: str, n: int) ->
             raise KeyboardInterrupt
 
     monkeypatch.setattr(rspo.selfplay.loop, "fault_point", interrupt)
-    monkeypatch.setattr(rspo.selfplay.evaluate, "fault_point", interrupt)
+    monkeypatch.setattr(rspo.selfplay.resume, "fault_point", interrupt)
     with pytest.raises(KeyboardInterrupt):
         _run(env, out)
     assert not (env[0] / out / "iter_001" / "evaluate.done").exists()
@@ -185,7 +185,7 @@ def test_a_record_torn_mid_append_is_redone_with_its_whole_batch(env, reference,
             raise KeyboardInterrupt
 
     monkeypatch.setattr(rspo.selfplay.loop, "fault_point", interrupt)
-    monkeypatch.setattr(rspo.selfplay.evaluate, "fault_point", interrupt)
+    monkeypatch.setattr(rspo.selfplay.resume, "fault_point", interrupt)
     with pytest.raises(KeyboardInterrupt):
         _run(env, out)
     monkeypatch.undo()

@@ -44,15 +44,15 @@ MUTANTS = [
     # --- named in issue 20
     Mutant(
         "score: chosen and rejected swapped",
-        "rspo/selfplay/loop.py",
-        "chosen = [(b, 1), (w, -1)]",
-        "chosen = [(w, 1), (b, -1)]",
+        "rspo/selfplay/score.py",
+        "return [(b, 1), (w, -1)]",
+        "return [(w, 1), (b, -1)]",
         (MS + "test_pair_losses_choose_the_judges_best_and_reject_its_worst",),
     ),
     Mutant(
         "score: include_self_match ignored",
-        "rspo/selfplay/loop.py",
-        'win_rates(j["P"], c.judge.include_self_match)',
+        "rspo/selfplay/score.py",
+        'win_rates(j["P"], include_self_match)',
         'win_rates(j["P"])',
         (MS + "test_include_self_match_false_is_honoured",),
     ),
@@ -90,8 +90,8 @@ MUTANTS = [
     Mutant(
         "score: iteration dropped from the generation seed",
         "rspo/selfplay/loop.py",
-        '(self.cfg.run.seed, "gen", t)',
-        '(self.cfg.run.seed, "gen", 1)',
+        'seed_parts=(c.run.seed, "gen", t)',
+        'seed_parts=(c.run.seed, "gen", 1)',
         (MS + "test_generation_seeds_differ_between_iterations",),
     ),
     # --- the trainer's accumulation
@@ -126,9 +126,9 @@ MUTANTS = [
     # --- survivors of the sampled mutmut run (benchmarks/results/mutation/report.md)
     Mutant(
         "score: reference samples for no prompts (mutmut_141)",
-        "rspo/selfplay/loop.py",
-        "samples = self._ref_samples(t, idx)",
-        "samples = self._ref_samples(t, None)",
+        "rspo/selfplay/score.py",
+        "samples = ref_samples(idx)",
+        "samples = ref_samples(None)",
         (MS + "test_reference_samples_are_scored_for_the_prompts_of_the_dataset",),
     ),
     Mutant(

@@ -27,7 +27,8 @@ def _run(tmp_path, **objective) -> SelfPlayRun:
     cfg.run.output = str(tmp_path)
     sp = object.__new__(SelfPlayRun)  # no model: the stage reads records, logp recorded
     sp.cfg, sp.rd, sp.dist = cfg, RunDir(tmp_path), DistContext()
-    sp.models = SimpleNamespace(reference=None)
+    sp.models, sp.device = SimpleNamespace(reference=None), "cpu"
+    sp.ops = SimpleNamespace(logprobs=None)  # no forward: log π_t is recorded, π_ref = π_1
     sp.loss_fn = SimpleNamespace(needs_ref_samples=False)
     sp.train_prompts = SimpleNamespace(ids=[[1, 2], [3]])
     d = sp.rd.iter_dir(1)
@@ -105,15 +106,19 @@ def test_the_score_marker_is_written_after_its_data(tmp_path, monkeypatch):
     assert not sp.rd.done(1, "score")
 
 
-def test_generation_seeds_differ_between_iterations(tmp_path):
+def test_generation_seeds_differ_between_iterations(tmp_path, monkeypatch):
+    from rspo.selfplay import loop as loop_mod
+
     sp = _run(tmp_path)
     calls = []
 
-    def sample_records(path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False):
+    def sample_records(
+        ops, path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False
+    ):
         calls.append(seed_parts)
         return [{"prompt_index": i, "responses": []} for i in idx]
 
-    sp.sample_records = sample_records
+    monkeypatch.setattr(loop_mod, "sample_records", sample_records)
     sp.cfg.run.seed = 7
     sp.cfg.model.path = "m"
     sp.cfg.generation.logprobs = "off"
@@ -134,7 +139,7 @@ def test_reference_samples_are_scored_for_the_prompts_of_the_dataset(tmp_path):
         return {i: [[100 + i], [200 + i]] for i in idx}
 
     sp._ref_samples = ref_samples
-    sp._logprobs = lambda path, prompts, resps: [-float(r[0]) for r in resps]
+    sp.ops = SimpleNamespace(logprobs=lambda path, prompts, resps: [-float(r[0]) for r in resps])
     data = _dataset(sp)
     assert asked == [(1, [0])]
     assert data["ref_examples"] == [

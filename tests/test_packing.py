@@ -214,16 +214,17 @@ def test_recorded_logprobs_equal_a_forward_and_leave_samples_unchanged(temperatu
 
 def test_score_stage_uses_the_recorded_logprobs_and_matches_a_forward(tmp_path, monkeypatch):
     from rspo.selfplay import loop as loop_mod
+    from rspo.selfplay import ops as ops_mod
 
     tmp, model_dir = make_pipeline_env(tmp_path)
     calls = []
-    real = loop_mod.batched_sequence_logprobs
+    real = ops_mod.batched_sequence_logprobs
 
     def counting(model, prompts, *a, **k):
         calls.append(len(prompts))
         return real(model, prompts, *a, **k)
 
-    monkeypatch.setattr(loop_mod, "batched_sequence_logprobs", counting)
+    monkeypatch.setattr(ops_mod, "batched_sequence_logprobs", counting)
     data = {}
     for mode in ("on", "off"):
         calls.clear()

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 import rspo.selfplay.loop as loop_mod
+import rspo.selfplay.train as train_mod
 from rspo.config import ConfigError, LoraConfig, ModelConfig, load_config
 from rspo.modeling import batched_sequence_logprobs, load_model, sequence_logprobs
 from rspo.selfplay.loop import SelfPlayRun, run_selfplay
@@ -100,7 +101,7 @@ def lora_run(env, tmp_path_factory):
     loads: list[str] = []
     seen: dict[str, list] = {"trainable": [], "frozen": []}
     orig_from = PreTrainedModel.from_pretrained.__func__
-    orig_train = loop_mod.train_policy
+    orig_train = train_mod.train_policy
 
     def counting(cls, *a, **k):
         loads.append(str(a[0]))
@@ -113,7 +114,7 @@ def lora_run(env, tmp_path_factory):
 
     mp = pytest.MonkeyPatch()
     mp.setattr(PreTrainedModel, "from_pretrained", classmethod(counting))
-    mp.setattr(loop_mod, "train_policy", spy_train)
+    mp.setattr(train_mod, "train_policy", spy_train)
     try:
         cfg = load_config(None, _overrides(tmp, model_dir, "lora"))
         rows = run_selfplay(cfg, log=lambda m: None)

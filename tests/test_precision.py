@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import rspo.modeling
-import rspo.selfplay.loop as loop_mod
 import rspo.selfplay.models as models_mod
+import rspo.selfplay.train as train_mod
 from rspo.config import ConfigError, load_config
 from rspo.forward import _pack
 from rspo.modeling import load_model, resolve_dtype, sequence_logprobs
@@ -140,7 +140,7 @@ def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch
         gc.collect()
         return [p for p, w in loaded if w() is not None]
 
-    real_train, real_gen = loop_mod.train_policy, models_mod.PolicyModels.generator
+    real_train, real_gen = train_mod.train_policy, models_mod.PolicyModels.generator
 
     def spy_train(model, *a, **k):
         events.append(("train", "", live()))
@@ -155,7 +155,7 @@ def test_reference_is_not_resident_while_training_or_generating(env, monkeypatch
 
     # every load of the run (load_configured's and load_trainable's) goes through it
     monkeypatch.setattr(rspo.modeling, "load_model", tracking_load)
-    monkeypatch.setattr(loop_mod, "train_policy", spy_train)
+    monkeypatch.setattr(train_mod, "train_policy", spy_train)
     monkeypatch.setattr(models_mod.PolicyModels, "generator", spy_gen)
     cfg = load_config(None, _cfg(tmp, model_dir, "resident"))
     run_selfplay(cfg, log=lambda m: None)

@@ -275,15 +275,13 @@ def test_is_clip_reaches_every_estimator_of_a_spec():
 
 
 def test_objective_is_clip_config_key_is_validated_and_reaches_the_run_loss():
-    from types import SimpleNamespace
-
     from rspo.config import ConfigError, load_config
-    from rspo.selfplay.loop import SelfPlayRun
+    from rspo.selfplay.train import make_loss
 
     cfg = load_config(None, ["--objective.regularizer", "forward_kl[ratio]",
                              "--objective.coef", "0.2", "--objective.is_clip", "5"])  # fmt: skip
     assert cfg.objective.is_clip == 5.0
-    loss = SelfPlayRun._make_loss(SimpleNamespace(cfg=cfg), 0.2)
+    loss = make_loss(cfg.objective, 0.2)
     assert loss.regularizer.log_clip == 5.0
     assert load_config(None, []).objective.is_clip == 10.0  # the authors' default R
     for bad in ("0", "-1", ".inf"):

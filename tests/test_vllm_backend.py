@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import rspo.selfplay.loop as loop_mod
+import rspo.selfplay.train as train_mod
 from rspo.config import load_config
 from rspo.generation import SamplingParams, build_backend
 from rspo.generation.vllm import to_completion, vllm_sampling_params
@@ -144,13 +144,13 @@ def _run_pair(env, lora, tag, monkeypatch):
     """The same run with the HF backend and with the (fake) vLLM backend."""
     tmp, model = env
     asleep_in_training = []
-    real_train = loop_mod.train_policy
+    real_train = train_mod.train_policy
 
     def spy(*a, **k):
         asleep_in_training.append([e.weights is None and not e.kv for e in FakeLLM.instances])
         return real_train(*a, **k)
 
-    monkeypatch.setattr(loop_mod, "train_policy", spy)
+    monkeypatch.setattr(train_mod, "train_policy", spy)
     monkeypatch.setattr(FakeLLM, "batch_size", 9)  # = generation.batch_size: same batches
     rows = {}
     for backend in ("hf", "vllm"):
@@ -294,12 +294,12 @@ def test_the_engine_length_is_capped_at_the_models_context(env):
     max_model_len never exceeds the model's context, which vLLM would refuse."""
     from types import SimpleNamespace
 
-    from rspo.selfplay.loop import _check_context
+    from rspo.selfplay.preflight import check_context
 
     tmp, model = env
     cfg = load_config(None, _cfg(tmp, model, str(tmp / "ctx"), "vllm"))
     cfg.evaluation.enabled = False
     ctx = json.loads((model / "config.json").read_text())["max_position_embeddings"]
     train = SimpleNamespace(ids=[[1] * 10])
-    assert _check_context(cfg, train, SimpleNamespace(ids=[[1] * 20])) == 20 + 8
-    assert _check_context(cfg, train, SimpleNamespace(ids=[[1] * ctx])) == ctx
+    assert check_context(cfg, train, SimpleNamespace(ids=[[1] * 20])) == 20 + 8
+    assert check_context(cfg, train, SimpleNamespace(ids=[[1] * ctx])) == ctx

@@ -12,8 +12,8 @@ and an alarm fires when the two disagree (docs/operations.md).
 - :func:`stop_after`: ``run.stop_on_overoptimization``.
 
 The pure parts (:func:`spot_prompts`, :func:`is_checked`, :func:`verdict`, :func:`agreement`,
-:func:`alarm_reasons`) take plain values; the rest take the run (``cfg``, ``dist``, ``log``,
-``cache_path``, ``rd``, ``eval_prompts``).
+:func:`alarm_reasons`) take plain values; :func:`spot_check_metrics` takes what it needs; the
+alarm and the stop take the run (``cfg``, ``dist``, ``log``, ``rd``).
 """
 
 from __future__ import annotations
@@ -126,19 +126,16 @@ def build_spot_judge(cfg: Any):
         raise ConfigError(f"evaluation.spot_check.judge: {e}") from e
 
 
-def attach_spot_judge(run: Any, judge: Any) -> None:
-    """Give ``run`` the spot judge behind its on-disk cache (``judge.batch_size`` pairs per
-    call, each call's verdicts committed at once), once the run directory exists."""
+def cached_spot_judge(cfg: Any, judge: Any, root: Path) -> Any:
+    """The spot judge behind its on-disk cache (``judge.batch_size`` pairs per call, each
+    call's verdicts committed at once) under ``run.cache_dir`` or the run directory ``root``;
+    None when ``judge`` is."""
     from rspo.judges.cache import CachedJudge
+    from rspo.selfplay.inputs import cache_path
 
-    if judge is not None:
-        run._spot_judge = CachedJudge(judge, run.cache_path(CACHE_FILE), run.cfg.judge.batch_size)
-
-
-def _spot_judge(run: Any):
-    if getattr(run, "_spot_judge", None) is None:
-        attach_spot_judge(run, build_spot_judge(run.cfg))
-    return run._spot_judge
+    if judge is None:
+        return None
+    return CachedJudge(judge, cache_path(cfg, root, CACHE_FILE), cfg.judge.batch_size)
 
 
 def _usage(judge: Any) -> dict[str, int] | None:
@@ -164,7 +161,10 @@ def _stored(file: Path, prompts: list[int], n: int) -> list[float] | None:
 
 
 def spot_check_metrics(
-    run: Any,
+    cfg: Any,
+    dist: Any,
+    log: Any,
+    judge: Any,
     t: int,
     d: Path,
     texts: list[str],
@@ -172,7 +172,8 @@ def spot_check_metrics(
     b: list[dict],
     proxy: Sequence[float],
 ) -> dict[str, Any]:
-    """The spot check of evaluated iteration ``t`` (outputs in ``d``): ``texts``, ``a``, ``b``
+    """The spot check by ``judge`` (:func:`cached_spot_judge`) of evaluated iteration ``t``
+    (outputs in ``d``; ``dist`` splits the calls over ranks): ``texts``, ``a``, ``b``
     and ``proxy`` are the evaluation's pairs (``evaluation.num_samples`` consecutive pairs
     per eval prompt; ``a`` the policy's and ``b`` π_ref's response records, with ``text``
     and ``ids``) and the training judge's P(policy ≻ π_ref) on them. {} when the spot check
@@ -190,28 +191,26 @@ def spot_check_metrics(
     from rspo.evaluation.winrate import win_rate
     from rspo.judges.symmetric import symmetric_prefer
 
-    cfg = run.cfg
     s = cfg.evaluation.spot_check
-    if s is None or not is_checked(t, s.every, cfg.run.iterations):
+    if s is None or judge is None or not is_checked(t, s.every, cfg.run.iterations):
         return {}
-    n = len(run.eval_prompts.texts)
-    k = len(texts) // n
+    k = cfg.evaluation.num_samples
+    n = len(texts) // k
     prompts = spot_prompts(n, s.num_prompts, s.seed)
     if s.num_prompts > n and t == 0:
-        run.log(f"evaluation.spot_check.num_prompts {s.num_prompts}: {n} eval prompts; using all")
+        log(f"evaluation.spot_check.num_prompts {s.num_prompts}: {n} eval prompts; using all")
     idx = [i * k + j for i in prompts for j in range(k)]
     st, sa, sb = [texts[i] for i in idx], [a[i]["text"] for i in idx], [b[i]["text"] for i in idx]
     identical = [x == y for x, y in zip(sa, sb)]
     file = d / JUDGMENTS_FILE
-    q = run.dist.from_main(_stored, file, prompts, len(idx))
+    q = dist.from_main(_stored, file, prompts, len(idx))
     calls, usage = 0, None
-    if q is not None and _usage(_spot_judge(run)) is not None:
+    if q is not None and _usage(judge) is not None:
         usage = {}  # read back: nothing paid for (0 tokens)
     if q is None:
-        judge = _spot_judge(run)
         ask = [i for i, same in enumerate(identical) if not same]  # identical: a tie, free
         usage0, pairs0 = _usage(judge), judge.stats["inner_pairs"]
-        got = run.dist.shard_map(
+        got = dist.shard_map(
             lambda sl: symmetric_prefer(
                 judge, [st[i] for i in ask[sl]], [sa[i] for i in ask[sl]], [sb[i] for i in ask[sl]]
             ),
@@ -226,12 +225,12 @@ def spot_check_metrics(
         if usage0 is not None and usage1 is not None:
             mine.update({key: usage1[key] - usage0.get(key, 0) for key in usage1})
         total: dict[str, int] = {}
-        for part in run.dist.all_gather(mine):  # summed over the data-parallel ranks
+        for part in dist.all_gather(mine):  # summed over the data-parallel ranks
             for key, v in part.items():
                 total[key] = total.get(key, 0) + v
         calls, usage = total.pop("pairs"), (total if usage1 is not None else None)
         judge_id = judge.judge_id
-        run.dist.main_only(atomic_write_json, file, {"prompts": prompts, "judge": judge_id, "p": q})
+        dist.main_only(atomic_write_json, file, {"prompts": prompts, "judge": judge_id, "p": q})
     la = [len(a[i]["ids"]) for i in idx]
     lb = [len(b[i]["ids"]) for i in idx]
     train = [float(proxy[i]) for i in idx]
@@ -250,7 +249,7 @@ def spot_check_metrics(
             "spot_pairs": len(idx),
         }
 
-    out = run.dist.from_main(summary)
+    out = dist.from_main(summary)
     out["spot_judge_calls"] = calls
     if usage is not None and (usage.get("calls_with_usage") or not usage.get("calls")):
         pt, ct = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
@@ -259,7 +258,7 @@ def spot_check_metrics(
             paid = pt * s.prompt_token_price + ct * s.completion_token_price
             out["spot_judge_cost"] = paid / 1e6  # prices are per million tokens
     agree = out["spot_agreement"]
-    run.log(
+    log(
         f"iter {t} spot check ({len(prompts)} prompts, {len(idx)} pairs): spot_win_rate "
         f"{out['spot_win_rate']:.3f} [{out['spot_win_rate_ci'][0]:.3f}, "
         f"{out['spot_win_rate_ci'][1]:.3f}], agreement "

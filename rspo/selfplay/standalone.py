@@ -17,8 +17,10 @@ def evaluate_model(cfg: Config, model_path: str, out: str | None = None) -> dict
     Writes ``eval_outputs.jsonl``, ``model_outputs.json`` (AlpacaEval format) and
     ``metrics.json`` to ``out`` (default ``<run.output>/eval``).
     """
-    from rspo.selfplay.evaluate import evaluate_iteration
+    from rspo.selfplay.evaluate import evaluate_policy
+    from rspo.selfplay.inputs import build_eval_judge
     from rspo.selfplay.loop import SelfPlayRun
+    from rspo.selfplay.schedule import ref_path
 
     check_model(model_path)  # before out_dir is created
     out_dir = Path(out or Path(cfg.run.output) / "eval")
@@ -30,7 +32,24 @@ def evaluate_model(cfg: Config, model_path: str, out: str | None = None) -> dict
         run.dist.from_main(_claim, out_dir, model_path, cfg, run.log)
         name = Path(model_path).resolve()
         label = f"{name.parent.name}/{name.name}" if name.name == "checkpoint" else name.name
-        metrics = evaluate_iteration(run, 0, model_path, d=out_dir, generator=label)
+        judge = run.eval_judge
+        if judge is None:  # evaluation.enabled: false
+            judge = build_eval_judge(cfg, run.rd.root)
+        metrics = evaluate_policy(
+            cfg,
+            run.ops,
+            prompts=run.eval_prompts,
+            policy=model_path,
+            ref=ref_path(cfg, run.rd, 1),
+            judge=judge,
+            proxy_judge=run.judge,
+            out=out_dir,
+            baseline=run.rd.root / "eval_baseline.jsonl",
+            iteration=0,
+            generator=label,
+            log=run.log,
+            spot_judge=run.spot_judge,
+        )
         metrics.pop("iteration", None)  # not an iteration of a run: the model is named instead
         metrics["model"] = model_path
         run.dist.main_only(atomic_write_json, out_dir / "metrics.json", metrics)
