@@ -164,11 +164,9 @@ MUTANTS = [
     ),
     Mutant(
         "score: a tied prompt ends the scan (mutmut_61)",
-        "rspo/selfplay/loop.py",
-        "tied += 1  # the judge preferred none of them: no chosen/rejected pair\n"
-        "                    continue",
-        "tied += 1  # the judge preferred none of them: no chosen/rejected pair\n"
-        "                    break",
+        "rspo/selfplay/score.py",
+        "tied += 1\n            continue",
+        "tied += 1\n            break",
         (MS + "test_a_tied_prompt_skips_only_itself",),
     ),
     Mutant(

@@ -213,7 +213,7 @@ def test_log_probs_are_computed_under_the_policy_and_the_reference_when_not_reco
         base = -100.0 if path == "init" else -10.0
         return [base - r[0] for r in resps]
 
-    sp._logprobs = logprobs
+    sp.ops = SimpleNamespace(logprobs=logprobs)  # the log-prob forwards the score stage calls
     sp.stage_score(2)
     data = json.loads((d2 / "dataset.json").read_text())
     policy = str(sp.rd.checkpoint(1))
@@ -230,7 +230,7 @@ def test_log_probs_are_computed_under_the_policy_and_the_reference_when_not_reco
 
 
 # ----------------------------------------------------------------- the generate stage
-def test_generation_sends_one_chunk_per_rank_and_asks_for_log_probs(tmp_path):
+def test_generation_sends_one_chunk_per_rank_and_asks_for_log_probs(tmp_path, monkeypatch):
     """5 prompts, K = 2, batch 2 -> chunks of one prompt; 2 ranks -> each call holds two
     chunks (one per rank) with unit = chunk × K sequences; generation.logprobs 'on' (HF)
     -> the records carry log π_t."""
@@ -241,11 +241,12 @@ def test_generation_sends_one_chunk_per_rank_and_asks_for_log_probs(tmp_path):
     sp.cfg.model.path = "m"
     calls = []
 
-    def sample_records(path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False):
+    def sample_records(ops, path, prompt_ids, idx, k, seed_parts, params, unit=None,
+                       logprobs=False):  # fmt: skip
         calls.append((path, idx, k, unit, logprobs))
         return [{"prompt_index": i, "responses": []} for i in idx]
 
-    sp.sample_records = sample_records
+    monkeypatch.setattr("rspo.selfplay.loop.sample_records", sample_records)
     one = lambda f, *a, **k: f(*a, **k)  # noqa: E731 - rank 0's view of the collectives
     sp.dist = SimpleNamespace(world_size=2, from_main=one, main_only=one)
     sp.rd.iter_dir(2).mkdir()
