@@ -344,3 +344,78 @@ def test_metrics_per_iteration_draws_one_panel_per_metric_under_one_legend(tmp_p
     assert fig.get_size_inches()[0] == pytest.approx(2 * figs[1].get_size_inches()[0])
     with pytest.raises(ValueError, match="^no metrics to plot$"):
         plot_metrics_per_iteration(rows, tmp_path / "none.png", metrics=())
+
+
+def test_cluster_bootstrap_draws_at_most_two_million_indices_at_a_time(monkeypatch):
+    """The resamples are drawn in chunks of 2,000,000 // clusters rows (memory), at least one
+    resample per chunk: 1,000,001 clusters give one resample (1,000,001 indices) per draw,
+    never two (2,000,002 indices), and the chunking does not change the interval."""
+    from rspo.evaluation import kl
+
+    real = np.random.default_rng
+    sizes = []
+
+    class Spy:
+        def __init__(self, seed):
+            self.rng = real(seed)
+
+        def integers(self, low, high, size):
+            sizes.append(size)
+            return self.rng.integers(low, high, size=size)
+
+    monkeypatch.setattr(kl.np.random, "default_rng", Spy)
+    n = 1_000_001
+    vals = np.zeros(n)
+    vals[0] = float(n)  # mean 1; a resample's mean is 1 × (copies of cluster 0)
+    got = kl.cluster_mean_interval(vals, 1, n_boot=3, seed=0)
+    assert sizes == [(1, n)] * 3
+    monkeypatch.setattr(kl.np.random, "default_rng", real)
+    rng = real(0)
+    means = np.array([vals[rng.integers(0, n, size=(1, n))].mean() for _ in range(3)])
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    assert got == (1.0, min(lo, 1.0), max(hi, 1.0))
+
+
+def test_length_glm_newton_steps_never_increase_the_objective():
+    """Armijo backtracking: each iteration's step is halved until the objective drops. At
+    p = (0.1, 0, 0, 0), f = (50, 0, 0, 0) the full first Newton step from θ = logit(0.025),
+    φ = 0 overshoots (the objective would rise from 0.1169 to 0.132); the damped one lowers
+    it. The start's objective by hand: mean soft cross-entropy at q = 0.025."""
+    from rspo.evaluation.length_control import _objective, fit_length_glm
+
+    p = np.array([0.1, 0.0, 0.0, 0.0])
+    f = np.array([50.0, 0.0, 0.0, 0.0])
+    w = np.ones((1, 4))
+    q = 0.025
+    start = -np.mean(p * np.log(q) + (1 - p) * np.log(1 - q))
+    assert start == pytest.approx(0.116907, abs=1e-6)
+    beta0, _, n0 = fit_length_glm(p, f, max_iter=0)
+    assert n0 == 0 and _objective(beta0, p, f, w, 1e-5)[0] == pytest.approx(start, rel=1e-12)
+    prev = start
+    for k in range(1, 8):
+        beta, _, _ = fit_length_glm(p, f, max_iter=k)
+        j = _objective(beta, p, f, w, 1e-5)[0]
+        assert j < prev, k
+        prev = j
+
+
+def test_metrics_per_iteration_band_has_its_methods_color(tmp_path, monkeypatch):
+    """The CI band is shaded in its method's line colour: here only the SECOND method
+    (colour C1) has a band, so matplotlib's own next fill colour (C0) would be wrong."""
+    import matplotlib.colors as mc
+
+    from rspo.evaluation.plots import plot_metrics_per_iteration
+
+    figs = _drawn(monkeypatch)
+    rows = [
+        {"method": "sppo", "iteration": 1, "win_rate": 0.55},
+        {"method": "rspo", "iteration": 1, "win_rate": 0.58, "win_rate_ci": [0.5, 0.66]},
+        {"method": "rspo", "iteration": 2, "win_rate": 0.6, "win_rate_ci": [0.52, 0.7]},
+    ]
+    plot_metrics_per_iteration(rows, tmp_path / "m.png", metrics=("win_rate",))
+    (ax,) = figs[0].axes
+    colors = {lab: color for lab, _, _, _, color, _ in _lines(ax)}
+    assert colors == {"sppo": "C0", "rspo": "C1"}
+    (band,) = ax.collections
+    assert mc.same_color(band.get_facecolor()[0][:3], mc.to_rgb("C1"))
+    assert band.get_alpha() == 0.2

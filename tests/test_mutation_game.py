@@ -136,3 +136,16 @@ def test_convergence_table_reproduces_the_documented_rows():
         "|---|---|---|---|---|",
         " | ".join(want[:2] + want[3:]),  # "... | 1.2–6.4 (4 boundary eq.) |"
     ]
+
+
+def test_bt_game_scale_multiplies_the_strengths():
+    """P(i ≻ j) = σ(s_i − s_j) with s = scale·z, z ~ N(0, 1) from the seed's generator: the
+    logits log(P/(1−P)) are s_i − s_j, so scale 3 triples scale 1's with the same seed."""
+    from rspo.game.games import bt_game
+
+    z = np.random.default_rng(7).normal(0.0, 1.0, size=5)
+    for scale in (1.0, 3.0, 0.25):
+        P = bt_game(5, 7, scale=scale)
+        logit = np.log(P / (1.0 - P))
+        want = scale * (z[:, None] - z[None, :])
+        assert np.allclose(logit, want, rtol=0, atol=1e-9), scale

@@ -197,3 +197,49 @@ def test_regularizers_are_equal_and_hash_by_class_and_settings():
     assert len({a, ReverseKL("k2"), ForwardKL(), ForwardKL("nll")}) == 4
     assert hash(ReverseKL()) != hash(ForwardKL())  # same settings, another class
     assert repr(a) == "ReverseKL(estimator='k2', log_clip=5.0)"
+
+
+# ----------------------------------------------------------------- pair indices
+def _pairs_batch(labels):
+    n = len(labels)
+    z = torch.zeros(n, dtype=torch.float64)
+    return SampleBatch(
+        logp_theta=z.clone(), logp_t=z.clone(), logp_ref=z.clone(), win_rate=z.clone(),
+        label=torch.tensor(labels, dtype=torch.float64),
+    )  # fmt: skip
+
+
+def test_pair_indices_message_names_the_bad_pair_and_both_its_rows():
+    """Pair i is rows (2i, 2i+1): the third pair (i = 2, rows 4 and 5) has two +1 labels."""
+    b = _pairs_batch([1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, -1.0])
+    with pytest.raises(ValueError) as e:
+        b.pair_indices()
+    assert str(e.value) == (
+        "pair 2 (rows 4, 5) has labels (1.0, 1.0); each pair needs one +1 and one -1"
+    )
+
+
+def test_pair_indices_live_on_the_batchs_device_whatever_the_default_device():
+    """The indices are made on the batch's device, not on torch's default device (a GPU
+    batch under a CPU default, or here a CPU batch under a ``meta`` default): chosen rows
+    are 0 (label +1 first), 3 (the second pair's +1 is row 3)."""
+    b = _pairs_batch([1.0, -1.0, -1.0, 1.0])
+    with torch.device("meta"):
+        chosen, rejected = b.pair_indices()
+    assert (chosen.device.type, rejected.device.type) == ("cpu", "cpu")
+    assert (chosen.tolist(), rejected.tolist()) == ([0, 3], [1, 2])
+    b.label = None  # unlabelled: (even, odd) rows, on the batch's device too
+    with torch.device("meta"):
+        even, odd = b.pair_indices()
+    assert (even.device.type, odd.device.type) == ("cpu", "cpu")
+    assert (even.tolist(), odd.tolist()) == ([0, 2], [1, 3])
+
+
+def test_rspo_preset_note_states_its_coef_in_the_authors_lambda():
+    """The note converts the authors' λ_a to rspo's coef as the module docstring derives it
+    (IS forward KL: coef = 2λ_a), naming the preset's own coef and spec."""
+    from rspo.objectives.presets import _presets
+
+    p = _presets()["rspo"]
+    assert p.note.startswith("RSPO headline (Tang et al.): IS forward KL + 5 × reverse KL")
+    assert f"λ = {p.coef / 2} in the authors' scale = coef {p.coef} on '{p.regularizer}'" in p.note

@@ -183,3 +183,107 @@ def test_overwrite_does_not_count_a_linked_run_as_one_level_down(tmp_path):
     atomic_write_json(d / "sub" / "run.json", {"rspo": "0"})
     remove_output(d)
     assert not d.exists() and (run / "run.json").exists()
+
+
+# ----------------------------------------------------------------- init refusals, messages
+def test_lowering_iterations_names_the_last_evaluated_iteration(tmp_path):
+    """A run evaluated iterations 0..5 (metrics.json in iter_000..iter_005), resumed with
+    run.iterations 2: iterations 3, 4 and 5 would lose their rows; the message names the
+    LAST of them, 5, twice (what was evaluated, and the smallest iterations that keeps it)."""
+    root = tmp_path / "run"
+    rd = RunDir(root)
+    cfg = load_config(None, {"run.iterations": 5}, preset="gym")
+    assert rd.init(cfg) is False
+    rd.unlock()
+    for t in range(6):
+        atomic_write_json(rd.iter_dir(t) / "metrics.json", {"iteration": t})
+    fewer = load_config(None, {"run.iterations": 2}, preset="gym")
+    rd = RunDir(root)
+    with pytest.raises(ConfigError) as e:
+        rd.init(fewer)
+    rd.unlock()
+    assert str(e.value) == (
+        f"run.iterations: 2, but {root} already evaluated iteration 5; lowering it would drop "
+        "rows from metrics.jsonl. Use run.iterations >= 5 (nothing is redone), or another "
+        "--output"
+    )
+
+
+def test_iteration_directories_without_a_config_name_the_way_out(tmp_path):
+    root = tmp_path / "run"
+    (root / "iter_000").mkdir(parents=True)
+    rd = RunDir(root)
+    with pytest.raises(ConfigError) as e:
+        rd.init(load_config(None, [], preset="gym"))
+    rd.unlock()
+    assert str(e.value) == (
+        f"run directory {root} holds iteration directories but no config.yaml (an "
+        "interrupted --overwrite, or files copied by hand); delete it or use another --output"
+    )
+    assert not (root / "config.yaml").exists()
+
+
+def test_a_changed_prompt_message_names_every_way_out(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.check_prompts(_sets(["a", "b"], [[1], [2]]), resuming=False)
+    with pytest.raises(ConfigError) as e:
+        rd.check_prompts(_sets(["a", "b"], [[1], [2, 3]]), resuming=True)
+    assert str(e.value) == (
+        f"data.prompts: train prompt 1 is not the one this run started with "
+        f"({tmp_path / 'prompts.jsonl'}: its token ids differ); its records refer to prompts "
+        "by position: restore the prompt file (or the tokenizer), or start over with "
+        "--overwrite or another --output (an unchanged file reads differently since rspo "
+        "drops trailing assistant turns of messages)"
+    )
+
+
+def _busy_unlink(monkeypatch):
+    """os.unlink failing on files named ``busy`` (a file NFS or Windows keeps busy)."""
+    import os
+
+    unlink = os.unlink
+
+    def stuck(path, *a, **k):
+        if os.fspath(path).endswith("busy"):
+            raise PermissionError(1, "Operation not permitted", os.fspath(path))
+        return unlink(path, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", stuck)
+    return unlink
+
+
+def _run_with(root, *files):
+    (root / "iter_000").mkdir(parents=True)
+    atomic_write_json(root / "run.json", {"rspo": "0.1.0"})
+    for name in files:
+        (root / "iter_000" / name).write_text("x")
+
+
+def test_an_interrupted_overwrite_leaves_a_hidden_folder_that_the_next_one_removes(
+    tmp_path, monkeypatch
+):
+    """--overwrite moves the run onto a hidden ``.<name>.deleting.*`` folder beside it, then
+    deletes that. A delete that fails half way (a busy file) leaves that folder, and the run
+    path free. The next --overwrite of the same path removes such leftovers as best it can:
+    one still busy does not stop it, and once the file is free the leftover goes too."""
+    import os
+
+    root = tmp_path / "run"
+    _run_with(root, "busy")
+    unlink = _busy_unlink(monkeypatch)
+    with pytest.raises(OSError):
+        remove_output(root)
+    assert not root.exists()
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".run.deleting.")
+    inside = sorted(p.relative_to(left) for p in left.rglob("*"))
+    assert inside == [Path("iter_000"), Path("iter_000/busy")]
+    # a new run at the same path, overwritten while the old leftover's file is still busy
+    _run_with(root, "free")
+    remove_output(root)
+    assert not root.exists() and [p.name for p in tmp_path.iterdir()] == [left.name]
+    # the file is free now: the next --overwrite removes the leftover as well
+    monkeypatch.setattr(os, "unlink", unlink)
+    _run_with(root, "free")
+    remove_output(root)
+    assert list(tmp_path.iterdir()) == []
