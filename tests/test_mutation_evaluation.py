@@ -419,3 +419,29 @@ def test_metrics_per_iteration_band_has_its_methods_color(tmp_path, monkeypatch)
     (band,) = ax.collections
     assert mc.same_color(band.get_facecolor()[0][:3], mc.to_rgb("C1"))
     assert band.get_alpha() == 0.2
+
+
+def test_self_bleu_scores_every_text_after_an_empty_one():
+    """An empty text scores 0 and the others are still scored: unigram BLEU of "a b c"
+    against {"", "a b c"} is 3/3 clipped matches, closest reference length 3 (BP = 1): 1."""
+    from rspo.evaluation.diversity import bleu_against_others
+
+    assert bleu_against_others(["", "a b c", "a b c"], n=1) == [0.0, 1.0, 1.0]
+    assert bleu_against_others(["a b c", "", "a b c"], n=1) == [1.0, 0.0, 1.0]
+
+
+def test_self_bleu_of_one_text_is_refused_with_the_reason():
+    from rspo.evaluation.diversity import bleu_against_others
+
+    with pytest.raises(ValueError, match=r"^self-BLEU needs at least two texts$"):
+        bleu_against_others(["only one"])
+
+
+def test_html_report_is_a_closed_document(tmp_path):
+    from rspo.evaluation.report import write_html_report
+
+    path = write_html_report(tmp_path / "r.html", "T & U", [{"a": 1}], [], notes="n")
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n')
+    assert text.endswith("\n</tbody></table>\n</body></html>\n")
+    assert "<h1>T &amp; U</h1>" in text

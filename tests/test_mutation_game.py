@@ -149,3 +149,17 @@ def test_bt_game_scale_multiplies_the_strengths():
         logit = np.log(P / (1.0 - P))
         want = scale * (z[:, None] - z[None, :])
         assert np.allclose(logit, want, rtol=0, atol=1e-9), scale
+
+
+def test_measure_reports_the_smallest_equilibrium_probability():
+    """Rock-paper-scissors from a uniform π_ref: the regularized equilibrium is uniform (by
+    symmetry), so its smallest probability is 1/3."""
+    from rspo.game import rps_game
+    from rspo.game.convergence import measure
+
+    out = measure(rps_game(3), np.full(3, 1 / 3), "reverse_kl", TAU, 0.5, 40)
+    assert set(out) == {
+        "final_distance", "converging", "max_late_distance", "empirical_rate",
+        "linearized_radius", "min_pi_star",
+    }  # fmt: skip
+    assert out["min_pi_star"] == pytest.approx(1 / 3, abs=1e-9)

@@ -307,3 +307,32 @@ def test_cache_creates_missing_parent_directories_and_names_a_bad_file(tmp_path)
     cj = CachedJudge(inner, c)
     assert repr(cj) == f"CachedJudge({inner!r}, {str(c.path)!r})"
     assert cj.judge_id == inner.judge_id and cj.order_sensitive is False
+
+
+def test_cache_keeps_one_connection_per_process_and_reopens_after_a_fork(tmp_path, monkeypatch):
+    """Every use in the process that opened the connection reuses it; a process with another
+    pid (a forked child inheriting the object) opens its own."""
+    import sqlite3
+
+    from rspo.judges import cache as cache_mod
+    from rspo.judges.cache import JudgementCache
+
+    opened = []
+    real = sqlite3.connect
+
+    def connect(*a, **k):
+        conn = real(*a, **k)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(cache_mod.sqlite3, "connect", connect)
+    c = JudgementCache(tmp_path / "c.sqlite")
+    c.put_many("j", {"k1": 0.25})
+    assert c.get_many(["k1"]) == {"k1": 0.25} and len(c) == 1 and c.count("j") == 1
+    assert len(opened) == 1
+    pid = cache_mod.os.getpid()
+    monkeypatch.setattr(cache_mod.os, "getpid", lambda: pid + 1)  # as in a forked child
+    assert c.get_many(["k1"]) == {"k1": 0.25} and len(c) == 1
+    assert len(opened) == 2
+    c.close()
+    opened[0].close()

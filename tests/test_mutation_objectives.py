@@ -243,3 +243,39 @@ def test_rspo_preset_note_states_its_coef_in_the_authors_lambda():
     p = _presets()["rspo"]
     assert p.note.startswith("RSPO headline (Tang et al.): IS forward KL + 5 × reverse KL")
     assert f"λ = {p.coef / 2} in the authors' scale = coef {p.coef} on '{p.regularizer}'" in p.note
+
+
+def test_regularizer_value_is_computed_in_double_precision_whatever_the_input_dtype():
+    """R(π) = Σ π_i log(π_i / ref_i) in float64 even for a float32 π (the inputs are the
+    same numbers; only the arithmetic's precision is in question)."""
+    import math
+
+    pi32 = np.array([0.3, 0.7], dtype=np.float32)
+    ref = np.array([0.6, 0.4])
+    p = [float(x) for x in pi32]  # exactly the float32 values, as doubles
+    want = sum(pi * math.log(pi / r) for pi, r in zip(p, ref))
+    got = ReverseKL().value(pi32, ref)
+    assert got == pytest.approx(want, rel=1e-14)
+    assert Chi2().value(pi32, ref) == pytest.approx(
+        sum((pi - r) ** 2 / r for pi, r in zip(p, ref)), rel=1e-14
+    )
+
+
+def test_preset_notes_state_the_presets_own_eta_tau():
+    """The notes' ητ is the preset's: χ² at first order ητ = coef·½/2 = 0.2·0.5/2 = 0.05
+    (the ratio estimator's gradient is ½∇χ²); INPO's is its tau_eta = 0.5."""
+    from rspo.objectives.presets import PRESETS
+
+    chi2 = PRESETS["rspo_chi2"]
+    assert chi2.note == (
+        "RSPO χ² (Tang et al.), authors' λ = 0.1 on min(π_θ/π_ref, e^10), whose gradient "
+        "is ½∇χ² at θ_t; ητ = 0.05."
+    )
+    eta = 1000.0
+    assert eta * chi2.tau_per_component(eta)["chi2"] == pytest.approx(0.05)
+    inpo = PRESETS["inpo"]
+    assert inpo.tau_eta == 0.5
+    assert inpo.note == (
+        "INPO (Zhang et al.) pairwise square loss on (best, worst) with hard preference; "
+        "ητ = 0.5 (π_ref's mixture weight) is rspo's default, not from the paper."
+    )

@@ -287,3 +287,22 @@ def test_an_interrupted_overwrite_leaves_a_hidden_folder_that_the_next_one_remov
     _run_with(root, "free")
     remove_output(root)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_dir_that_is_a_file_or_under_one_is_named_in_the_error(tmp_path):
+    from rspo.selfplay.rundir import check_output_dir
+
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(ConfigError) as e:
+        check_output_dir(f)
+    assert str(e.value) == (
+        f"run.output: {f} is a file, not a directory; give the run a directory path"
+    )
+    below = f / "a" / "b"
+    with pytest.raises(ConfigError) as e:
+        check_output_dir(below, key="eval.output")
+    assert str(e.value) == (
+        f"eval.output: {below} is under {f}, a file, not a directory; give the run a directory path"
+    )
+    check_output_dir(tmp_path / "new" / "run")  # nothing there yet: fine

@@ -261,3 +261,44 @@ def test_generation_sends_one_chunk_per_rank_and_asks_for_log_probs(tmp_path, mo
     got = [json.loads(x)["prompt_index"] for x in
            (sp.rd.iter_dir(2) / "generations.jsonl").read_text().splitlines()]  # fmt: skip
     assert got == [0, 1, 2, 3, 4] and sp.rd.done(2, "generate")
+
+
+def test_mpo_scores_against_the_magnet_checkpoint(tmp_path):
+    """MPO with magnet_refresh = 2: in iteration 3 π_ref is the checkpoint of iteration 2
+    (anchor ((3 − 1) // 2)·2 = 2), which is also π_3: log π_ref = the recorded log π_t."""
+    sp = _run(tmp_path, loss_type="sppo_hard", magnet_refresh=2)
+    src, dst = sp.rd.iter_dir(1), sp.rd.iter_dir(3)
+    dst.mkdir(parents=True)
+    for name in ("generations.jsonl", "judgments.jsonl"):
+        (dst / name).write_text((src / name).read_text())
+    sp.stage_score(3)
+    assert sp.models.reference == str(sp.rd.checkpoint(2))
+    data = json.loads((dst / "dataset.json").read_text())
+    assert [e["logp_ref"] for e in data["examples"]] == [-3.0, -1.0]
+
+
+def test_generation_records_logprobs_in_float32_on_a_cpu_device(tmp_path, monkeypatch):
+    """generation.logprobs auto, HF backend, model.dtype auto: float32 on the CPU, so the
+    samples' log π_t are recorded; a bfloat16 model does not record them."""
+    import torch
+
+    from rspo.selfplay import loop as loop_mod
+
+    sp = _run(tmp_path)
+    sp.device = torch.device("cpu")
+    got = []
+
+    def sample_records(
+        ops, path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False
+    ):
+        got.append(logprobs)
+        return [{"prompt_index": i, "responses": []} for i in idx]
+
+    monkeypatch.setattr(loop_mod, "sample_records", sample_records)
+    sp.cfg.model.path = "m"
+    sp.cfg.generation.backend, sp.cfg.generation.logprobs = "hf", "auto"
+    for t, dtype in ((2, "auto"), (3, "bfloat16")):
+        sp.cfg.model.dtype = dtype
+        sp.rd.checkpoint(t - 1).mkdir(parents=True)
+        sp.stage_generate(t)
+    assert got == [True, False]

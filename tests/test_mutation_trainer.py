@@ -324,3 +324,28 @@ def test_packed_accumulation_runs_one_forward_per_micro_batch_with_its_reference
     assert len(sizes) == 4
     # the micro-batches holding a prompt's first sample carry its 2 π_ref samples
     assert seen == [(2, 2), (2, 0), (2, 2), (2, 0)]
+
+
+@pytest.mark.parametrize("loss_type", ["sppo_hard", "inpo"])
+def test_pair_labels_decide_the_chosen_row_whatever_the_row_order(loss_type):
+    """Pairs given rejected-first ((7, 6): labels −1, +1) are the same pairs as chosen-first
+    ((6, 7)): the labels pick the chosen row, so the gradients are equal; and the swap does
+    matter to the loss (rejected-first without labels would be the opposite preference)."""
+    ex, refs = _data()
+    tau = 0.05 if loss_type == "inpo" else None
+    loss_fn = RSPOLoss(eta=4.0, regularizer=None, coef=0.0, loss_type=loss_type, tau=tau)
+    assert [ex[i].label for i in (7, 6, 1, 0)] == [-1, 1, -1, 1]
+    grads = []
+    for idx in ([6, 7, 0, 1], [7, 6, 1, 0]):
+        model = _model()
+        accumulate_gradients(model, ex, idx, loss_fn, 2, PAD, pairwise=True)
+        grads.append(_grad(model))
+    assert torch.allclose(grads[0], grads[1], rtol=0, atol=1e-12)
+    flipped = [
+        TrainExample(e.prompt_ids, e.response_ids, e.win_rate, e.logp_t, e.logp_ref, e.group,
+                     -e.label)
+        for e in ex
+    ]  # fmt: skip
+    model = _model()
+    accumulate_gradients(model, flipped, [6, 7, 0, 1], loss_fn, 2, PAD, pairwise=True)
+    assert not torch.allclose(_grad(model), grads[0], rtol=0, atol=1e-6)
