@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rspo.generation import SamplingParams
 from rspo.selfplay.generate import sample_records
 from rspo.selfplay.resume import computed_once, copy_missing, extend_records
+from rspo.selfplay.usage import judge_usage, usage_metrics
 from rspo.utils.imports import load_callable as _load
 
 if TYPE_CHECKING:
@@ -174,33 +175,6 @@ def gold_metrics(
         seed=cfg.run.seed,
         group_size=e.num_samples,
     )
-
-
-def judge_usage(judge: Any) -> dict[str, int] | None:
-    """A copy of the ``usage`` counters of ``judge`` or of a judge it wraps (the ``openai``
-    judge's calls and tokens), or None when none reports usage."""
-    while judge is not None:
-        usage = getattr(judge, "usage", None)
-        if isinstance(usage, dict):
-            return dict(usage)
-        judge = getattr(judge, "judge", None)
-    return None
-
-
-def usage_metrics(dist: DistContext, before: dict | None, after: dict | None) -> dict[str, int]:
-    """``judge_calls`` and, when the responses reported them (or no call was made: 0),
-    ``judge_prompt_tokens`` and ``judge_completion_tokens``: what the evaluation judge was
-    paid for between ``before`` and ``after``, summed over ranks (cached verdicts cost
-    nothing and are not counted)."""
-    if before is None or after is None:
-        return {}
-    delta = {k: after[k] - before.get(k, 0) for k in after}
-    total = {k: sum(d[k] for d in dist.all_gather(delta)) for k in delta}
-    out = {"judge_calls": total.get("calls", 0)}
-    if total.get("calls_with_usage") or not out["judge_calls"]:  # no call: 0 tokens paid
-        out["judge_prompt_tokens"] = total.get("prompt_tokens", 0)
-        out["judge_completion_tokens"] = total.get("completion_tokens", 0)
-    return out
 
 
 def accuracy(spec: str, texts: list[str], responses: list[str], k: int) -> list[bool]:

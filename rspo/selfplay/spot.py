@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rspo.selfplay.usage import judge_usage, usage_metrics
 from rspo.utils.io import atomic_write_json, read_json
 
 #: a verdict within this of ½ is a tie
@@ -138,16 +139,6 @@ def cached_spot_judge(cfg: Any, judge: Any, root: Path) -> Any:
     return CachedJudge(judge, cache_path(cfg, root, CACHE_FILE), cfg.judge.batch_size)
 
 
-def _usage(judge: Any) -> dict[str, int] | None:
-    """The ``usage`` counters of ``judge`` or of a judge it wraps (the openai judge), copied."""
-    while judge is not None:
-        usage = getattr(judge, "usage", None)
-        if isinstance(usage, dict):
-            return dict(usage)
-        judge = getattr(judge, "judge", None)
-    return None
-
-
 def _stored(file: Path, prompts: list[int], n: int) -> list[float] | None:
     try:
         have = read_json(file)
@@ -204,12 +195,10 @@ def spot_check_metrics(
     identical = [x == y for x, y in zip(sa, sb)]
     file = d / JUDGMENTS_FILE
     q = dist.from_main(_stored, file, prompts, len(idx))
-    calls, usage = 0, None
-    if q is not None and _usage(judge) is not None:
-        usage = {}  # read back: nothing paid for (0 tokens)
+    usage0, calls = judge_usage(judge), 0
     if q is None:
         ask = [i for i, same in enumerate(identical) if not same]  # identical: a tie, free
-        usage0, pairs0 = _usage(judge), judge.stats["inner_pairs"]
+        pairs0 = judge.stats["inner_pairs"]
         got = dist.shard_map(
             lambda sl: symmetric_prefer(
                 judge, [st[i] for i in ask[sl]], [sa[i] for i in ask[sl]], [sb[i] for i in ask[sl]]
@@ -220,17 +209,11 @@ def spot_check_metrics(
         q = [0.5] * len(idx)
         for i, p in zip(ask, got):
             q[i] = float(p)
-        usage1 = _usage(judge)
-        mine = {"pairs": judge.stats["inner_pairs"] - pairs0}
-        if usage0 is not None and usage1 is not None:
-            mine.update({key: usage1[key] - usage0.get(key, 0) for key in usage1})
-        total: dict[str, int] = {}
-        for part in dist.all_gather(mine):  # summed over the data-parallel ranks
-            for key, v in part.items():
-                total[key] = total.get(key, 0) + v
-        calls, usage = total.pop("pairs"), (total if usage1 is not None else None)
+        calls = sum(dist.all_gather(judge.stats["inner_pairs"] - pairs0))  # over the ranks
         judge_id = judge.judge_id
         dist.main_only(atomic_write_json, file, {"prompts": prompts, "judge": judge_id, "p": q})
+    # what those calls cost (nothing when read back from spot_judgments.json)
+    usage = usage_metrics(dist, usage0, judge_usage(judge))
     la = [len(a[i]["ids"]) for i in idx]
     lb = [len(b[i]["ids"]) for i in idx]
     train = [float(proxy[i]) for i in idx]
@@ -251,8 +234,8 @@ def spot_check_metrics(
 
     out = dist.from_main(summary)
     out["spot_judge_calls"] = calls
-    if usage is not None and (usage.get("calls_with_usage") or not usage.get("calls")):
-        pt, ct = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    if "judge_prompt_tokens" in usage:  # the judge reports usage
+        pt, ct = usage["judge_prompt_tokens"], usage["judge_completion_tokens"]
         out["spot_judge_prompt_tokens"], out["spot_judge_completion_tokens"] = pt, ct
         if s.prompt_token_price or s.completion_token_price:
             paid = pt * s.prompt_token_price + ct * s.completion_token_price
