@@ -102,9 +102,8 @@ def evaluate_policy(
     metrics = dist.from_main(gold_metrics, cfg, texts, a, b, probs, correct, div)  # on rank 0
     if e.subset_fn:
         metrics.update(subset_metrics(e.subset_fn, prompts.texts, probs, metrics))
-    metrics.update(
-        proxy_metrics(cfg, ops, proxy_judge, out / "proxy_judgments.json", texts, ta, tb)
-    )
+    proxy = proxy_probs(ops, proxy_judge, cfg.judge, out / "proxy_judgments.json", texts, ta, tb)
+    metrics.update(proxy_metrics(cfg, ops, proxy))
     kl_file = out / "kl_logprobs.json"
     metrics.update(
         kl_metrics(cfg, ops, prompts.ids, kl_file, policy, ref, pol, div, iteration, log)
@@ -113,8 +112,6 @@ def evaluate_policy(
     if spot_judge is not None:  # the spot check: an independent judge on these pairs
         from rspo.selfplay.spot import spot_check_metrics
 
-        proxy_file = out / "proxy_judgments.json"  # read back: proxy_metrics asked already
-        proxy = proxy_probs(ops, proxy_judge, cfg.judge, proxy_file, texts, ta, tb)
         spot = spot_check_metrics(cfg, dist, log, spot_judge, iteration, out, texts, a, b, proxy)
         metrics.update(spot)
     write_outputs(dist, out, prompts.texts, pol, (texts, ta, tb), probs, ref, generator, judge)
@@ -240,18 +237,14 @@ def proxy_probs(
     )
 
 
-def proxy_metrics(
-    cfg: Config, ops: ModelOps, judge: Any, file: Path, texts: list[str], ta: list[str],
-    tb: list[str],
-) -> dict[str, Any]:  # fmt: skip
-    """``proxy_win_rate`` (+ ``_ci``): the training judge's win rate of π vs π_ref on the
-    gold win rate's pairs (``texts``, ``ta`` vs ``tb``), same cluster bootstrap."""
+def proxy_metrics(cfg: Config, ops: ModelOps, probs: list[float]) -> dict[str, Any]:
+    """``proxy_win_rate`` (+ ``_ci``): the training judge's win rate of π vs π_ref from its
+    ``probs`` on the gold win rate's pairs (:func:`proxy_probs`), same cluster bootstrap."""
     import numpy as np
 
     from rspo.evaluation.winrate import win_rate
 
     e, k, seed = cfg.evaluation, cfg.evaluation.num_samples, cfg.run.seed
-    probs = proxy_probs(ops, judge, cfg.judge, file, texts, ta, tb)
     wr = ops.dist.from_main(
         lambda: win_rate(np.reshape(probs, (-1, k)).mean(axis=1), n_boot=e.n_boot, seed=seed)
     )
