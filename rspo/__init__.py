@@ -8,7 +8,8 @@ The Python API (imported lazily, so ``import rspo`` stays cheap)::
     result = rspo.run(cfg)            # result.run_dir, result.checkpoint, result.metrics
 
 Extension points: subclass :class:`Judge` (``@register_judge("name")``) or
-:class:`Regularizer` (``@register_regularizer``); name the module in ``run.imports``.
+:class:`Regularizer` (``@register_regularizer``), or name a model directory
+(``register_model_alias``); name the module in ``run.imports``.
 
 Layers (each depends only on those above it in this list):
 ``objectives`` (pure torch losses and regularizers) -> ``game`` (exact tabular games)
@@ -30,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 from rspo._version import __version__
 from rspo.utils import plugins as _plugins
 
-# the embedded gym registers its judges (it declares its judge modules when imported)
+# the embedded gym registers its judges and base models (it declares their modules when
+# imported)
 _plugins.declare("rspo.judges", "rspo.gym")
+_plugins.declare("rspo.models", "rspo.gym")
 
 #: public name -> module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
@@ -47,6 +50,7 @@ _LAZY: dict[str, str] = {
     "RSPOLoss": "rspo.objectives",
     "Regularizer": "rspo.objectives",
     "register_regularizer": "rspo.objectives",
+    "register_model_alias": "rspo.modeling",
 }
 
 __all__ = [
@@ -61,6 +65,7 @@ __all__ = [
     "build_judge",
     "load_config",
     "register_judge",
+    "register_model_alias",
     "register_regularizer",
     "run",
 ]
@@ -69,6 +74,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from rspo.api import RunResult, run
     from rspo.config import Config, ConfigError, load_config
     from rspo.judges.base import Judge, JudgeError, build_judge, register_judge
+    from rspo.modeling import register_model_alias
     from rspo.objectives import Regularizer, RSPOLoss, register_regularizer
 
 

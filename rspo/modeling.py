@@ -1,7 +1,8 @@
 """Loading Hugging Face causal LMs safely, and sequence log-probabilities of responses.
 
 Weights are loaded as safetensors only and ``trust_remote_code`` stays off unless the
-config asks; ``gym`` resolves to the embedded base model shipped with rspo. A directory
+config asks; a registered alias (``gym``, ``gym-skills``: the embedded base models, which the
+gym registers with :func:`register_model_alias`) resolves to its directory. A directory
 holding a LoRA adapter (``adapter_config.json``) loads as its base model plus the adapter.
 Log-probabilities are always computed in float32 (or wider) from the model's logits.
 """
@@ -14,7 +15,7 @@ import importlib.util
 import json
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from rspo.forward import (  # noqa: F401  (re-exported: callers reach them here 
     padded_sequence_logprobs,
     token_logprobs,
 )
+from rspo.utils import plugins
 from rspo.utils.hf_config import has_stateful_rope
 from rspo.utils.memory import device_memory, weight_bytes
 from rspo.utils.onednn import route_linear
@@ -85,21 +87,28 @@ def _looks_local(path: str) -> bool:
     )
 
 
+#: model name -> function returning its local directory. The gym registers ``gym`` and
+#: ``gym-skills`` (plug-in group ``rspo.models``), so this layer never imports the gym.
+MODEL_ALIASES: dict[str, Callable[[], Path]] = {}
+
+
+def register_model_alias(name: str, locate: Callable[[], Path]) -> None:
+    """Make ``model.path: <name>`` resolve to ``locate()`` (called on use, so a missing asset
+    fails when it is asked for, with the locator's own message)."""
+    MODEL_ALIASES[name] = locate
+
+
 def resolve_model_path(path: str) -> str:
-    """``gym`` / ``gym-skills`` -> the shipped base models; local dirs are checked for weights.
+    """A registered alias (``gym``, ``gym-skills``) -> its directory; local dirs are checked.
 
     A local directory needs ``config.json`` and ``*.safetensors`` weights: pickle-based
     weights (``pytorch_model.bin``, ``*.pt``...) are refused, never read. A path that can
     only be local and does not exist is a FileNotFoundError naming it.
     """
-    if path == "gym":
-        from rspo.gym.base import base_model_path
-
-        return str(base_model_path())
-    if path == "gym-skills":
-        from rspo.gym.skills.base import skills_base_path
-
-        return str(skills_base_path())
+    if path not in MODEL_ALIASES:
+        plugins.load("rspo.models")
+    if path in MODEL_ALIASES:
+        return str(MODEL_ALIASES[path]())
     p = Path(path).expanduser()
     if p.exists():
         if not p.is_dir():

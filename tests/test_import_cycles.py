@@ -32,6 +32,11 @@ def test_the_judge_layer_never_imports_the_gym(graph):
     assert [e for e in up if e[1].startswith("rspo.gym")] == []
 
 
+def test_model_loading_never_imports_the_gym(graph):
+    """``model.path: gym`` resolves through aliases the gym registers (rspo.gym.models)."""
+    assert not {t for t in graph["rspo.modeling"] if t.startswith("rspo.gym")}
+
+
 def test_the_config_is_a_foundation(graph):
     """rspo.config imports only the objectives (regularizer specs, presets) and utils: every
     layer may import it, and it imports none of them."""

@@ -17,6 +17,8 @@ from rspo.utils import plugins
 # when first named: the judge registry imports these modules on its first lookup. rspo's top
 # package declares rspo.gym itself, so they are found before anything imports the gym.
 plugins.declare("rspo.judges", "rspo.gym.judges", "rspo.gym.skills.judges", "rspo.gym.skills.rm")
+# and its base models (model.path: gym, gym-skills), on the model registry's first lookup
+plugins.declare("rspo.models", "rspo.gym.models")
 
 __all__ = [
     "GymPrompt",
