@@ -3,8 +3,9 @@
 Each variant is the full demo's SPPO run (``rspo.demo``) with a few overrides, run for two
 iterations; the criterion is the *proxy* win rate (what a practitioner sees), never RSPO and
 never which method wins. Gold is printed to show what the proxy hides. Writes
-``benchmarks/results/gym_skills/power.json`` and prints a markdown table (docs/gym.md#power).
-Completed runs under ``--output`` are read back, not rerun.
+``benchmarks/results/gym_skills/power.json`` and prints a markdown table.
+Completed runs under ``--output`` are read back, not rerun. The recorded results are from the
+first skills base (commit ``3902887``; docs/gym.md#how-the-base-was-chosen).
 
     python benchmarks/gym_power.py [--output runs/gym_power] [--only NAME ...]
 """

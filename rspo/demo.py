@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rspo.config import deep_merge, load_config, parse_overrides
+from rspo.gym.skills.tasks import SKILLS
 from rspo.utils.io import atomic_write_json
 
 #: the two methods the demo compares (objective overrides on top of the demo config)
@@ -70,10 +71,7 @@ SUMMARY_KEYS = (
     "kl_ref",
     "kl_ref_ci",
     "kl_ref_per_token",
-    "win_rate_sort",
-    "win_rate_max",
-    "win_rate_count",
-    "win_rate_last",
+    *(f"win_rate_{skill}" for skill in SKILLS),  # evaluation.subset_fn: per-skill win rates
 )
 #: columns of the printed and written tables
 TABLE_COLS = [

@@ -58,22 +58,24 @@ def test_reward_model_training_follows_the_labels(tmp_path):
 
 def test_shipped_reward_model_learned_correctness_and_the_length_bias():
     """On held-out pairs whose answers differ in correctness, the shipped model mostly
-    prefers the right one, nearly always when the lengths match; the annotator's length
-    bias is learned too (docs/gym.md has the measured rates)."""
+    prefers the right one, also when the lengths match; between answers equally right or
+    wrong it mostly prefers the longer: the annotator's length bias, learned too
+    (docs/gym.md has the measured rates)."""
     judge = build_judge("gym-rm")
     assert str(rm_path()) in judge.judge_id
-    prompts, good, bad = [], [], []
-    for x in make_label_set(400, seed=99):  # pairs the model was not trained on
-        c = skill_features(x["prompt"], x["chosen"])[0]
-        r = skill_features(x["prompt"], x["rejected"])[0]
-        if c != r:
-            prompts.append(x["prompt"])
-            good.append(x["chosen"] if c > r else x["rejected"])
-            bad.append(x["rejected"] if c > r else x["chosen"])
-    p = judge.prefer(prompts, good, bad)
-    assert sum(v > 0.5 for v in p) / len(p) > 0.6
-    same_len = [v for v, g, b in zip(p, good, bad) if abs(len(g) - len(b)) <= 3]
-    assert len(same_len) >= 10 and sum(v > 0.5 for v in same_len) / len(same_len) > 0.8
-    q = "Q: Which digit is largest: 1 2 5 3?\nA:"
-    longer = judge.prefer([q], [" 5. I hope this helps! Thanks for asking!"], [" 5"])[0]
-    assert longer > 0.5  # the same right answer, padded: the annotator's bias, learned
+    labels = make_label_set(1000, seed=99)  # pairs the model was not trained on
+    prompts, chosen, rejected = ([x[k] for x in labels] for k in ("prompt", "chosen", "rejected"))
+    p = judge.prefer(prompts, chosen, rejected)
+    right, same_len, longer = [], [], []
+    for x, v in zip(labels, p):
+        c, lc, _ = skill_features(x["prompt"], x["chosen"])
+        r, lr, _ = skill_features(x["prompt"], x["rejected"])
+        if c != r:  # does it prefer the right one?
+            right.append((v > 0.5) == (c > r))
+            if abs(lc - lr) <= 3:
+                same_len.append((v > 0.5) == (c > r))
+        elif abs(lc - lr) >= 10:  # equally right: does it prefer the longer?
+            longer.append((v > 0.5) == (lc > lr))
+    assert len(right) > 300 and sum(right) / len(right) > 0.65
+    assert len(same_len) >= 50 and sum(same_len) / len(same_len) > 0.6
+    assert len(longer) > 200 and sum(longer) / len(longer) > 0.6

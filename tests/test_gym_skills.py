@@ -10,6 +10,7 @@ import pytest
 
 from rspo.gym.skills.corpus import QUALITY_MIX, make_corpus
 from rspo.gym.skills.tasks import (
+    NOISE_KINDS,
     SKILLS,
     check_answer,
     draw,
@@ -58,6 +59,8 @@ def test_split_is_a_fifth_of_the_space():
         ("How many 7s are in 7 3 7 1 7?", "3", "count"),
         ("How many 4s are in 7 3 7 1 7 0?", "0", "count"),
         ("What is the last letter of 'kqzmt'?", "t", "last"),
+        ("Which digit is smallest: 5 2 6 2 8?", "2", "min"),
+        ("Which letter comes first in the alphabet: q d z d?", "d", "first"),
     ],
 )
 def test_answers_are_recomputed_from_the_text(question, answer, skill):
@@ -85,12 +88,40 @@ def test_non_skill_prompts_are_refused():
         make_prompts("test", 3)
 
 
-def test_wrong_answers_are_wrong_and_well_formed():
+ALL_SKILLS = ("sort", "max", "min", "first", "count", "last")
+
+
+@pytest.mark.parametrize("noise", NOISE_KINDS)
+def test_wrong_answers_are_wrong_and_well_formed(noise):
     rng = random.Random(1)
-    for p in make_prompts("train", 400, seed=1):
-        w = wrong_answer(p, rng)
-        assert w != p.answer
-        assert not check_answer(p.text, f" {w}")
+    for skill in ALL_SKILLS:
+        for _ in range(100):
+            p = draw("train", rng, skill)
+            w = wrong_answer(p, rng, noise)
+            assert w != p.answer
+            assert not check_answer(p.text, f" {w}")
+            assert lookup(p.text).answer == p.answer
+            if skill in ("max", "min", "first", "count", "last"):
+                assert len(w) == 1
+            if skill == "sort":
+                assert w.split() == sorted(w.split()) or noise == "slip"
+    with pytest.raises(ValueError, match="unknown noise 'typo'"):
+        wrong_answer(p, rng, "typo")
+
+
+def test_a_slip_reads_the_instance_and_random_noise_does_not():
+    """max: a slip is another digit of the list; a random wrong answer is any other digit, so
+    over many draws it falls outside the list about as often as chance says."""
+    rng = random.Random(2)
+    outside = {"slip": 0, "random": 0}
+    n = 400
+    for _ in range(n):
+        p = draw("train", rng, "max")
+        digits = set(p.text.split("largest: ")[1].split("?")[0].split())
+        for noise in outside:
+            outside[noise] += wrong_answer(p, rng, noise) not in digits
+    assert outside["slip"] == 0
+    assert outside["random"] > n / 4  # 4-5 digits of 10 listed: most random answers miss
 
 
 def test_corpus_follows_its_mix_and_labels():
@@ -136,4 +167,49 @@ def test_the_skills_preset_sits_on_the_gym_preset():
         assert (cfg.objective.eta, cfg.training.lr) == (gym.objective.eta, gym.training.lr)
     assert load_config(None, {"model": {"path": "gym-skills"}}, preset="none").training.lr != (
         load_config(None, [], preset="gym").training.lr
+    )
+
+
+def test_demonstrators_mixes_and_noise():
+    from rspo.gym.skills.corpus import CAREFUL_MIX, NOISE, PADDED_SHARE, quality_mix
+
+    mix = quality_mix(0.4, padded=0.25)
+    assert mix == pytest.approx(
+        {(True, False): 0.3, (True, True): 0.1, (False, False): 0.45, (False, True): 0.15}
+    )
+    assert sum(QUALITY_MIX.values()) == pytest.approx(1.0)
+    assert QUALITY_MIX == quality_mix(0.5, PADDED_SHARE)
+    careful = make_corpus(400, seed=0, mix=CAREFUL_MIX)
+    assert all(d.correct for d in careful) and any(d.padded for d in careful)
+    assert set(NOISE) == set(SKILLS)  # every skill's wrong answers have a declared kind
+    sloppy = [d for d in make_corpus(2000, seed=0) if not d.correct and d.skill == "max"]
+    listed = [set(d.prompt.split("largest: ")[1].split("?")[0].split()) for d in sloppy]
+    answers = [lookup(d.prompt) for d in sloppy]
+    assert all(not check_answer(a.text, d.response) for a, d in zip(answers, sloppy))
+    off_list = sum(
+        not any(f" {x}" in d.response or d.response.endswith(x) for x in ls)
+        for d, ls in zip(sloppy, listed)
+    )
+    assert off_list > len(sloppy) / 4  # max's wrong answers are random digits, not slips
+
+
+def test_two_stage_build_continues_from_the_first_stage():
+    """Stage 2 starts from stage 1's weights: with lr 0 it leaves them as they were."""
+    import torch
+
+    from rspo.gym.skills.base import train_skills_base
+
+    tiny = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "batch_size": 4}
+    one = [{"demonstrator": "careful", "seed": 0, "steps": 3, "lr": 1e-2}]
+    first, _, _ = train_skills_base(**tiny, stages=one)
+    still = one + [{"demonstrator": "sloppy", "seed": 1, "steps": 2, "lr": 0.0}]
+    second, _, record = train_skills_base(**tiny, stages=still)
+    moved = one + [{"demonstrator": "sloppy", "seed": 1, "steps": 2, "lr": 1e-2}]
+    third, _, _ = train_skills_base(**tiny, stages=moved)
+    a, b, c = (torch.cat([p.flatten() for p in m.parameters()]) for m in (first, second, third))
+    assert torch.equal(a, b)  # same seeded stage 1, and stage 2 at lr 0 changes nothing
+    assert not torch.equal(a, c)
+    assert [s["demonstrator"] for s in record["stages"]] == ["careful", "sloppy"]
+    assert record["train_seconds"] == pytest.approx(
+        sum(s["train_seconds"] for s in record["stages"]), abs=0.11
     )

@@ -99,11 +99,13 @@ def train_base(
     log_every: int = 0,
     corpus: Callable[[int, int], list[Demo]] = make_corpus,
     intermediate_size: int | None = None,
+    init: LlamaForCausalLM | None = None,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, dict[str, Any]]:
-    """Run the seeded SFT on ``corpus(n, seed)`` and return ``(model, tokenizer, info)``."""
+    """Run the seeded SFT on ``corpus(n, seed)`` and return ``(model, tokenizer, info)``;
+    from ``init`` (a model this function returned: a second SFT stage) if given."""
     torch.set_num_threads(1)  # bit-for-bit rebuilds need a fixed thread count
     tok = build_byte_tokenizer()
-    model = build_tiny_llama(
+    model = init if init is not None else build_tiny_llama(
         tok, hidden_size, num_layers, num_heads, intermediate_size=intermediate_size, seed=seed
     )
     demos = corpus(steps * batch_size, seed)

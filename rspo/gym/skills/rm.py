@@ -29,7 +29,7 @@ ANNOTATOR = {"beta": 4.0, "gamma": 1.0, "scale": 40.0}
 DEFAULT_PAIRS = 24_000
 DEFAULT_STEPS = 2000
 DEFAULT_BATCH = 16  # pairs per step
-DEFAULT_LR = 1e-3
+DEFAULT_LR = 3e-4
 
 
 def rm_path() -> Path:

@@ -1,9 +1,10 @@
 """Skill prompts drawn from large combinatorial spaces, with answers recomputed from the text.
 
-Every prompt is ``"Q: <question>\\nA:"`` about a fresh random instance of one of four
-skills (two-digit addition, reversing a random letter string, sorting digits, the largest of
-three numbers). The space of instances is large (10^4–10^8 per skill), so the eval split is
-a set of fresh draws from the training distribution: what self-play sharpens must transfer to
+Every prompt is ``"Q: <question>\\nA:"`` about a fresh random instance of one skill: sorting
+4–5 digits, the largest or smallest of 4–5 digits, the last letter of a 4–6 letter string
+(:data:`SKILLS`; ``count`` and ``first`` are also defined and were measured as candidates,
+docs/gym.md). The space of instances is large (10^5–10^8 per skill), so the eval split is a
+set of fresh draws from the training distribution: what self-play sharpens must transfer to
 instances it never saw. The split is a fixed hash of the prompt text (20 % eval), so train
 and eval never share a prompt whatever the seed.
 """
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 
 from rspo.gym.tasks import GymPrompt, format_prompt, parse_response
 
-SKILLS: tuple[str, ...] = ("sort", "max", "count", "last")
+#: the gym's skills (prompts are drawn round robin over them)
+SKILLS: tuple[str, ...] = ("sort", "max", "min", "last")
 SPLITS: tuple[str, ...] = ("train", "eval")
 #: share of the prompt space held out for eval (by a hash of the prompt text)
 EVAL_SHARE_PERCENT = 20
@@ -27,12 +29,16 @@ EVAL_SHARE_PERCENT = 20
 _TEMPLATES: dict[str, str] = {
     "sort": "Sort the digits {d}.",
     "max": "Which digit is largest: {d}?",
+    "min": "Which digit is smallest: {d}?",
+    "first": "Which letter comes first in the alphabet: {w}?",
     "count": "How many {x}s are in {d}?",
     "last": "What is the last letter of '{w}'?",
 }
 _PATTERNS: dict[str, re.Pattern[str]] = {
     "sort": re.compile(r"^Sort the digits ((?:\d ){3,4}\d)\.$"),
     "max": re.compile(r"^Which digit is largest: ((?:\d ){3,4}\d)\?$"),
+    "min": re.compile(r"^Which digit is smallest: ((?:\d ){3,4}\d)\?$"),
+    "first": re.compile(r"^Which letter comes first in the alphabet: ((?:[a-z] ){3,4}[a-z])\?$"),
     "count": re.compile(r"^How many (\d)s are in ((?:\d ){4,5}\d)\?$"),
     "last": re.compile(r"^What is the last letter of '([a-z]{4,6})'\?$"),
 }
@@ -57,9 +63,13 @@ def _instance(skill: str, rng: random.Random) -> Instance:
         d = _digits(rng, 4, 5)
         q = _TEMPLATES[skill].format(d=" ".join(map(str, d)))
         return Instance(skill, q, " ".join(map(str, sorted(d))))
-    if skill == "max":
+    if skill in ("max", "min"):
         d = _digits(rng, 4, 5)
-        return Instance(skill, _TEMPLATES[skill].format(d=" ".join(map(str, d))), str(max(d)))
+        pick = max if skill == "max" else min
+        return Instance(skill, _TEMPLATES[skill].format(d=" ".join(map(str, d))), str(pick(d)))
+    if skill == "first":
+        w = [rng.choice(string.ascii_lowercase) for _ in range(rng.randint(4, 5))]
+        return Instance(skill, _TEMPLATES[skill].format(w=" ".join(w)), min(w))
     if skill == "count":
         d, x = _digits(rng, 5, 6), rng.randint(0, 9)
         for i in rng.sample(range(len(d)), rng.randint(0, 3)):  # the digit asked about occurs
@@ -82,6 +92,8 @@ def solve(question: str) -> Instance:
             ans = " ".join(sorted(m.group(1).split()))
         elif skill == "max":
             ans = max(m.group(1).split())
+        elif skill in ("min", "first"):
+            ans = min(m.group(1).split())
         elif skill == "count":
             ans = str(m.group(2).split().count(m.group(1)))
         else:
@@ -108,8 +120,7 @@ def lookup(prompt_text: str) -> GymPrompt:
     return GymPrompt(text=text, skill=inst.skill, answer=inst.answer)
 
 
-#: most prompts ``make_prompts`` returns: a quarter of them are additions, whose eval split
-#: holds about 1.6k distinct instances
+#: most prompts ``make_prompts`` returns (a bound well inside every skill's eval split)
 MAX_DISTINCT = 4096
 
 
@@ -157,15 +168,29 @@ def skill_of(prompt_text: str) -> str:
     return lookup(prompt_text).skill
 
 
-def wrong_answer(prompt: GymPrompt, rng: random.Random) -> str:
-    """A plausible but wrong answer of the same form (a slip of the skill, not noise)."""
+#: how a wrong answer is made: ``slip`` reads the instance (two sorted digits swapped,
+#: another digit or letter of the list, a count off by one or two); ``random`` does not (a
+#: random answer of the right form), so it never competes with the skill itself
+NOISE_KINDS: tuple[str, ...] = ("slip", "random")
+
+
+def wrong_answer(prompt: GymPrompt, rng: random.Random, noise: str = "slip") -> str:
+    """A wrong answer of the same form as the right one: a slip of the skill, or a random
+    answer of that form (``noise``, one of :data:`NOISE_KINDS`)."""
     s, ans = prompt.skill, prompt.answer
-    makers: dict[str, Callable[[], str]] = {
-        "sort": lambda: _perturb_digits(ans, rng),
-        "max": lambda: rng.choice(_question_digits(prompt)),  # another digit of the list
-        "count": lambda: str(max(0, int(ans) + rng.choice([-1, 1, 1, 2]))),
-        "last": lambda: rng.choice(_question_word(prompt)[:-1] or string.ascii_lowercase),
-    }
+    if noise not in NOISE_KINDS:
+        raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(NOISE_KINDS)}")
+    if noise == "random":
+        makers = _random_makers(prompt, rng)
+    else:
+        makers = {
+            "sort": lambda: _perturb_digits(ans, rng),
+            "max": lambda: rng.choice(_question_digits(prompt)),  # another digit of the list
+            "min": lambda: rng.choice(_question_digits(prompt)),
+            "first": lambda: rng.choice(_question_letters(prompt)),  # another letter of it
+            "count": lambda: str(max(0, int(ans) + rng.choice([-1, 1, 1, 2]))),
+            "last": lambda: rng.choice(_question_word(prompt)[:-1] or string.ascii_lowercase),
+        }
     for _ in range(20):
         w = makers[s]()
         if w != ans:
@@ -173,9 +198,30 @@ def wrong_answer(prompt: GymPrompt, rng: random.Random) -> str:
     return "x" if s == "last" and ans != "x" else ans + ans[-1]  # a last resort, always wrong
 
 
+def _random_makers(prompt: GymPrompt, rng: random.Random) -> dict[str, Callable[[], str]]:
+    """Per skill, a random answer of the right form that does not read the instance's content
+    (only its size: as many digits as the list for sort, a count up to the list's length)."""
+    n = len(prompt.answer.split())
+    letters = string.ascii_lowercase
+    return {
+        "sort": lambda: " ".join(sorted(str(rng.randint(0, 9)) for _ in range(n))),
+        "max": lambda: str(rng.randint(0, 9)),
+        "min": lambda: str(rng.randint(0, 9)),
+        "first": lambda: rng.choice(letters),
+        "count": lambda: str(rng.randint(0, len(_question_digits(prompt)))),
+        "last": lambda: rng.choice(letters),
+    }
+
+
 def _question_digits(prompt: GymPrompt) -> list[str]:
-    """The digit list of a max or count question."""
-    return re.findall(r"\d", re.findall(r"(?:largest:|are in) ([\d ]+)\?", prompt.text)[0])
+    """The digit list of a max, min or count question."""
+    listed = re.findall(r"(?:largest:|smallest:|are in) ([\d ]+)\?", prompt.text)[0]
+    return re.findall(r"\d", listed)
+
+
+def _question_letters(prompt: GymPrompt) -> list[str]:
+    """The letter list of a ``first`` question."""
+    return re.findall(r"alphabet: ([a-z ]+)\?", prompt.text)[0].split()
 
 
 def _question_word(prompt: GymPrompt) -> str:
