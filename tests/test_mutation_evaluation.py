@@ -243,6 +243,23 @@ def test_frontier_draws_each_methods_gold_and_proxy_curve_from_the_origin(tmp_pa
     ]
 
 
+def test_frontier_legend_is_drawn_without_a_frame(tmp_path, monkeypatch):
+    """The frontier's legend sits on the curves with no box (frameon=False, not the rc
+    default, which draws one)."""
+    import matplotlib as mpl
+
+    from rspo.evaluation.plots import plot_frontier
+
+    figs = _drawn(monkeypatch)
+    assert mpl.rcParams["legend.frameon"] is True  # the default the plot overrides
+    rows = {"a": [{"iteration": 1, "kl_ref": 1.0, "win_rate": 0.6}]}
+    plot_frontier(rows, tmp_path / "f.png", proxy=False)
+    legend = figs[0].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["a (gold)"]
+    assert legend.get_frame_on() is False
+    assert legend.get_texts()[0].get_fontsize() == 8.0
+
+
 def test_length_vs_winrate_scatter_labels_axes_points_and_iterations(tmp_path, monkeypatch):
     from rspo.evaluation.plots import plot_length_vs_winrate
 

@@ -163,3 +163,61 @@ def test_measure_reports_the_smallest_equilibrium_probability():
         "linearized_radius", "min_pi_star",
     }  # fmt: skip
     assert out["min_pi_star"] == pytest.approx(1 / 3, abs=1e-9)
+
+
+def test_newton_keeps_a_point_within_tolerance_when_its_line_search_stalls(monkeypatch):
+    """Near the solution rounding can make every trial point of the line search look worse
+    (simulated here: once the residual is below 1e-12 it only grows). The stall ends the
+    iteration, not the solve: the point reached meets the 1e-11 tolerance, so it is returned
+    (χ² at p = 0.8: π = (7/8, 1/8), solved by hand in this module's docstring)."""
+    from rspo.game import equilibrium as eq
+
+    real = eq._kkt_residual_log
+    stuck: list[np.ndarray] = []
+
+    def rounding_floor(*a):
+        r = real(*a)
+        if not stuck and np.abs(r).max() < 1e-12:
+            stuck.append(r)  # the point Newton reaches: accepted as it is
+        elif stuck:
+            stuck.append(stuck[0] * (1 + 1e-3 * len(stuck)))  # any later trial: worse
+        return stuck[-1] if stuck else r
+
+    monkeypatch.setattr(eq, "_kkt_residual_log", rounding_floor)
+    u = eq._newton(_game(0.8), REF, get_regularizer("chi2"), TAU, np.log(REF))
+    assert u is not None
+    np.testing.assert_allclose(np.exp(u), [7 / 8, 1 / 8], rtol=0, atol=1e-12)
+    assert np.exp(u).sum() == pytest.approx(1.0, abs=1e-15)
+    assert len(stuck) == 48  # the stalled search: its 47 halvings of α, from 1 to 1e-14
+
+
+def test_run_game_plot_draws_the_three_curves_under_their_labels(tmp_path, monkeypatch):
+    """_plot: one semilog curve per measure (|value|, floored at 1e-16), labelled."""
+    import matplotlib.pyplot as plt
+
+    from rspo.game.run import _plot
+
+    figs = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", figs.append)  # keep the figure to look at it
+    rows = [
+        {"iter": 0, "exploitability": 0.5, "avg_exploitability": 0.25, "distance_to_nash": 1.0},
+        {"iter": 10, "exploitability": -1e-3, "avg_exploitability": 0.0, "distance_to_nash": 1e-20},
+    ]  # fmt: skip
+    _plot(rows, str(tmp_path / "p.png"), "T")
+    (fig,) = figs
+    try:
+        (ax,) = fig.axes
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "exploitability (last)", "exploitability (average)", "L1 to equilibrium (last)"
+        ]  # fmt: skip
+        assert [(ln.get_label(), list(ln.get_ydata())) for ln in ax.get_lines()] == [
+            ("exploitability (last)", [0.5, 1e-3]),
+            ("exploitability (average)", [0.25, 1e-16]),
+            ("L1 to equilibrium (last)", [1.0, 1e-16]),
+        ]
+        assert list(ax.get_lines()[0].get_xdata()) == [0, 10]
+        assert (ax.get_title(), ax.get_xlabel(), ax.get_yscale()) == ("T", "iteration", "log")
+        assert (tmp_path / "p.png").stat().st_size > 0
+    finally:
+        close(fig)

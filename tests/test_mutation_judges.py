@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from rspo.judges.base import Judge
 from rspo.judges.openai_compat import OpenAIJudge
 from rspo.judges.pairrm import PairRMJudge
 from rspo.judges.pairwise_lm import PairwiseLMJudge
@@ -113,6 +114,23 @@ def test_a_credential_setting_is_refused_with_the_reason():
 
     with pytest.raises(ValueError, match="are saved with the run's config, so secrets do not"):
         build_judge("python", fn="x:y", extra={"api_key": "sk"})
+
+
+def test_a_credential_after_an_env_setting_is_still_refused():
+    """An ``*_env`` setting names a variable (no secret) and is skipped; the settings after
+    it are still checked, at the top level and nested."""
+    from rspo.judges.base import _check_no_secrets
+
+    _check_no_secrets("j", {"api_key_env": "V", "header_env": {"X-Api-Key": "V"}})  # fine
+    with pytest.raises(ValueError) as e:
+        _check_no_secrets("j", {"api_key_env": "V", "token": "t"})
+    assert str(e.value).startswith("judge 'j': setting 'token' looks like a credential; ")
+    with pytest.raises(ValueError) as e:
+        _check_no_secrets("j", {"extra": {"url_env": "U", "Authorization": "Bearer x"}})
+    assert str(e.value).startswith(
+        "judge 'j': setting 'extra.Authorization' looks like a credential; settings are saved "
+        "with the run's config, so secrets do not belong there."
+    )
 
 
 def test_judgement_keys_are_stable_across_releases():
@@ -276,6 +294,48 @@ def test_prefer_validates_and_names_the_judge_pair_and_prompt():
     ):
         Fixed(["x"]).prefer(["p"], ["a"], ["b"])
     assert repr(Fixed([1])) == "Fixed('fixed[[1]]')"
+
+
+class _Fixed(Judge):
+    name = "fixed"
+
+    def __init__(self, out):
+        self.out = out
+
+    @property
+    def judge_id(self):
+        return f"fixed[{self.out!r}]"
+
+    def _prefer(self, p, a, b):
+        return self.out
+
+
+def test_batched_prefer_names_the_three_lengths():
+    from rspo.judges.symmetric import batched_prefer
+
+    assert batched_prefer(_Fixed([0.25]), ["p"], ["a"], ["b"], None) == [0.25]
+    with pytest.raises(ValueError) as e:
+        batched_prefer(_Fixed([0.5]), ["p"], ["a", "b"], ["c"], 1)
+    assert str(e.value) == (
+        "prompts, responses_a, responses_b must have equal lengths, got 1, 2, 1"
+    )
+    with pytest.raises(ValueError) as e:
+        batched_prefer(_Fixed([0.5]), ["p", "q"], ["a", "b"], ["c"], None)
+    assert str(e.value).endswith("got 2, 2, 1")
+
+
+def test_symmetric_wrapper_keeps_the_judges_name_in_its_messages():
+    from rspo.judges.base import JudgeError
+    from rspo.judges.symmetric import SymmetricJudge
+
+    sym = SymmetricJudge(_Fixed([1.5]), both_orders=False)
+    assert sym.name == "fixed" and sym.judge_id == "fixed[[1.5]]"
+    with pytest.raises(JudgeError) as e:
+        sym.prefer(["p"], ["a"], ["b"])
+    assert str(e.value) == (
+        "judge 'fixed' (fixed[[1.5]]) returned 1.5 for pair 0 (prompt 'p'); "
+        "a preference probability must lie in [0, 1]"
+    )
 
 
 def test_chunk_slices_are_consecutive_and_bounded():

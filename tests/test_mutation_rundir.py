@@ -97,6 +97,50 @@ def test_a_released_directory_can_be_locked_again_by_the_same_run(tmp_path):
     rd.unlock()
 
 
+def test_the_lock_holder_is_pid_unknown_when_its_file_says_nothing_or_cannot_be_read(tmp_path):
+    from rspo.selfplay.rundir import LOCK_FILE, _holder, _in_use
+
+    assert _holder(tmp_path) == "pid unknown"  # no lock file: cannot be read
+    (tmp_path / LOCK_FILE).mkdir()  # a directory where the file should be: cannot be read
+    assert _holder(tmp_path) == "pid unknown"
+    (tmp_path / LOCK_FILE).rmdir()
+    (tmp_path / LOCK_FILE).write_text("  \n")  # empty
+    assert _holder(tmp_path) == "pid unknown"
+    (tmp_path / LOCK_FILE).write_text("pid 7 on h\n")
+    assert str(_in_use(tmp_path)) == (
+        f"run directory {tmp_path} is in use by another rspo process (pid 7 on h); wait for "
+        "it to finish, or use another --output"
+    )
+
+
+def test_resuming_tolerates_a_temp_file_that_vanishes_before_it_is_removed(tmp_path, monkeypatch):
+    """A kill mid atomic write leaves ``.name.tmp`` files, which a resumed init removes; one
+    may vanish between the check and the removal (another cleaner, a network file system):
+    the resume goes on."""
+    root = tmp_path / "run"
+    cfg = load_config(None, [], preset="gym")
+    rd = RunDir(root)
+    assert rd.init(cfg) is False
+    rd.unlock()
+    (root / ".config.yaml.tmp").write_text("x")
+    (root / "iter_001").mkdir()
+    (root / "iter_001" / ".dataset.json.tmp").write_text("x")
+    is_file = Path.is_file
+
+    def vanishing(self):
+        found = is_file(self)
+        if found and self.name.endswith(".tmp"):
+            self.unlink()  # gone before init's own unlink
+        return found
+
+    monkeypatch.setattr(Path, "is_file", vanishing)
+    rd = RunDir(root)
+    assert rd.init(cfg) is True
+    rd.unlock()
+    assert sorted(p.name for p in root.rglob(".*.tmp")) == []
+    assert (root / "config.yaml").is_file()
+
+
 def test_run_json_records_when_and_with_what_the_run_was_made(tmp_path):
     import platform
 

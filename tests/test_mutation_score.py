@@ -5,6 +5,7 @@ generation seeds of each iteration. Exact values, derived by hand in each test."
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from rspo.config import load_config
 from rspo.distributed import DistContext
 from rspo.selfplay.loop import SelfPlayRun
 from rspo.selfplay.rundir import RunDir
-from rspo.utils.io import append_jsonl
+from rspo.utils.io import append_jsonl, atomic_write_json
 
 # K = 3, prompt 0: response 2 beats both others, response 0 loses to both (P[k, j] = P(k ≻ j)).
 P0 = [[0.5, 0.25, 0.0], [0.75, 0.5, 0.5], [1.0, 0.5, 0.5]]
@@ -302,3 +303,69 @@ def test_generation_records_logprobs_in_float32_on_a_cpu_device(tmp_path, monkey
         sp.rd.checkpoint(t - 1).mkdir(parents=True)
         sp.stage_generate(t)
     assert got == [True, False]
+
+
+def test_generation_fault_points_are_named_for_the_generate_stage(tmp_path, monkeypatch):
+    """After each appended chunk the generate stage offers a fault point named "generate"
+    with the prompts written so far (RSPO_FAULT=generate:N kills the run there)."""
+    from rspo.selfplay import loop as loop_mod
+    from rspo.selfplay import resume
+
+    sp = _run(tmp_path)
+    points = []
+    monkeypatch.setattr(resume, "fault_point", lambda stage, n: points.append((stage, n)))
+    monkeypatch.setattr(
+        loop_mod, "sample_records",
+        lambda ops, path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False: [
+            {"prompt_index": i, "responses": []} for i in idx
+        ],
+    )  # fmt: skip
+    sp.cfg.model.path = "m"
+    sp.cfg.generation.num_samples, sp.cfg.generation.batch_size = 3, 3  # one prompt a chunk
+    sp.cfg.generation.logprobs = "off"
+    sp.rd.checkpoint(1).mkdir()
+    sp.rd.iter_dir(2).mkdir()
+    sp.stage_generate(2)
+    assert points == [("generate", 1), ("generate", 2)]
+
+
+def _iteration_like_the_first(sp, t):
+    """Iteration t's generations and judgments: iteration 1's (same prompts, same verdicts)."""
+    src, dst = sp.rd.iter_dir(1), sp.rd.iter_dir(t)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("generations.jsonl", "judgments.jsonl"):
+        (dst / name).write_text((src / name).read_text())
+
+
+def test_the_kpi_rule_sets_the_coefficient_of_the_dataset(tmp_path):
+    """objective.adaptive kpi: λ_3 = λ_2 · kpi_step^(−clip(ΔKPI / kpi_scale, −1, 1)) with the
+    KPI of iterations 1 and 2 (win rate 0.55 -> 0.525: −0.025, half the scale 0.05), so
+    λ_3 = 1.0 · 2^0.5; iteration 1's λ is objective.coef, its measurement none."""
+    sp = _run(tmp_path, adaptive="kpi", kpi="win_rate", regularizer="forward_kl", coef=1.0)
+    sp.log = lambda m: None
+    sp.ops = SimpleNamespace(logprobs=lambda path, prompts, resps: [-3.0] * len(resps))
+    first = _dataset(sp)
+    assert (first["coef"], first["measured"]) == (1.0, None)
+    for t, kpi in ((1, 0.55), (2, 0.525)):
+        atomic_write_json(sp.rd.iter_dir(t) / "metrics.json", {"iteration": t, "win_rate": kpi})
+    _iteration_like_the_first(sp, 2)
+    atomic_write_json(sp.rd.iter_dir(2) / "dataset.json", {"coef": 1.0})
+    _iteration_like_the_first(sp, 3)
+    sp.stage_score(3)
+    data = json.loads((sp.rd.iter_dir(3) / "dataset.json").read_text())
+    assert data["coef"] == pytest.approx(2**0.5, rel=1e-15) and data["measured"] == 0.525
+
+
+def test_the_kl_controller_moves_the_previous_iterations_coefficient(tmp_path):
+    """objective.adaptive kl: λ_2 = λ_1 · exp(clip(KL / target − 1, −1, 1)), λ_1 read from
+    iteration 1's dataset.json (0.8, not objective.coef). Every sample is a row (gym: samples
+    all); log π_t − log π_ref = (−1 − k) − (−3) = 2, 1, 0 per prompt: KL = 1; target 0.8:
+    exp(0.25)."""
+    sp = _run(tmp_path, adaptive="kl", adaptive_target=0.8, regularizer="reverse_kl", coef=0.2)
+    sp.ops = SimpleNamespace(logprobs=lambda path, prompts, resps: [-3.0] * len(resps))
+    atomic_write_json(sp.rd.iter_dir(1) / "dataset.json", {"coef": 0.8})
+    _iteration_like_the_first(sp, 2)
+    sp.stage_score(2)
+    data = json.loads((sp.rd.iter_dir(2) / "dataset.json").read_text())
+    assert data["measured"] == 1.0
+    assert data["coef"] == pytest.approx(0.8 * math.exp(0.25), rel=1e-14)

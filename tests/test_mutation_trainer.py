@@ -281,6 +281,42 @@ def test_accumulation_keeps_the_batch_on_the_models_device():
     assert torch.allclose(_grad(model).cpu(), want, rtol=0, atol=1e-9)
 
 
+def test_the_batch_constants_are_made_on_the_models_device_not_torchs_default():
+    """A model on another device than torch's default (the meta device stands in for a GPU
+    on a CPU-only machine): log π_t, log π_ref, the win rates, the labels and π_ref's log π_ref
+    are made on the model's device, beside its log π_θ (mixed devices fail on a GPU)."""
+    from types import SimpleNamespace
+
+    class MetaLM(torch.nn.Module):  # logits = an embedding of the ids, on the meta device
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(len(TOK), len(TOK), device="meta", dtype=torch.float64)
+
+        def forward(self, input_ids, attention_mask):
+            return SimpleNamespace(logits=self.emb(input_ids))
+
+    seen = []
+
+    class Spy:  # a loss that records where its batch lives (meta tensors hold no values)
+        needs_ref_samples = True
+
+        def __call__(self, batch, num_samples, num_ref_samples):
+            parts = (batch.logp_theta, batch.logp_t, batch.logp_ref, batch.win_rate,
+                     batch.label, batch.ref_logp_theta, batch.ref_logp_ref)  # fmt: skip
+            seen.append([(p.device.type, p.dtype, len(p)) for p in parts])
+            return batch.logp_theta.sum(), {}
+
+    ex, refs = _data()
+    done = []
+    accumulate_gradients(
+        MetaLM(), ex, list(range(8)), Spy(), 4, PAD, _by_group(refs), pairwise=True,
+        backward=lambda loss: done.append(loss.device.type),
+    )  # fmt: skip
+    # samples 0-3 are prompt 0's, 4-7 prompt 1's, 2 π_ref samples each: micro-batches of 4
+    want = [("meta", torch.float64, 4)] * 5 + [("meta", torch.float64, 2)] * 2
+    assert seen == [want, want] and done == ["meta", "meta"]
+
+
 @pytest.mark.parametrize("spec", ["forward_kl[nll]", "0.5*forward_kl[nll] + 0.5*reverse_kl[k2]"])
 def test_packed_accumulation_with_reference_samples_is_the_full_batch_gradient(spec):
     """Packed, a loss with π_ref samples: each micro-batch's policy samples AND its π_ref
