@@ -462,3 +462,26 @@ def test_html_report_is_a_closed_document(tmp_path):
     assert text.startswith('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n')
     assert text.endswith("\n</tbody></table>\n</body></html>\n")
     assert "<h1>T &amp; U</h1>" in text
+
+
+def test_evaluate_responses_names_each_mismatched_sequence():
+    from rspo.evaluation.summary import evaluate_responses
+
+    with pytest.raises(ValueError) as e:
+        evaluate_responses(["p", "q"], ["a", "b"], ["c", "d"], [0.5, 0.6], [3], [1, 2])
+    assert str(e.value) == "2 prompts but mismatched lengths: {'policy_token_lengths': 1}"
+
+
+def test_read_alpaca_outputs_names_the_missing_fields(tmp_path):
+    import json
+
+    from rspo.evaluation.alpaca import read_alpaca_outputs
+
+    path = tmp_path / "model_outputs.json"
+    rec = {"instruction": "i", "output": "o", "generator": "g"}
+    path.write_text(json.dumps([rec, {"output": "o"}]), encoding="utf-8")
+    with pytest.raises(ValueError) as e:
+        read_alpaca_outputs(tmp_path)
+    assert str(e.value) == f"{path}: record 1 lacks ['generator', 'instruction']"
+    path.write_text(json.dumps([rec]), encoding="utf-8")
+    assert read_alpaca_outputs(path) == [rec]

@@ -221,3 +221,47 @@ def test_run_game_plot_draws_the_three_curves_under_their_labels(tmp_path, monke
         assert (tmp_path / "p.png").stat().st_size > 0
     finally:
         close(fig)
+
+
+def test_empirical_rate_uses_the_window_ends_unless_one_is_round_off():
+    """Both ends above 1e-14: exp(log(b/a)/window), even when a ≤ 1 and b is under 1e-13
+    (b = 5e-14 counts, so the rate over the last step is 5e-14/0.25 = 2e-13); an end at
+    round-off falls back to the last window ending at a distance above 1e-13."""
+    from rspo.game.convergence import empirical_rate
+
+    assert empirical_rate([0.5, 0.25, 5e-14], 1) == pytest.approx(2e-13, rel=1e-12)
+    assert empirical_rate([0.5, 0.25, 1e-15], 1) == pytest.approx(0.5, rel=1e-12)
+    assert empirical_rate([2.0, 1.0, 0.5], 1) == pytest.approx(0.5, rel=1e-12)
+
+
+def test_selfplay_divergence_names_the_iteration_that_overflowed():
+    from rspo.game.dynamics import selfplay
+    from rspo.game.games import rps_game
+
+    with pytest.raises(FloatingPointError) as e:
+        selfplay(rps_game(3), np.array([0.2, 0.3, 0.5]), "reverse_kl", 1.0, 1e300, 5)
+    assert str(e.value) == (
+        "self-play diverged at iteration 2 (eta=1e+300, tau=1.0); "
+        "the step size is too large for this regularizer/game"
+    )
+
+
+def test_solve_on_support_starts_uniform_when_pi0_has_no_mass_there():
+    chi2 = get_regularizer("chi2")
+    pi, c = _solve_on_support(_game(0.8), REF, chi2, TAU, np.array([True, True]), np.zeros(2))
+    np.testing.assert_allclose(pi, [7 / 8, 1 / 8], atol=1e-12)
+    assert c == pytest.approx(0.3875, abs=1e-12)
+    pi, c = _solve_on_support(
+        _game(0.8), REF, chi2, TAU, np.array([True, False]), np.array([0.0, 1.0])
+    )
+    np.testing.assert_allclose(pi, [1.0, 0.0], atol=1e-12)
+    assert c == pytest.approx(0.5 - 2 * TAU, abs=1e-12)
+
+
+def test_exploitability_names_pi_in_its_distribution_check():
+    from rspo.game.equilibrium import exploitability
+    from rspo.game.games import rps_game
+
+    with pytest.raises(ValueError) as e:
+        exploitability([0.5, 0.6, 0.0], rps_game(3), np.array([0.2, 0.3, 0.5]), "chi2", 0.1)
+    assert re.fullmatch(r"pi must sum to 1, sums to (np\.float64\()?1\.1\)?", str(e.value))

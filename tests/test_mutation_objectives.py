@@ -279,3 +279,19 @@ def test_preset_notes_state_the_presets_own_eta_tau():
         "INPO (Zhang et al.) pairwise square loss on (best, worst) with hard preference; "
         "ητ = 0.5 (π_ref's mixture weight) is rspo's default, not from the paper."
     )
+
+
+def test_normalized_sum_refuses_the_mean_of_nothing_and_a_non_positive_count():
+    from rspo.objectives.reduce import normalized_sum
+
+    empty = torch.zeros(0, dtype=torch.float64)
+    with pytest.raises(ValueError) as e:
+        normalized_sum(empty, None)
+    assert str(e.value) == "cannot take the mean of zero samples; pass a global count"
+    with pytest.raises(ValueError) as e:
+        normalized_sum(empty, 0)
+    assert str(e.value) == "global sample count must be positive, got 0"
+    assert normalized_sum(empty, 4).item() == 0.0
+    t = torch.tensor([1.0, 2.0, 6.0], dtype=torch.float64)
+    assert normalized_sum(t, None).item() == 3.0
+    assert normalized_sum(t, 4).item() == 2.25

@@ -350,3 +350,27 @@ def test_output_dir_that_is_a_file_or_under_one_is_named_in_the_error(tmp_path):
         f"eval.output: {below} is under {f}, a file, not a directory; give the run a directory path"
     )
     check_output_dir(tmp_path / "new" / "run")  # nothing there yet: fine
+
+
+def test_prompts_file_holds_split_index_text_and_ids(tmp_path):
+    rd = RunDir(tmp_path)
+    sets = {
+        "train": SimpleNamespace(texts=["a", "bé"], ids=[(1, 2), (3,)]),
+        "eval": SimpleNamespace(texts=["c"], ids=[[4]]),
+    }
+    rd.check_prompts(sets, resuming=False)
+    assert (tmp_path / "prompts.jsonl").read_text(encoding="utf-8").splitlines() == [
+        '{"split": "train", "index": 0, "text": "a", "ids": [1, 2]}',
+        '{"split": "train", "index": 1, "text": "bé", "ids": [3]}',
+        '{"split": "eval", "index": 0, "text": "c", "ids": [4]}',
+    ]
+
+
+def test_try_lock_without_fcntl_runs_unlocked(tmp_path, monkeypatch):
+    import sys
+
+    from rspo.selfplay.rundir import _try_lock
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError
+    assert _try_lock(tmp_path) is True
+    assert not (tmp_path / ".lock").exists()
