@@ -255,20 +255,7 @@ def test_register_judge_names_the_class_and_refuses_a_second_factory():
 
 
 def test_prefer_validates_and_names_the_judge_pair_and_prompt():
-    from rspo.judges.base import Judge, JudgeError
-
-    class Fixed(Judge):
-        name = "fixed"
-
-        def __init__(self, out):
-            self.out = out
-
-        @property
-        def judge_id(self):
-            return f"fixed[{self.out!r}]"
-
-        def _prefer(self, p, a, b):
-            return self.out
+    from rspo.judges.base import JudgeError
 
     assert Fixed([0.0, 1.0]).prefer(["p", "q"], ["a", "b"], ["c", "d"]) == [0.0, 1.0]
     assert Fixed(None).prefer([], [], []) == []  # no call for no pairs
@@ -296,7 +283,9 @@ def test_prefer_validates_and_names_the_judge_pair_and_prompt():
     assert repr(Fixed([1])) == "Fixed('fixed[[1]]')"
 
 
-class _Fixed(Judge):
+class Fixed(Judge):
+    """A judge returning ``out`` as its verdicts, whatever it is asked."""
+
     name = "fixed"
 
     def __init__(self, out):
@@ -313,14 +302,14 @@ class _Fixed(Judge):
 def test_batched_prefer_names_the_three_lengths():
     from rspo.judges.symmetric import batched_prefer
 
-    assert batched_prefer(_Fixed([0.25]), ["p"], ["a"], ["b"], None) == [0.25]
+    assert batched_prefer(Fixed([0.25]), ["p"], ["a"], ["b"], None) == [0.25]
     with pytest.raises(ValueError) as e:
-        batched_prefer(_Fixed([0.5]), ["p"], ["a", "b"], ["c"], 1)
+        batched_prefer(Fixed([0.5]), ["p"], ["a", "b"], ["c"], 1)
     assert str(e.value) == (
         "prompts, responses_a, responses_b must have equal lengths, got 1, 2, 1"
     )
     with pytest.raises(ValueError) as e:
-        batched_prefer(_Fixed([0.5]), ["p", "q"], ["a", "b"], ["c"], None)
+        batched_prefer(Fixed([0.5]), ["p", "q"], ["a", "b"], ["c"], None)
     assert str(e.value).endswith("got 2, 2, 1")
 
 
@@ -328,7 +317,7 @@ def test_symmetric_wrapper_keeps_the_judges_name_in_its_messages():
     from rspo.judges.base import JudgeError
     from rspo.judges.symmetric import SymmetricJudge
 
-    sym = SymmetricJudge(_Fixed([1.5]), both_orders=False)
+    sym = SymmetricJudge(Fixed([1.5]), both_orders=False)
     assert sym.name == "fixed" and sym.judge_id == "fixed[[1.5]]"
     with pytest.raises(JudgeError) as e:
         sym.prefer(["p"], ["a"], ["b"])

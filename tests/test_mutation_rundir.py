@@ -59,14 +59,7 @@ def test_overwrite_through_a_link_survives_a_file_that_cannot_be_deleted(tmp_pat
     (target / "run.json").write_text('{"rspo": "0.1.0"}')
     link = tmp_path / "link"
     link.symlink_to(target, target_is_directory=True)
-    unlink = os.unlink
-
-    def stuck(path, *a, **k):
-        if os.fspath(path).endswith("busy"):
-            raise PermissionError(1, "Operation not permitted", os.fspath(path))
-        return unlink(path, *a, **k)
-
-    monkeypatch.setattr(os, "unlink", stuck)
+    unlink = _busy_unlink(monkeypatch)
     remove_output(link)
     left = list(target.iterdir())
     assert [p.name.startswith(".deleting.") for p in left] == [True]

@@ -107,19 +107,27 @@ def test_the_score_marker_is_written_after_its_data(tmp_path, monkeypatch):
     assert not sp.rd.done(1, "score")
 
 
-def test_generation_seeds_differ_between_iterations(tmp_path, monkeypatch):
-    from rspo.selfplay import loop as loop_mod
-
-    sp = _run(tmp_path)
-    calls = []
+def _fake_sampler(monkeypatch) -> list[dict]:
+    """Replace the generate stage's sampler with one that records each call's arguments and
+    returns empty records for its prompts; the list of calls is returned."""
+    calls: list[dict] = []
 
     def sample_records(
         ops, path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False
     ):
-        calls.append(seed_parts)
+        calls.append(
+            {"path": path, "idx": idx, "k": k, "seed_parts": seed_parts, "unit": unit,
+             "logprobs": logprobs}
+        )  # fmt: skip
         return [{"prompt_index": i, "responses": []} for i in idx]
 
-    monkeypatch.setattr(loop_mod, "sample_records", sample_records)
+    monkeypatch.setattr("rspo.selfplay.loop.sample_records", sample_records)
+    return calls
+
+
+def test_generation_seeds_differ_between_iterations(tmp_path, monkeypatch):
+    sp = _run(tmp_path)
+    calls = _fake_sampler(monkeypatch)
     sp.cfg.run.seed = 7
     sp.cfg.model.path = "m"
     sp.cfg.generation.logprobs = "off"
@@ -127,7 +135,7 @@ def test_generation_seeds_differ_between_iterations(tmp_path, monkeypatch):
         sp.rd.checkpoint(t - 1).mkdir(parents=True)
         sp.stage_generate(t)
         assert sp.rd.done(t, "generate")
-    assert calls == [(7, "gen", 2), (7, "gen", 3)]
+    assert [c["seed_parts"] for c in calls] == [(7, "gen", 2), (7, "gen", 3)]
 
 
 def test_reference_samples_are_scored_for_the_prompts_of_the_dataset(tmp_path):
@@ -240,21 +248,14 @@ def test_generation_sends_one_chunk_per_rank_and_asks_for_log_probs(tmp_path, mo
     sp.cfg.generation.num_samples, sp.cfg.generation.batch_size = 2, 2
     sp.cfg.generation.backend, sp.cfg.generation.logprobs = "hf", "on"
     sp.cfg.model.path = "m"
-    calls = []
-
-    def sample_records(ops, path, prompt_ids, idx, k, seed_parts, params, unit=None,
-                       logprobs=False):  # fmt: skip
-        calls.append((path, idx, k, unit, logprobs))
-        return [{"prompt_index": i, "responses": []} for i in idx]
-
-    monkeypatch.setattr("rspo.selfplay.loop.sample_records", sample_records)
+    calls = _fake_sampler(monkeypatch)
     one = lambda f, *a, **k: f(*a, **k)  # noqa: E731 - rank 0's view of the collectives
     sp.dist = SimpleNamespace(world_size=2, from_main=one, main_only=one)
     sp.rd.iter_dir(2).mkdir()
     sp.rd.checkpoint(1).mkdir()
     sp.stage_generate(2)
     path = str(sp.rd.checkpoint(1))
-    assert calls == [
+    assert [(c["path"], c["idx"], c["k"], c["unit"], c["logprobs"]) for c in calls] == [
         (path, [0, 1], 2, 2, True),
         (path, [2, 3], 2, 2, True),
         (path, [4], 2, 2, True),
@@ -268,13 +269,10 @@ def test_mpo_scores_against_the_magnet_checkpoint(tmp_path):
     """MPO with magnet_refresh = 2: in iteration 3 π_ref is the checkpoint of iteration 2
     (anchor ((3 − 1) // 2)·2 = 2), which is also π_3: log π_ref = the recorded log π_t."""
     sp = _run(tmp_path, loss_type="sppo_hard", magnet_refresh=2)
-    src, dst = sp.rd.iter_dir(1), sp.rd.iter_dir(3)
-    dst.mkdir(parents=True)
-    for name in ("generations.jsonl", "judgments.jsonl"):
-        (dst / name).write_text((src / name).read_text())
+    _iteration_like_the_first(sp, 3)
     sp.stage_score(3)
     assert sp.models.reference == str(sp.rd.checkpoint(2))
-    data = json.loads((dst / "dataset.json").read_text())
+    data = json.loads((sp.rd.iter_dir(3) / "dataset.json").read_text())
     assert [e["logp_ref"] for e in data["examples"]] == [-3.0, -1.0]
 
 
@@ -283,43 +281,27 @@ def test_generation_records_logprobs_in_float32_on_a_cpu_device(tmp_path, monkey
     samples' log π_t are recorded; a bfloat16 model does not record them."""
     import torch
 
-    from rspo.selfplay import loop as loop_mod
-
     sp = _run(tmp_path)
     sp.device = torch.device("cpu")
-    got = []
-
-    def sample_records(
-        ops, path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False
-    ):
-        got.append(logprobs)
-        return [{"prompt_index": i, "responses": []} for i in idx]
-
-    monkeypatch.setattr(loop_mod, "sample_records", sample_records)
+    calls = _fake_sampler(monkeypatch)
     sp.cfg.model.path = "m"
     sp.cfg.generation.backend, sp.cfg.generation.logprobs = "hf", "auto"
     for t, dtype in ((2, "auto"), (3, "bfloat16")):
         sp.cfg.model.dtype = dtype
         sp.rd.checkpoint(t - 1).mkdir(parents=True)
         sp.stage_generate(t)
-    assert got == [True, False]
+    assert [c["logprobs"] for c in calls] == [True, False]
 
 
 def test_generation_fault_points_are_named_for_the_generate_stage(tmp_path, monkeypatch):
     """After each appended chunk the generate stage offers a fault point named "generate"
     with the prompts written so far (RSPO_FAULT=generate:N kills the run there)."""
-    from rspo.selfplay import loop as loop_mod
     from rspo.selfplay import resume
 
     sp = _run(tmp_path)
     points = []
     monkeypatch.setattr(resume, "fault_point", lambda stage, n: points.append((stage, n)))
-    monkeypatch.setattr(
-        loop_mod, "sample_records",
-        lambda ops, path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False: [
-            {"prompt_index": i, "responses": []} for i in idx
-        ],
-    )  # fmt: skip
+    _fake_sampler(monkeypatch)
     sp.cfg.model.path = "m"
     sp.cfg.generation.num_samples, sp.cfg.generation.batch_size = 3, 3  # one prompt a chunk
     sp.cfg.generation.logprobs = "off"
