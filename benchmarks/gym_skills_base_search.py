@@ -63,31 +63,25 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], list[dict]]] = {
 
 def build(skills: tuple[str, ...], stages: list[dict]) -> dict:
     """Train one candidate with the gym's skills set to ``skills``; its measurements."""
-    from functools import partial
-
     import rspo.gym.skills.corpus as corpus
     import rspo.gym.skills.tasks as tasks
-    from rspo.gym.base import train_base
-    from rspo.gym.skills.base import measure
+    from rspo.gym.skills.base import measure, train_skills_base
 
     saved = tasks.SKILLS, corpus.SKILLS
     tasks.SKILLS = corpus.SKILLS = skills  # prompts are drawn round robin over these
     try:
-        model = tok = None
-        losses = []
         t0 = time.perf_counter()
-        for s in stages:
-            mix = V2_MIX if s["correct"] is None else corpus.quality_mix(s["correct"])
-            model, tok, info = train_base(
-                seed=s["seed"], steps=s["steps"], lr=s["lr"], init=model,
-                corpus=partial(corpus.make_corpus, mix=mix, noise=s["noise"]),
-            )  # fmt: skip
-            losses.append(round(info["final_loss"], 4))
+        model, tok, record = train_skills_base(stages=[
+            {"demonstrator": "candidate", "seed": s["seed"], "steps": s["steps"], "lr": s["lr"],
+             "mix": V2_MIX if s["correct"] is None else corpus.quality_mix(s["correct"]),
+             "noise": s["noise"]}
+            for s in stages
+        ])  # fmt: skip
         prompts = [p.text for p in tasks.make_prompts("eval", 400, seed=0)]
         return {
             "skills": list(skills),
             "stages": stages,
-            "final_losses": losses,
+            "final_losses": [round(s["final_loss"], 4) for s in record["stages"]],
             "train_seconds": round(time.perf_counter() - t0, 1),
             "sampled": measure(model, tok, prompts, 1.0),
             "greedy": measure(model, tok, prompts, 0.0),

@@ -73,8 +73,9 @@ def train_skills_base(log_every: int = 0, **overrides: Any) -> tuple[Any, Any, d
     model = tok = None
     record: dict[str, Any] = {k: v for k, v in settings.items() if k != "stages"}
     record["stages"] = []
-    for stage in settings["stages"]:
-        corpus = partial(make_corpus, mix=mixes[stage["demonstrator"]])
+    for stage in settings["stages"]:  # a stage may name its own "mix" and "noise"
+        mix = stage.get("mix") or mixes[stage["demonstrator"]]
+        corpus = partial(make_corpus, mix=mix, noise=stage.get("noise"))
         model, tok, info = train_base(
             seed=stage["seed"], steps=stage["steps"], lr=stage["lr"],
             batch_size=settings["batch_size"], hidden_size=settings["hidden_size"],
