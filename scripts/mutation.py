@@ -8,6 +8,8 @@ a seeded sample), runs them, prints the score per module and writes the report.
 
     python scripts/mutation.py                  # sample 30 mutants per module, seed 0
     python scripts/mutation.py --per-module 0   # every mutant (hours on 2 cores)
+    python scripts/mutation.py --per-module 0 --modules trainer selfplay.score
+                                                # every mutant of the named modules
     python scripts/mutation.py --report-only    # rescore the results in mutants/, no run
     python scripts/mutation.py --quick          # 2 per module, fails under 90 % (CI runs
                                                 # tests/test_mutation_quick.py instead)
@@ -193,7 +195,7 @@ def run(chosen: dict[str, list[str]], jobs: int) -> None:
     then each mutant's tests cut to its own module's files."""
     mm, config = _mutmut()
     cfg = config()
-    files = {t for s in MODULES.values() for t in s.tests}
+    files = {t for m in chosen for t in MODULES[m].tests}
     cfg.pytest_add_cli_args_test_selection = sorted(t for t in files if Path(t).exists())
     allowed = {
         n: tuple(os.path.basename(t) for t in MODULES[m].tests)
@@ -255,6 +257,8 @@ def write_report(res: dict[str, dict], args: argparse.Namespace, total: dict[str
         if args.per_module
         else " --per-module 0"
     )
+    if args.modules:
+        cmd += " --modules " + " ".join(args.modules)
     (RESULTS / f"{args.report}.json").write_text(
         json.dumps({"command": cmd, "mutants_in_module": total, "modules": res}, indent=1) + "\n"
     )
@@ -290,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--per-module", type=int, default=30, help="sample size; 0 = all mutants")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--modules", nargs="+", choices=list(MODULES), metavar="MODULE",
+        help=f"only these core modules (default: all of {', '.join(MODULES)})",
+    )  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="CI: 2 per module, seed 0, no report")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--min-score", type=float, default=0.9)
@@ -311,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     names = generate()
     chosen = select(names, args.per_module, args.seed)
-    total = {m: sum(module_of(n) == m for n in names) for m in MODULES}
+    if args.modules:
+        chosen = {m: ns for m, ns in chosen.items() if m in args.modules}
+    total = {m: sum(module_of(n) == m for n in names) for m in chosen}
     if not args.report_only:
         try:
             run(chosen, args.jobs)
