@@ -3,7 +3,8 @@
 Reads every cell ``<sweep>/<setting>/seed<S>/metrics.jsonl`` that exists (finished or not),
 and writes ``benchmarks/results/study_skills/``: ``summary.json`` (per setting and iteration:
 seed means with 95 % t-intervals; paired-by-seed differences against SPPO for the paper's
-claims and the early-stopping question), ``table.md`` and ``frontier.png`` (seed means).
+claims and the early-stopping question; ``frontier_gap``: gold win rate minus SPPO's at
+the same KL, per iteration), ``table.md`` and ``frontier.png`` (seed means).
 
     python benchmarks/study_skills.py runs/sweep_skills
 """
@@ -62,11 +63,31 @@ def paired(a: dict[int, dict[int, dict]], b: dict[int, dict[int, dict]], t_a, t_
     return interval(diffs) if diffs else None
 
 
-def main() -> None:
+def frontier_gap(cells: dict[int, dict[int, dict]], sppo: dict[int, dict[int, dict]]) -> dict:
+    """Per iteration: interval over seeds of gold win rate minus SPPO's gold win rate at the
+    same KL(π‖π_ref), SPPO's curve (iterations 0..T of the same seed) linearly interpolated.
+    Points beyond SPPO's largest KL of that seed are left out (no extrapolation)."""
+    out = {}
+    iters = sorted({t for rows in cells.values() for t in rows if t > 0})
+    for t in iters:
+        diffs = []
+        for s in sorted(set(cells) & set(sppo)):
+            if t not in cells[s]:
+                continue
+            pts = sorted((r["kl_ref"], r["win_rate"]) for r in sppo[s].values())
+            kl = cells[s][t]["kl_ref"]
+            if kl <= pts[-1][0]:
+                ref = float(np.interp(kl, [p[0] for p in pts], [p[1] for p in pts]))
+                diffs.append(cells[s][t]["win_rate"] - ref)
+        out[str(t)] = interval(diffs) if len(diffs) >= 2 else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sweep", nargs="?", default="runs/sweep_skills")
     ap.add_argument("--out", default="benchmarks/results/study_skills")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     data = load(Path(args.sweep))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +115,7 @@ def main() -> None:
             } | {
                 f"final_minus_sppo_best/{m}": paired(cells, sppo, last, lambda r: best, m)
                 for m in ("win_rate", "lc_win_rate", "kl_ref")
-            }
+            } | {"frontier_gap": frontier_gap(cells, sppo)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = ["| setting | seeds | iter | gold win rate | LC | proxy | KL (nats) | length | "
              "accuracy | Self-BLEU |", "|---" * 10 + "|"]
