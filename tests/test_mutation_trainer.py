@@ -205,13 +205,16 @@ def test_train_policy_counts_steps_over_epochs():
     assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in logged)
 
 
-def _forwards(model):
-    """The number of sequences of each forward pass of ``model``, in order."""
+def _forwards(model, masks=None):
+    """The number of sequences of each forward pass of ``model``, in order; with a list
+    ``masks``, each pass's attention-mask rank goes there too (4 = packed, 2 = padded)."""
     sizes = []
 
     def hook(mod, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         sizes.append(int(ids.shape[0]))
+        if masks is not None:
+            masks.append(kwargs["attention_mask"].dim())
 
     model.register_forward_pre_hook(hook, with_kwargs=True)
     return sizes
@@ -347,7 +350,8 @@ def test_packed_accumulation_runs_one_forward_per_micro_batch_with_its_reference
     6 (test_forward_passes_are_the_micro_batches_and_their_reference_samples)."""
     ex, refs = _data()
     model = _model()
-    sizes = _forwards(model)
+    masks = []
+    sizes = _forwards(model, masks)
     loss_fn = RSPOLoss(eta=4.0, regularizer="forward_kl[nll]", coef=0.5)
     seen = []
 
@@ -358,6 +362,9 @@ def test_packed_accumulation_runs_one_forward_per_micro_batch_with_its_reference
     spy.needs_ref_samples = True
     accumulate_gradients(model, ex, list(range(8)), spy, 2, PAD, _by_group(refs), packing=True)
     assert len(sizes) == 4
+    # and each is packed (a 4-D mask), not the same sequences padded: packing=True reaches
+    # sequence_logprobs with the pad id in its place
+    assert masks == [4, 4, 4, 4]
     # the micro-batches holding a prompt's first sample carry its 2 π_ref samples
     assert seen == [(2, 2), (2, 0), (2, 2), (2, 0)]
 
