@@ -116,8 +116,8 @@ def _fake_sampler(monkeypatch) -> list[dict]:
         ops, path, prompt_ids, idx, k, seed_parts, params, unit=None, logprobs=False
     ):
         calls.append(
-            {"path": path, "idx": idx, "k": k, "seed_parts": seed_parts, "unit": unit,
-             "logprobs": logprobs}
+            {"ops": ops, "prompt_ids": prompt_ids, "params": params, "path": path, "idx": idx,
+             "k": k, "seed_parts": seed_parts, "unit": unit, "logprobs": logprobs}
         )  # fmt: skip
         return [{"prompt_index": i, "responses": []} for i in idx]
 
@@ -351,3 +351,89 @@ def test_the_kl_controller_moves_the_previous_iterations_coefficient(tmp_path):
     data = json.loads((sp.rd.iter_dir(2) / "dataset.json").read_text())
     assert data["measured"] == 1.0
     assert data["coef"] == pytest.approx(0.8 * math.exp(0.25), rel=1e-14)
+
+
+def test_generation_samples_the_iterations_prompts_from_its_policy(tmp_path, monkeypatch):
+    """data.prompts_per_iteration 2 of 5 prompts: iteration 1 samples prompts 0, 1 from the
+    initial model (model.path), iteration 2 prompts 2, 3 from iteration 1's checkpoint; every
+    call gets the run's model ops, the prompt ids and generation.* as sampling parameters."""
+    from rspo.selfplay.generate import sampling_params
+
+    sp = _run(tmp_path)
+    sp.train_prompts = SimpleNamespace(ids=[[i] for i in range(5)])
+    sp.cfg.data.prompts_per_iteration = 2
+    sp.cfg.generation.num_samples, sp.cfg.generation.batch_size = 2, 4  # 2 prompts a call
+    sp.cfg.generation.max_new_tokens, sp.cfg.generation.top_k = 7, 3
+    sp.cfg.generation.logprobs = "off"
+    sp.cfg.model.path = "initial"
+    calls = _fake_sampler(monkeypatch)
+    for t in (1, 2):
+        sp.rd.iter_dir(t).mkdir(exist_ok=True)
+        (sp.rd.iter_dir(t) / "generations.jsonl").unlink(missing_ok=True)
+        sp.rd.checkpoint(t).mkdir(parents=True)
+        sp.stage_generate(t)
+    assert [(c["path"], c["idx"]) for c in calls] == [
+        ("initial", [0, 1]),
+        (str(sp.rd.checkpoint(1)), [2, 3]),
+    ]
+    for c in calls:
+        assert c["ops"] is sp.ops and c["prompt_ids"] is sp.train_prompts.ids
+        assert c["params"] == sampling_params(sp.cfg)
+        assert (c["params"].max_new_tokens, c["params"].top_k) == (7, 3)
+
+
+def test_the_score_stage_reads_only_the_iterations_prompts(tmp_path):
+    """data.prompts_per_iteration 1 of 2: iteration 2 trains on prompt 1 only (the judge
+    ties its samples: win rate ½ each); a record of another prompt is an error."""
+    sp = _run(tmp_path)
+    sp.cfg.data.prompts_per_iteration = 1
+    sp.ops = SimpleNamespace(logprobs=lambda path, prompts, resps: [-3.0] * len(resps))
+    _iteration_like_the_first(sp, 2)
+    for name in ("generations.jsonl", "judgments.jsonl"):  # iteration 2's prompt: 1
+        f = sp.rd.iter_dir(2) / name
+        f.write_text("".join(x + "\n" for x in f.read_text().splitlines()
+                             if json.loads(x)["prompt_index"] == 1))  # fmt: skip
+    sp.stage_score(2)
+    data = json.loads((sp.rd.iter_dir(2) / "dataset.json").read_text())
+    got = [(e["prompt_index"], e["k"], e["win_rate"]) for e in data["examples"]]
+    assert got == [(1, 0, 0.5), (1, 1, 0.5), (1, 2, 0.5)]
+
+
+def test_the_kl_controller_starts_from_objective_coef_in_iteration_1(tmp_path):
+    """Iteration 1 has no previous dataset: λ_0 = objective.coef (0.2). π_ref = π_1, so the
+    measured KL is 0 and λ_1 = 0.2 · exp(clip(0 / 0.8 − 1, −1, 1)) = 0.2 / e."""
+    sp = _run(tmp_path, adaptive="kl", adaptive_target=0.8, regularizer="reverse_kl", coef=0.2)
+    data = _dataset(sp)
+    assert data["measured"] == 0.0
+    assert data["coef"] == pytest.approx(0.2 * math.exp(-1.0), rel=1e-14)
+
+
+def test_the_score_stage_offers_its_fault_point_before_writing_its_data(tmp_path, monkeypatch):
+    """RSPO_FAULT=score kills the run at the score stage's one fault point, ("score", 1),
+    which comes before dataset.json is written (the resume tests kill there)."""
+    from rspo.selfplay import loop as loop_mod
+
+    sp = _run(tmp_path)
+    points = []
+    data = sp.rd.iter_dir(1) / "dataset.json"
+    monkeypatch.setattr(
+        loop_mod, "fault_point", lambda stage, n: points.append((stage, n, data.exists()))
+    )
+    sp.stage_score(1)
+    assert points == [("score", 1, False)] and data.exists()
+
+
+def test_win_rates_are_computed_in_float64_whatever_the_judges_dtype():
+    """A float32 matrix (a reward model's verdicts) is summed in float64: the estimates are
+    those of the same values as doubles, not float32 sums."""
+    import numpy as np
+
+    from rspo.selfplay.estimate import win_rates
+
+    P = np.array([[0.5, 0.1, 0.7], [0.9, 0.5, 0.3], [0.3, 0.7, 0.5]], dtype=np.float32)
+    M = P.astype(np.float64)
+    want = [(M[k].sum() - M[k, k] + 0.5) / 3 for k in range(3)]
+    assert win_rates(P) == want
+    assert win_rates(P, include_self_match=False) == [
+        (M[k].sum() - M[k, k]) / 2 for k in range(3)
+    ]
