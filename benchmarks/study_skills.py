@@ -4,7 +4,8 @@ Reads every cell ``<sweep>/<setting>/seed<S>/metrics.jsonl`` that exists (finish
 and writes ``benchmarks/results/study_skills/``: ``summary.json`` (per setting and iteration:
 seed means with 95 % t-intervals; paired-by-seed differences against SPPO for the paper's
 claims and the early-stopping question; ``frontier_gap``: gold win rate minus SPPO's at
-the same KL, per iteration), ``table.md`` and ``frontier.png`` (seed means).
+the same KL, per iteration, and ``at_sppo_kl/<metric>`` the same for LC win rate, length,
+Self-BLEU and accuracy), ``table.md`` and ``frontier.png`` (seed means).
 
     python benchmarks/study_skills.py runs/sweep_skills
 """
@@ -63,9 +64,11 @@ def paired(a: dict[int, dict[int, dict]], b: dict[int, dict[int, dict]], t_a, t_
     return interval(diffs) if diffs else None
 
 
-def frontier_gap(cells: dict[int, dict[int, dict]], sppo: dict[int, dict[int, dict]]) -> dict:
-    """Per iteration: interval over seeds of gold win rate minus SPPO's gold win rate at the
-    same KL(π‖π_ref), SPPO's curve (iterations 0..T of the same seed) linearly interpolated.
+def frontier_gap(
+    cells: dict[int, dict[int, dict]], sppo: dict[int, dict[int, dict]], m: str = "win_rate"
+) -> dict:
+    """Per iteration: interval over seeds of metric ``m`` minus SPPO's ``m`` at the same
+    KL(π‖π_ref), SPPO's curve (iterations 0..T of the same seed) linearly interpolated.
     Points beyond SPPO's largest KL of that seed are left out (no extrapolation)."""
     out = {}
     iters = sorted({t for rows in cells.values() for t in rows if t > 0})
@@ -74,11 +77,11 @@ def frontier_gap(cells: dict[int, dict[int, dict]], sppo: dict[int, dict[int, di
         for s in sorted(set(cells) & set(sppo)):
             if t not in cells[s]:
                 continue
-            pts = sorted((r["kl_ref"], r["win_rate"]) for r in sppo[s].values())
+            pts = sorted((r["kl_ref"], r[m]) for r in sppo[s].values())
             kl = cells[s][t]["kl_ref"]
             if kl <= pts[-1][0]:
                 ref = float(np.interp(kl, [p[0] for p in pts], [p[1] for p in pts]))
-                diffs.append(cells[s][t]["win_rate"] - ref)
+                diffs.append(cells[s][t][m] - ref)
         out[str(t)] = interval(diffs) if len(diffs) >= 2 else None
     return out
 
@@ -115,7 +118,10 @@ def main(argv: list[str] | None = None) -> None:
             } | {
                 f"final_minus_sppo_best/{m}": paired(cells, sppo, last, lambda r: best, m)
                 for m in ("win_rate", "lc_win_rate", "kl_ref")
-            } | {"frontier_gap": frontier_gap(cells, sppo)}
+            } | {"frontier_gap": frontier_gap(cells, sppo)} | {
+                f"at_sppo_kl/{m}": frontier_gap(cells, sppo, m)
+                for m in ("lc_win_rate", "avg_length", "self_bleu", "accuracy")
+            }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = ["| setting | seeds | iter | gold win rate | LC | proxy | KL (nats) | length | "
              "accuracy | Self-BLEU |", "|---" * 10 + "|"]

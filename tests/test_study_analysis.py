@@ -72,5 +72,7 @@ def test_summary_picks_sppo_best_iteration_by_gold(tmp_path):
     best = summary["vs_sppo"]["reg"]["final_minus_sppo_best/win_rate"]
     assert best["mean"] == pytest.approx(0.05, abs=1e-12)
     assert summary["vs_sppo"]["reg"]["frontier_gap"]["1"]["mean"] == pytest.approx(0.02)
+    # other metrics at SPPO's KL: Self-BLEU equals the win rate in these rows
+    assert summary["vs_sppo"]["reg"]["at_sppo_kl/self_bleu"]["2"]["mean"] == pytest.approx(-0.02)
     assert (out / "frontier.png").stat().st_size > 0
     assert "| reg | 2 | 3 |" in (out / "table.md").read_text()
