@@ -385,3 +385,327 @@ def test_cache_keeps_one_connection_per_process_and_reopens_after_a_fork(tmp_pat
     assert len(opened) == 2
     c.close()
     opened[0].close()
+
+
+# ----------------------------------------------------------------- base: messages and factories
+def test_a_credential_setting_is_refused_with_the_whole_advice():
+    """The refusal names the judge and the setting, and says what to do instead: every word
+    of the advice (which setting names the variable, for which header) is the user's fix."""
+    from rspo.judges.base import build_judge
+
+    with pytest.raises(ValueError) as e:
+        build_judge("python", fn="x:y", api_key="sk")
+    assert str(e.value) == (
+        "judge 'python': setting 'api_key' looks like a credential; settings are saved with "
+        "the run's config, so secrets do not belong there. Export the key in an environment "
+        "variable and name it instead (openai: api_key_env: VAR for the bearer token, "
+        "header_env: {HEADER: VAR} for other headers)"
+    )
+
+
+def test_available_judges_imports_the_modules_declared_in_the_plugin_group(tmp_path, monkeypatch):
+    """A judge module declared in the ``rspo.judges`` group (not imported by anyone) is
+    imported by the first lookup, so its judge is listed."""
+    import sys
+
+    from rspo.judges import base
+    from rspo.utils import plugins
+
+    _ns_judge(
+        "mut_plugin_judges", tmp_path, monkeypatch,
+        "from rspo.judges.base import Judge, register_judge\n"
+        "@register_judge('mut-plugin-judge')\n"
+        "class Plugged(Judge):\n"
+        "    def _prefer(self, p, a, b):\n"
+        "        return [0.5] * len(p)\n",
+    )  # fmt: skip
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(plugins, "_LOADED", set(plugins._LOADED))
+    declared = plugins._GROUPS.get(base.PLUGIN_GROUP, [])
+    monkeypatch.setitem(plugins._GROUPS, base.PLUGIN_GROUP, [*declared, "mut_plugin_judges"])
+    try:
+        assert "mut-plugin-judge" not in base._REGISTRY  # declared, not imported yet
+        assert "mut-plugin-judge" in base.available_judges()
+    finally:
+        sys.modules.pop("mut_plugin_judges", None)
+
+
+def test_build_judge_checks_the_judge_id_of_a_module_class(tmp_path, monkeypatch):
+    """A ``module:Class`` judge taking settings without a judge_id is refused by build_judge
+    too (its cache key would not tell two settings apart)."""
+    from rspo.judges.base import build_judge
+
+    _ns_judge(
+        "mut_sized_judges", tmp_path, monkeypatch,
+        "from rspo.judges.base import Judge\n"
+        "class Sized(Judge):\n"
+        "    def __init__(self, size=1):\n"
+        "        self.size = size\n"
+        "    def _prefer(self, p, a, b):\n"
+        "        return [0.5] * len(p)\n",
+    )  # fmt: skip
+    with pytest.raises(ValueError) as e:
+        build_judge("mut_sized_judges:Sized", size=2)
+    assert "mut_sized_judges.Sized takes settings (size) but does not define judge_id" in str(
+        e.value
+    )
+
+
+def test_a_factory_without_a_signature_is_called_and_reports_its_own_errors():
+    """A C callable has no inspectable signature: build_judge calls it as is, so it builds
+    the judge, and a setting it does not take is reported by the call itself."""
+    import functools
+    import itertools
+
+    from rspo.judges.base import _REGISTRY, build_judge
+
+    half = Fixed([0.5])
+    _REGISTRY["mut-c-factory"] = functools.partial(next, itertools.repeat(half))
+    try:
+        assert build_judge("mut-c-factory") is half
+        with pytest.raises(TypeError, match="takes no keyword arguments"):
+            build_judge("mut-c-factory", size=1)
+    finally:
+        _REGISTRY.pop("mut-c-factory", None)
+
+
+def test_valid_settings_list_only_what_a_user_can_set(tmp_path, monkeypatch):
+    """A missing setting names the settings to give: not ``*args``/``**kwargs`` of a class
+    that passes extras on, nor the ``self`` of a method used as a factory."""
+    from rspo.judges.base import _REGISTRY, build_judge
+
+    _ns_judge(
+        "mut_extras_judges", tmp_path, monkeypatch,
+        "from rspo.judges.base import Judge\n"
+        "class Extras(Judge):\n"
+        "    def __init__(self, size, *args, **kwargs):\n"
+        "        self.size = size\n"
+        "    @property\n"
+        "    def judge_id(self):\n"
+        "        return f'extras[{self.size}]'\n"
+        "    def _prefer(self, p, a, b):\n"
+        "        return [0.5] * len(p)\n",
+    )  # fmt: skip
+    with pytest.raises(ValueError) as e:
+        build_judge("mut_extras_judges:Extras")
+    assert str(e.value) == (
+        "judge 'mut_extras_judges:Extras': missing a required argument: 'size'; "
+        "valid settings: size"
+    )
+    assert build_judge("mut_extras_judges:Extras", size=3).judge_id == "extras[3]"
+
+    def make(self=None, *, size):  # a method's function registered as the factory
+        return Fixed([size])
+
+    _REGISTRY["mut-method-factory"] = make
+    try:
+        with pytest.raises(ValueError) as e:
+            build_judge("mut-method-factory")
+        assert str(e.value) == (
+            "judge 'mut-method-factory': missing a required argument: 'size'; valid settings: size"
+        )
+    finally:
+        _REGISTRY.pop("mut-method-factory", None)
+
+
+def test_build_judge_renames_only_a_default_named_module_class(tmp_path, monkeypatch):
+    """``module:Class`` names a judge whose class has no name of its own; a class naming
+    itself keeps its name, and a registered factory's judge is returned as the factory made
+    it (the same name, hence the same judge_id and cache keys, as calling it directly)."""
+    from rspo.judges.base import _REGISTRY, Judge, build_judge
+
+    _ns_judge(
+        "mut_named_judges", tmp_path, monkeypatch,
+        "from rspo.judges.base import Judge\n"
+        "class Mine(Judge):\n"
+        "    name = 'mine'\n"
+        "    def _prefer(self, p, a, b):\n"
+        "        return [0.5] * len(p)\n"
+        "class Anonymous(Judge):\n"
+        "    def _prefer(self, p, a, b):\n"
+        "        return [0.5] * len(p)\n",
+    )  # fmt: skip
+    assert build_judge("mut_named_judges:Mine").name == "mine"
+    assert build_judge("mut_named_judges:Anonymous").name == "mut_named_judges:Anonymous"
+    from mut_named_judges import Anonymous
+
+    _REGISTRY["mut-fn-factory"] = lambda: Anonymous()  # a factory function, not the class
+    try:
+        j = build_judge("mut-fn-factory")
+        assert isinstance(j, Anonymous) and j.name == Judge.name == "judge"
+        assert j.judge_id == Anonymous().judge_id
+    finally:
+        _REGISTRY.pop("mut-fn-factory", None)
+
+
+def test_a_judge_whose_id_is_its_name_is_named_once_in_errors():
+    """An error names the judge; the id is added only when it says more than the name."""
+    from rspo.judges.base import JudgeError
+
+    class Wild(Judge):
+        name = "wild"
+
+        def _prefer(self, p, a, b):
+            return [1.5] * len(p)
+
+    with pytest.raises(JudgeError) as e:
+        Wild().prefer(["p"], ["a"], ["b"])
+    assert str(e.value) == (
+        "judge 'wild' returned 1.5 for pair 0 (prompt 'p'); "
+        "a preference probability must lie in [0, 1]"
+    )
+
+
+# ----------------------------------------------------------------- symmetric
+class FirstShown(Judge):
+    """Prefers whichever response is shown first, P = 0.75; ``order_sensitive`` as told."""
+
+    name = "first"
+
+    def __init__(self, order_sensitive):
+        self.order_sensitive = order_sensitive
+        self.calls = []
+
+    @property
+    def judge_id(self):
+        return f"first[{self.order_sensitive}]"
+
+    def _prefer(self, p, a, b):
+        self.calls.append(len(p))
+        return [0.75] * len(p)
+
+
+def test_symmetric_prefer_refuses_one_mismatched_length_before_asking_the_judge():
+    """One list of the wrong length is refused with the three lengths, and the judge is not
+    asked (the doubled lists could otherwise line up by accident)."""
+    from rspo.judges.symmetric import symmetric_prefer
+
+    j = FirstShown(order_sensitive=True)
+    for a, b, got in ((["a", "b", "c"], ["d", "e"], "2, 3, 2"), (["a", "b"], ["d"], "2, 2, 1")):
+        with pytest.raises(ValueError) as e:
+            symmetric_prefer(j, ["p", "q"], a, b, both_orders=True)
+        assert str(e.value) == (
+            f"prompts, responses_a, responses_b must have equal lengths, got {got}"
+        )
+    assert j.calls == []
+
+
+def test_symmetric_judge_obeys_a_forced_both_orders():
+    """both_orders=False passes an order-sensitive judge's verdicts through (one order);
+    both_orders=True averages even a judge that claims to be symmetric:
+    ½·(0.75 + 1 − 0.75) = 0.5, both orders in one call of 2 pairs."""
+    from rspo.judges.symmetric import SymmetricJudge
+
+    sens = FirstShown(order_sensitive=True)
+    assert SymmetricJudge(sens, both_orders=False).prefer(["p"], ["a"], ["b"]) == [0.75]
+    assert sens.calls == [1]
+    insens = FirstShown(order_sensitive=False)
+    assert SymmetricJudge(insens, both_orders=True).prefer(["p"], ["a"], ["b"]) == [0.5]
+    assert insens.calls == [2]
+
+
+# ----------------------------------------------------------------- cache: judge and store
+def test_cached_judge_keeps_the_inner_judges_name_in_its_messages(tmp_path):
+    from rspo.judges.cache import CachedJudge
+
+    cj = CachedJudge(Fixed([0.5]), tmp_path / "c.sqlite")
+    assert cj.name == "fixed"
+    with pytest.raises(ValueError) as e:
+        cj.prefer(["p"], ["a", "b"], ["c"])
+    assert str(e.value) == (
+        "judge 'fixed': prompts, responses_a, responses_b must have equal lengths, got 1, 2, 1"
+    )
+
+
+def test_cached_judge_stats_add_up_over_calls(tmp_path):
+    """Call 1: pairs x, x, y: 3 misses, 2 unique pairs in 1 inner call. Call 2: x, z: 1 hit,
+    1 miss, 1 pair in 1 call. Call 3: x, y: 2 hits. Totals: 3 hits, 4 misses, 3 inner pairs,
+    2 inner calls."""
+    from rspo.judges.cache import CachedJudge
+
+    inner = FirstShown(order_sensitive=False)
+    cj = CachedJudge(inner, tmp_path / "c.sqlite")
+    x, y, z = ("p", "a", "b"), ("q", "c", "d"), ("r", "e", "f")
+    for pairs in ([x, x, y], [x, z], [x, y]):
+        assert cj.prefer(*map(list, zip(*pairs))) == [0.75] * len(pairs)
+    assert cj.stats == {"hits": 3, "misses": 4, "inner_pairs": 3, "inner_calls": 2}
+    assert inner.calls == [2, 1] and len(cj.cache) == 3
+
+
+def test_cache_default_timeout_wal_mode_and_a_short_timeout_gives_up(tmp_path):
+    """The cache waits up to 60 s (default) for another writer; a cache made with
+    timeout=0.1 gives up after about 0.1 s (not SQLite's own 5 s). The file is in WAL mode,
+    so readers and a writer in other processes do not block each other."""
+    import sqlite3
+    import time
+
+    from rspo.judges.cache import JudgementCache
+
+    path = tmp_path / "c.sqlite"
+    with JudgementCache(path) as default:
+        assert default.timeout == 60.0
+    probe = sqlite3.connect(path)
+    assert probe.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    probe.close()
+    c = JudgementCache(path, timeout=0.1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+    t0 = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        c.put_many("j", {"k": 0.5})
+    assert time.monotonic() - t0 < 2.5
+    other.execute("ROLLBACK")
+    other.close()
+    c.put_many("j", {"k": 0.5})
+    assert c.count("j") == 1
+    c.close()
+
+
+def test_cache_can_be_used_from_another_thread(tmp_path):
+    """Made in one thread, used in another (e.g. a thread pool of judge calls)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rspo.judges.cache import JudgementCache
+
+    c = JudgementCache(tmp_path / "c.sqlite")
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(c.put_many, "j", {"k": 0.25}).result()
+        assert pool.submit(c.get_many, ["k"]).result() == {"k": 0.25}
+    assert c.get_many(["k"]) == {"k": 0.25}
+    c.close()
+
+
+def test_cache_closed_twice_and_reopened_on_next_use(tmp_path):
+    """close() twice (explicitly, then leaving the with block) is fine, and the cache is
+    reopened on its next use with its rows."""
+    from rspo.judges.cache import JudgementCache
+
+    with JudgementCache(tmp_path / "c.sqlite") as c:
+        c.put_many("j", {"k": 0.5})
+        c.close()
+    assert c.count("j") == 1 and c.get_many(["k"]) == {"k": 0.5} and len(c) == 1
+    c.close()
+
+
+def test_cache_lookups_stay_under_sqlites_variable_limit(tmp_path, monkeypatch):
+    """1200 pairs at once on a SQLite built with the historical 999 bound-variable limit:
+    looked up in chunks, so the batch is judged and then served from the cache."""
+    import sqlite3
+
+    from rspo.judges import cache as cache_mod
+    from rspo.judges.cache import CachedJudge
+
+    real = sqlite3.connect
+
+    def connect(*a, **k):
+        conn = real(*a, **k)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return conn
+
+    monkeypatch.setattr(cache_mod.sqlite3, "connect", connect)
+    cj = CachedJudge(FirstShown(order_sensitive=False), tmp_path / "c.sqlite")
+    prompts = [f"p{i}" for i in range(1200)]
+    for _ in range(2):
+        assert cj.prefer(prompts, ["a"] * 1200, ["b"] * 1200) == [0.75] * 1200
+    assert cj.stats == {"hits": 1200, "misses": 1200, "inner_pairs": 1200, "inner_calls": 1}
+    cj.cache.close()
