@@ -213,6 +213,7 @@ def test_frontier_draws_each_methods_gold_and_proxy_curve_from_the_origin(tmp_pa
     ]
     hline = ax.get_lines()[4]  # the ½ line: π_ref's own win rate
     assert list(hline.get_ydata()) == [0.5, 0.5] and hline.get_linestyle() == ":"
+    assert mc.to_rgba(hline.get_color()) == mc.to_rgba("0.6")  # grey: no method's colour
     # iteration labels on the gold curves only, at their points
     notes = [(t.get_text(), tuple(t.xy)) for t in ax.texts]
     assert notes == [("0", (0.0, 0.5)), ("1", (1.0, 0.6)), ("2", (2.0, 0.7)), ("0", (0.5, 0.4))]
@@ -485,3 +486,25 @@ def test_read_alpaca_outputs_names_the_missing_fields(tmp_path):
     assert str(e.value) == f"{path}: record 1 lacks ['generator', 'instruction']"
     path.write_text(json.dumps([rec]), encoding="utf-8")
     assert read_alpaca_outputs(path) == [rec]
+
+
+def test_self_bleu_brevity_penalty_uses_the_closest_reference_length():
+    """sacreBLEU's effective reference length: the other text whose length is closest to the
+    candidate's (ties to the shorter). 8 tokens against 2 and 9: r = 9, every unigram
+    matched, BLEU-1 = BP = exp(1 − 9/8); 5 tokens against 4 and 6 (a tie): r = 4, BP = 1."""
+    import math
+
+    from rspo.evaluation.diversity import bleu_against_others
+
+    got = bleu_against_others(["a b c d e f g h", "a b", "a b c d e f g h i"], n=1)
+    assert got[0] == pytest.approx(math.exp(1 - 9 / 8), rel=1e-12)
+    assert bleu_against_others(["a b c d e", "a b c d", "a b c d e f"], n=1)[0] == 1.0
+
+
+def test_plot_groups_records_without_a_method_under_run():
+    """Records without a ``method`` (a single run's metrics) are drawn as the method "run"."""
+    from rspo.evaluation.plots import _by_method
+
+    groups = _by_method([{"iteration": 2}, {"iteration": 1, "method": "x"}, {"iteration": 1}])
+    assert list(groups) == ["run", "x"]
+    assert [r["iteration"] for r in groups["run"]] == [1, 2]

@@ -232,6 +232,8 @@ def test_empirical_rate_uses_the_window_ends_unless_one_is_round_off():
     assert empirical_rate([0.5, 0.25, 5e-14], 1) == pytest.approx(2e-13, rel=1e-12)
     assert empirical_rate([0.5, 0.25, 1e-15], 1) == pytest.approx(0.5, rel=1e-12)
     assert empirical_rate([2.0, 1.0, 0.5], 1) == pytest.approx(0.5, rel=1e-12)
+    # an end at exactly 1e-14 is round-off too: the rate of the last step above 1e-13
+    assert empirical_rate([1.0, 0.1, 1e-14], 1) == pytest.approx(0.1, rel=1e-12)
 
 
 def test_selfplay_divergence_names_the_iteration_that_overflowed():
@@ -265,3 +267,19 @@ def test_exploitability_names_pi_in_its_distribution_check():
     with pytest.raises(ValueError) as e:
         exploitability([0.5, 0.6, 0.0], rps_game(3), np.array([0.2, 0.3, 0.5]), "chi2", 0.1)
     assert re.fullmatch(r"pi must sum to 1, sums to (np\.float64\()?1\.1\)?", str(e.value))
+
+
+def test_run_game_text_table_has_its_documented_header(tmp_path):
+    """The text output: a settings line, then the column header iter, exploitability,
+    L1_to_nash, avg_exploit (fixed widths), then one row per reported iteration."""
+    import io
+
+    from rspo.game.run import run_game
+
+    out = io.StringIO()
+    run_game("rps", 3, "reverse_kl", 0.1, 1.0, 2, 0, every=1, out=out)
+    lines = out.getvalue().splitlines()
+    header = ("iter".rjust(8), "exploitability".rjust(14), "L1_to_nash".rjust(12),
+              "avg_exploit".rjust(12))  # fmt: skip
+    assert lines[1] == "  ".join(header)
+    assert lines[1].split() == ["iter", "exploitability", "L1_to_nash", "avg_exploit"]

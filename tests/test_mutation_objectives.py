@@ -295,3 +295,23 @@ def test_normalized_sum_refuses_the_mean_of_nothing_and_a_non_positive_count():
     t = torch.tensor([1.0, 2.0, 6.0], dtype=torch.float64)
     assert normalized_sum(t, None).item() == 3.0
     assert normalized_sum(t, 4).item() == 2.25
+
+
+def test_pair_indices_refuses_a_pair_with_a_zero_label_in_either_row():
+    """A 0 label (no preference) is neither chosen nor rejected: (−1, 0) and (0, +1) are
+    refused like (+1, +1), naming the pair."""
+    for labels in ([-1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, -1.0]):
+        with pytest.raises(ValueError, match=r"pair 0 \(rows 0, 1\) has labels"):
+            _pairs_batch(labels).pair_indices()
+
+
+@pytest.mark.parametrize("spec", ["reverse_kl", "forward_kl"])
+def test_barrier_gradient_at_zero_is_minus_infinity_for_an_integer_reference(spec):
+    """ref given as integers (a pure strategy, [0, 1]): the barrier's φ'(0) is −inf in
+    float64, not −inf cast to the integer dtype (−2⁶³)."""
+    import numpy as np
+
+    from rspo.objectives.spec import get_regularizer
+
+    got = get_regularizer(spec).grad_at_zero(np.array([0, 1]))
+    assert got.dtype == np.float64 and list(got) == [-np.inf, -np.inf]
