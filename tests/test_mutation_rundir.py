@@ -631,3 +631,17 @@ def test_a_changed_long_prompt_is_shown_by_its_first_60_characters(tmp_path):
     with pytest.raises(ConfigError) as e:
         rd.check_prompts(_sets(["a", now], [[1], [2]]), resuming=True)
     assert f"({tmp_path / 'prompts.jsonl'}: '{'w' * 59}x', now '{'n' * 59}X');" in str(e.value)
+
+
+def test_rebuilt_metrics_are_in_iteration_order_past_iteration_999(tmp_path):
+    """metrics.jsonl lists iterations by number: ``iter_1000`` comes after ``iter_999``
+    (by name it sorts between ``iter_100`` and ``iter_101``), so the last row, the run's
+    final metrics for rspo.api and sweeps, is the last iteration's."""
+    rd = RunDir(tmp_path)
+    for t in (0, 100, 101, 999, 1000):
+        atomic_write_json(rd.iter_dir(t) / "metrics.json", {"iteration": t})
+    rows = [{"iteration": t} for t in (0, 100, 101, 999, 1000)]
+    assert rd.rebuild_metrics() == rows
+    assert rd.rebuild_metrics(1000) == rows
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == rows
