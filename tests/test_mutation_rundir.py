@@ -213,8 +213,12 @@ def test_overwrite_does_not_count_a_linked_run_as_one_level_down(tmp_path):
     d.mkdir()
     (d / "notes.txt").write_text("mine")
     (d / "linked").symlink_to(run, target_is_directory=True)
-    with pytest.raises(ConfigError, match="holds no rspo run"):
+    with pytest.raises(ConfigError) as e:
         remove_output(d)
+    assert str(e.value) == (
+        f"--overwrite: {d} holds no rspo run (no run.json written by rspo in it or one level "
+        "down); not deleting it"
+    )
     assert (d / "notes.txt").read_text() == "mine" and (run / "run.json").exists()
     (d / "sub").mkdir()  # a real run one level down: that directory may go
     atomic_write_json(d / "sub" / "run.json", {"rspo": "0"})
@@ -367,3 +371,277 @@ def test_try_lock_without_fcntl_runs_unlocked(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError
     assert _try_lock(tmp_path) is True
     assert not (tmp_path / ".lock").exists()
+
+
+# ----------------------------------------------------------------- emptying in place, locks
+
+
+def test_emptying_in_place_keeps_the_lock_and_an_earlier_leftover_where_it_lies(
+    tmp_path, monkeypatch
+):
+    """A symlinked run is emptied in place: everything but ``.lock`` moves into one hidden
+    ``.deleting.*`` folder. The lock file stays (one process may hold it); a leftover of an
+    earlier interrupted delete is deleted where it lies, not moved into the new folder (so
+    leftovers never nest, and a still-busy one keeps its name until it can go)."""
+    import os
+
+    target = tmp_path / "elsewhere"
+    (target / "iter_001").mkdir(parents=True)
+    (target / "iter_001" / "busy").write_text("x")
+    (target / "run.json").write_text('{"rspo": "0.1.0"}')
+    rd = RunDir(target)
+    rd.lock()
+    rd.unlock()
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    unlink = _busy_unlink(monkeypatch)
+    remove_output(link)
+    (left,) = [p for p in target.iterdir() if p.name != ".lock"]
+    assert left.name.startswith(".deleting.")
+    assert sorted(p.name for p in target.iterdir()) == [left.name, ".lock"]
+    assert sorted(p.relative_to(left) for p in left.rglob("*")) == [
+        Path("iter_001"), Path("iter_001/busy")
+    ]  # fmt: skip
+    # a new run in the same place, overwritten while the old leftover's file is still busy
+    (target / "iter_002").mkdir()
+    (target / "iter_002" / "free").write_text("x")
+    (target / "run.json").write_text('{"rspo": "0.1.0"}')
+    remove_output(link)
+    assert sorted(p.name for p in target.iterdir()) == [left.name, ".lock"]
+    assert sorted(p.relative_to(left) for p in left.rglob("*")) == [
+        Path("iter_001"), Path("iter_001/busy")
+    ]  # fmt: skip
+    monkeypatch.setattr(os, "unlink", unlink)  # free now: the next --overwrite removes it
+    remove_output(link)
+    assert [p.name for p in target.iterdir()] == [".lock"]
+
+
+def test_a_non_ascii_host_name_is_written_and_read_as_utf8_whatever_the_locale(
+    tmp_path, monkeypatch
+):
+    """The lock file names the holder's host; under a locale whose encoding is not UTF-8
+    (here the C locale's ASCII) a host name such as ``hôte`` is still written (UTF-8) and
+    read back into the refusal of a second process, instead of failing with a Unicode error."""
+    import locale
+    import os
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "hôte")
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        rd = RunDir(tmp_path)
+        rd.lock()
+        with pytest.raises(ConfigError) as e:
+            RunDir(tmp_path).lock()
+        rd.unlock()
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    holder = f"pid {os.getpid()} on hôte"
+    assert (tmp_path / ".lock").read_bytes() == (holder + "\n").encode("utf-8")
+    assert str(e.value) == (
+        f"run directory {tmp_path} is in use by another rspo process ({holder}); wait for "
+        "it to finish, or use another --output"
+    )
+
+
+def test_a_filesystem_without_locks_warns_naming_the_file_and_unlocks_and_overwrites(
+    tmp_path, monkeypatch
+):
+    """flock answering ENOSYS (Lustre without -o flock, some NFS/FUSE mounts): one
+    UserWarning naming the lock file and what is unprotected, reported at the code that asked
+    for the lock (not inside rundir.py, nor further up than the caller); releasing such a
+    run and --overwrite of it go on without a lock to close."""
+    import errno
+    import fcntl
+    import warnings
+
+    import rspo.selfplay.rundir as rundir
+
+    def nolock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", nolock)
+    root = tmp_path / "run"
+    rd = RunDir(root)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        rd.lock()
+    assert [(w.category, str(w.message)) for w in rec] == [(
+        UserWarning,
+        f"{root / '.lock'}: this filesystem cannot lock files (Function not implemented); "
+        "running without protection against a second process in the same directory",
+    )]  # fmt: skip
+    where = Path(rec[0].filename)
+    assert where != Path(rundir.__file__) and "_pytest" not in where.parts
+    rd.unlock()  # no lock file object to close
+    rd.unlock()
+    atomic_write_json(root / "run.json", {"rspo": "0.1.0"})
+    with pytest.warns(UserWarning, match="cannot lock files"):
+        remove_output(root)
+    assert not root.exists()
+
+
+def test_a_refused_overwrite_releases_the_locks_it_took(tmp_path):
+    """--overwrite locks the run and each run one level down before deleting; refused
+    because one of them is in use, it releases the locks it already took at once (not when
+    the exception, which the caller may keep, is gone): the run can be locked again."""
+    demo = tmp_path / "demo"
+    rd = RunDir(demo)
+    rd.lock()
+    rd.unlock()  # demo/.lock exists, free: --overwrite takes it first
+    busy = RunDir(demo / "sppo")
+    busy.lock()
+    (demo / "sppo" / "run.json").write_text('{"rspo": "0.1.0"}')
+    try:
+        with pytest.raises(ConfigError, match="sppo is in use") as e:
+            remove_output(demo)
+        rd.lock()  # while `e` (and its traceback) is alive
+        rd.unlock()
+    finally:
+        busy.unlock()
+    assert e.value is not None and (demo / "sppo" / "run.json").exists()
+
+
+def test_a_run_that_cannot_be_moved_away_is_emptied_in_place(tmp_path, monkeypatch):
+    """--overwrite first moves the run onto a hidden sibling; where the rename is refused
+    because the directory is busy (EBUSY) or on another device (EXDEV), the run is emptied in
+    place instead (its lock file kept, no sibling left); any other error is raised, the run
+    kept."""
+    import errno
+    import os
+
+    root = tmp_path / "run"
+    rename = Path.rename
+    refuse = {}
+
+    def refused(self, target):
+        if self == root.resolve() and "errno" in refuse:
+            raise OSError(refuse["errno"], os.strerror(refuse["errno"]), str(self))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refused)
+    for code in (errno.EBUSY, errno.EXDEV):
+        _run_with(root, "free")
+        rd = RunDir(root)
+        rd.lock()
+        rd.unlock()
+        refuse["errno"] = code
+        remove_output(root)
+        assert [p.name for p in tmp_path.iterdir()] == ["run"]
+        assert [p.name for p in root.iterdir()] == [".lock"]
+        (root / ".lock").unlink()
+        root.rmdir()
+    _run_with(root, "free")
+    refuse["errno"] = errno.EACCES
+    with pytest.raises(PermissionError):
+        remove_output(root)
+    assert (root / "iter_000" / "free").exists() and (root / "run.json").exists()
+
+
+# ----------------------------------------------------------------- init, prompts, metrics
+
+
+def test_init_on_a_reader_rank_is_refused_before_touching_the_directory(tmp_path):
+    with pytest.raises(RuntimeError) as e:
+        RunDir(tmp_path / "run", writer=False).init(load_config(None, [], preset="gym"))
+    assert str(e.value) == "RunDir.init is rank 0's job (writer=False here)"
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_with_a_changed_config_names_every_differing_key(tmp_path):
+    """Keys that may change on a resume (run.iterations raised) are not named; the others
+    are, all of them, comma-separated; the saved config is left as it was."""
+    root = tmp_path / "run"
+    rd = RunDir(root)
+    assert rd.init(load_config(None, [], preset="gym")) is False
+    rd.unlock()
+    saved = (root / "config.yaml").read_text()
+    changed = {"run.seed": 7, "generation.temperature": 0.5, "run.iterations": 9}
+    rd = RunDir(root)
+    with pytest.raises(ConfigError) as e:
+        rd.init(load_config(None, changed, preset="gym"))
+    rd.unlock()
+    assert str(e.value) == (
+        f"run directory {root} was made with a different config; differing keys: "
+        "generation.temperature, run.seed. Use another --output, or --overwrite to start over."
+    )
+    assert (root / "config.yaml").read_text() == saved
+    rd = RunDir(root)
+    assert rd.init(load_config(None, {"run.iterations": 9}, preset="gym")) is True
+    rd.unlock()
+
+
+def test_resuming_counts_evaluated_iterations_by_their_number(tmp_path):
+    """An iteration evaluated at exactly run.iterations does not block the resume (nothing
+    is lost), nor does a directory that is not a numbered iteration (``iter_v2``, a copy);
+    iteration 1000 (``iter_1000``) is beyond run.iterations 999, named as 1000."""
+    root = tmp_path / "run"
+    rd = RunDir(root)
+    assert rd.init(load_config(None, {"run.iterations": 2}, preset="gym")) is False
+    rd.unlock()
+    for t in range(3):
+        atomic_write_json(rd.iter_dir(t) / "metrics.json", {"iteration": t})
+    atomic_write_json(root / "iter_v2" / "metrics.json", {"iteration": "copy"})
+    rd = RunDir(root)
+    assert rd.init(load_config(None, {"run.iterations": 2}, preset="gym")) is True
+    rd.unlock()
+    atomic_write_json(rd.iter_dir(1000) / "metrics.json", {"iteration": 1000})
+    rd = RunDir(root)
+    with pytest.raises(ConfigError) as e:
+        rd.init(load_config(None, {"run.iterations": 999}, preset="gym"))
+    rd.unlock()
+    assert str(e.value) == (
+        f"run.iterations: 999, but {root} already evaluated iteration 1000; lowering it would "
+        "drop rows from metrics.jsonl. Use run.iterations >= 1000 (nothing is redone), or "
+        "another --output"
+    )
+
+
+def test_rebuilt_metrics_leave_out_iterations_above_upto_by_number(tmp_path):
+    """``upto`` compares iteration numbers, four-digit ones included (``iter_1000`` sorts
+    before ``iter_999`` by name); an iteration above it is skipped, not the end of the list,
+    and a directory that is not a numbered iteration without metrics is no row."""
+    rd = RunDir(tmp_path)
+    for t in (0, 999, 1000):
+        atomic_write_json(rd.iter_dir(t) / "metrics.json", {"iteration": t})
+    (tmp_path / "iter_v2").mkdir()
+    assert rd.rebuild_metrics(999) == [{"iteration": 0}, {"iteration": 999}]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines == ['{"iteration": 0}', '{"iteration": 999}']
+
+
+def test_a_run_that_is_not_resuming_writes_its_prompts_afresh(tmp_path):
+    """A run started afresh (not resuming) over an old prompts.jsonl writes its own prompts
+    instead of comparing them with the old file's."""
+    rd = RunDir(tmp_path)
+    rd.check_prompts(_sets(["a", "b"], [[1], [2]]), resuming=False)
+    rd.check_prompts(_sets(["c"], [[3]]), resuming=False)
+    rows = [json.loads(x) for x in (tmp_path / "prompts.jsonl").read_text().splitlines()]
+    assert rows == [
+        {"split": "train", "index": 0, "text": "c", "ids": [3]},
+        {"split": "eval", "index": 0, "text": "e", "ids": [9]},
+    ]
+
+
+def test_a_changed_long_prompt_is_shown_by_its_first_60_characters(tmp_path):
+    rd = RunDir(tmp_path)
+    was, now = "w" * 59 + "xyz", "n" * 59 + "XYZ"
+    rd.check_prompts(_sets(["a", was], [[1], [2]]), resuming=False)
+    with pytest.raises(ConfigError) as e:
+        rd.check_prompts(_sets(["a", now], [[1], [2]]), resuming=True)
+    assert f"({tmp_path / 'prompts.jsonl'}: '{'w' * 59}x', now '{'n' * 59}X');" in str(e.value)
+
+
+def test_rebuilt_metrics_are_in_iteration_order_past_iteration_999(tmp_path):
+    """metrics.jsonl lists iterations by number: ``iter_1000`` comes after ``iter_999``
+    (by name it sorts between ``iter_100`` and ``iter_101``), so the last row, the run's
+    final metrics for rspo.api and sweeps, is the last iteration's."""
+    rd = RunDir(tmp_path)
+    for t in (0, 100, 101, 999, 1000):
+        atomic_write_json(rd.iter_dir(t) / "metrics.json", {"iteration": t})
+    rows = [{"iteration": t} for t in (0, 100, 101, 999, 1000)]
+    assert rd.rebuild_metrics() == rows
+    assert rd.rebuild_metrics(1000) == rows
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == rows

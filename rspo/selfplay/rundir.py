@@ -179,6 +179,13 @@ def saved_config_diff(cfg_path: Path, cfg: Config) -> list[str]:
     return diff_configs(deep_merge(Config().to_dict(), old), cfg.to_dict())
 
 
+def _iteration_order(d: Path) -> tuple[bool, int, str]:
+    """Sort key of ``iter_*`` directories: numbered ones by number (``iter_1000`` after
+    ``iter_999``, not between ``iter_100`` and ``iter_101`` as by name), then any others."""
+    n = d.name[5:]
+    return (not n.isdigit(), int(n) if n.isdigit() else 0, d.name)
+
+
 class RunDir:
     """Paths and completion markers of one self-play run.
 
@@ -321,7 +328,7 @@ class RunDir:
         """Rewrite metrics.jsonl from the iter_*/metrics.json of iterations 0..``upto`` (a run
         resumed with fewer iterations reports those; idempotent across resumes)."""
         rows = []
-        for d in sorted(self.root.glob("iter_*")):
+        for d in sorted(self.root.glob("iter_*"), key=_iteration_order):
             m = d / "metrics.json"
             if upto is not None and d.name[5:].isdigit() and int(d.name[5:]) > upto:
                 continue
