@@ -262,3 +262,12 @@ def test_the_demo_table_is_whole_when_piped(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "…" not in out
     assert "0.612 [0.550,0.670]" in out and "proxy_win_rate" in out and "self_bleu" in out
+
+
+def test_rspo_eval_of_a_run_directory_suggests_its_last_checkpoint_by_number(tmp_path, capsys):
+    """Past iteration 999 the last checkpoint is iter_1000's, not iter_999's (by name)."""
+    run = _fake_run(tmp_path / "mine")
+    for it in ("iter_999", "iter_1000"):
+        (run / it / "checkpoint").mkdir(parents=True)
+    assert main([*_eval_args(tmp_path, run), "--output", str(tmp_path / "o")]) == 2
+    assert f"(e.g. --model {run / 'iter_1000' / 'checkpoint'})" in capsys.readouterr().err

@@ -83,7 +83,7 @@ def check_model(model_path: str) -> None:
     """A model ``rspo eval`` can load: a missing path is a FileNotFoundError naming it, and a
     run directory (or one of its iter_NNN folders) names the checkpoints it holds."""
     from rspo.modeling import resolve_model_path
-    from rspo.selfplay.rundir import _is_run
+    from rspo.selfplay.rundir import _is_run, _iteration_order
 
     p = Path(model_path).expanduser()
     run = (
@@ -91,7 +91,7 @@ def check_model(model_path: str) -> None:
     )
     if run is not None:
         its = p.glob("iter_*/checkpoint") if run == p else [p / "checkpoint"]
-        cks = sorted(str(c) for c in its if c.is_dir())
+        cks = [str(c) for c in sorted(its, key=lambda c: _iteration_order(c.parent)) if c.is_dir()]
         hint = f"e.g. --model {cks[-1]}" if cks else "it holds no checkpoint yet"
         raise FileNotFoundError(
             f"--model {model_path} is a training run's {'directory' if run == p else 'iteration'}"
