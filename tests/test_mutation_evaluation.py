@@ -508,3 +508,38 @@ def test_plot_groups_records_without_a_method_under_run():
     groups = _by_method([{"iteration": 2}, {"iteration": 1, "method": "x"}, {"iteration": 1}])
     assert list(groups) == ["run", "x"]
     assert [r["iteration"] for r in groups["run"]] == [1, 2]
+
+
+def test_lc_win_rate_refuses_a_negative_scale_saying_so():
+    from rspo.evaluation.length_control import lc_win_rate
+
+    with pytest.raises(ValueError) as e:
+        lc_win_rate([0.6, 0.4, 0.7], [10, 12, 9], [11, 11, 11], scale=-1.0)
+    assert str(e.value) == "scale must be >= 0"
+
+
+def test_write_csv_writes_tensor_and_numpy_scalars_as_numbers(tmp_path):
+    """A 0-d tensor is written as its value (0.5), not as "tensor(0.5000)"."""
+    import numpy as np
+    import torch
+
+    from rspo.evaluation.report import write_csv
+
+    path = write_csv([{"a": torch.tensor(0.5), "b": np.int64(3)}], tmp_path / "t.csv")
+    assert path.read_text().splitlines() == ["a,b", "0.5,3"]
+
+
+def test_summary_self_bleu_is_self_bleu_3_per_prompt():
+    """``self_bleu`` is Self-BLEU-3 (docs/evaluation.md), averaged over the prompts."""
+    from rspo.evaluation.diversity import self_bleu
+    from rspo.evaluation.summary import evaluate_responses
+
+    groups = [["the cat sat on it", "the cat sat on that", "a dog ran off"],
+              ["one two three four", "one two three five", "six seven eight nine"]]  # fmt: skip
+    out = evaluate_responses(
+        ["p", "q"], ["a", "b"], ["c", "d"], [0.5, 0.6], [1, 2], [1, 2],
+        samples_per_prompt=groups,
+    )  # fmt: skip
+    want = (self_bleu(groups[0], n=3) + self_bleu(groups[1], n=3)) / 2
+    assert out["self_bleu"] == pytest.approx(want, rel=1e-12)
+    assert want != pytest.approx((self_bleu(groups[0], n=4) + self_bleu(groups[1], n=4)) / 2)

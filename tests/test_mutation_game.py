@@ -283,3 +283,30 @@ def test_run_game_text_table_has_its_documented_header(tmp_path):
               "avg_exploit".rjust(12))  # fmt: skip
     assert lines[1] == "  ".join(header)
     assert lines[1].split() == ["iter", "exploitability", "L1_to_nash", "avg_exploit"]
+
+
+@pytest.mark.parametrize("iters", [-1, 1.5])
+def test_selfplay_refuses_a_negative_or_fractional_iteration_count(iters):
+    from rspo.game.dynamics import selfplay
+    from rspo.game.games import rps_game
+
+    ref = np.full(3, 1 / 3)
+    with pytest.raises(ValueError) as e:
+        selfplay(rps_game(3), ref, "reverse_kl", 0.1, 1.0, iters)
+    assert str(e.value) == f"iters must be a non-negative integer, got {iters!r}"
+
+
+def test_run_game_json_reports_the_last_iterate_as_the_final_policy():
+    """final_policy is the policy after the last iteration: selfplay's last row."""
+    import io
+    import json
+
+    from rspo.game.dynamics import selfplay
+    from rspo.game.games import rps_game
+    from rspo.game.run import run_game
+
+    out = io.StringIO()
+    got = run_game("rps", 3, "reverse_kl", 0.1, 1.0, 3, 0, every=1, as_json=True, out=out)
+    got = json.loads(json.dumps(got))  # as written to JSON
+    traj = selfplay(rps_game(3), np.array(got["ref"]), "reverse_kl", 0.1, 1.0, 3)
+    assert got["final_policy"] == traj[-1].tolist() != traj[-2].tolist()
