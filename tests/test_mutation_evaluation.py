@@ -543,3 +543,13 @@ def test_summary_self_bleu_is_self_bleu_3_per_prompt():
     want = (self_bleu(groups[0], n=3) + self_bleu(groups[1], n=3)) / 2
     assert out["self_bleu"] == pytest.approx(want, rel=1e-12)
     assert want != pytest.approx((self_bleu(groups[0], n=4) + self_bleu(groups[1], n=4)) / 2)
+
+
+def test_markdown_and_html_tables_use_every_column_by_default(tmp_path):
+    from rspo.evaluation.report import markdown_table, write_html_report
+
+    rows = [{"a": 1, "b": 2.5}, {"a": 3, "c": "x"}]
+    assert markdown_table(rows) == "| a | b | c |\n|---|---|---|\n| 1 | 2.5 |  |\n| 3 |  | x |\n"
+    page = write_html_report(tmp_path / "r.html", "T", rows, []).read_text()
+    head = "<table><thead><tr>\n<th>a</th>\n<th>b</th>\n<th>c</th>\n</tr></thead><tbody>\n"
+    assert head + "<tr><td>1</td><td>2.5</td><td></td></tr>\n" in page

@@ -294,6 +294,18 @@ def test_selfplay_refuses_a_negative_or_fractional_iteration_count(iters):
     with pytest.raises(ValueError) as e:
         selfplay(rps_game(3), ref, "reverse_kl", 0.1, 1.0, iters)
     assert str(e.value) == f"iters must be a non-negative integer, got {iters!r}"
+    # 0 iterations is allowed: the trajectory is the initial policy alone
+    traj = selfplay(rps_game(3), ref, "reverse_kl", 0.1, 1.0, 0)
+    assert traj.shape == (1, 3) and list(traj[0]) == list(ref)
+
+
+def test_selfplay_names_ref_in_its_distribution_check():
+    from rspo.game.dynamics import selfplay
+    from rspo.game.games import rps_game
+
+    with pytest.raises(ValueError) as e:
+        selfplay(rps_game(3), np.array([0.5, 0.5]), "reverse_kl", 0.1, 1.0, 1)
+    assert str(e.value) == "ref must have shape (3,), got (2,)"
 
 
 def test_run_game_json_reports_the_last_iterate_as_the_final_policy():
@@ -310,3 +322,31 @@ def test_run_game_json_reports_the_last_iterate_as_the_final_policy():
     got = json.loads(json.dumps(got))  # as written to JSON
     traj = selfplay(rps_game(3), np.array(got["ref"]), "reverse_kl", 0.1, 1.0, 3)
     assert got["final_policy"] == traj[-1].tolist() != traj[-2].tolist()
+    assert got["magnet_every"] is None
+    got = run_game("rps", 3, "reverse_kl", 0.1, 1.0, 2, 0, magnet_every=2, as_json=True,
+                   out=io.StringIO())  # fmt: skip
+    assert got["magnet_every"] == 2
+
+
+def test_empirical_rate_is_zero_when_the_window_starts_at_an_exact_zero():
+    """The last two distances are round-off, and the window before them starts at a
+    distance of exactly 0: no rate (0.0), not log(0)."""
+    from rspo.game.convergence import empirical_rate
+
+    assert empirical_rate([0.0, 0.5, 0.25, 1e-15], 2) == 0.0
+
+
+def test_the_active_set_drops_negative_actions_without_the_exhaustive_fallback():
+    """χ² on a 17-action Bradley–Terry game (too large for the fallback, n > 16): the
+    uniform start gives some actions negative mass, and the solver must drop them one by
+    one to reach the equilibrium (8 actions in its support), checked by its KKT conditions."""
+    from rspo.game.games import bt_game
+
+    P, ref = bt_game(17, 0, scale=3.0), np.full(17, 1 / 17)
+    pi = regularized_nash(P, ref, "chi2", 0.05)
+    sup = pi > 0
+    assert sup.sum() == 8 and pi.sum() == pytest.approx(1.0, abs=1e-12)
+    reg = get_regularizer("chi2")
+    kkt = P[sup] @ pi - 0.05 * reg.grad(pi[sup], ref[sup])
+    assert kkt.max() - kkt.min() < 1e-10  # equal payoff on the support
+    assert (P[~sup] @ pi - 0.05 * reg.grad_at_zero(ref[~sup])).max() <= kkt[0] + 1e-12
