@@ -553,3 +553,24 @@ def test_markdown_and_html_tables_use_every_column_by_default(tmp_path):
     page = write_html_report(tmp_path / "r.html", "T", rows, []).read_text()
     head = "<table><thead><tr>\n<th>a</th>\n<th>b</th>\n<th>c</th>\n</tr></thead><tbody>\n"
     assert head + "<tr><td>1</td><td>2.5</td><td></td></tr>\n" in page
+    assert 'class="notes"' not in page  # no notes given: no notes block
+
+
+def test_evaluate_responses_names_mismatched_baseline_responses():
+    from rspo.evaluation.summary import evaluate_responses
+
+    with pytest.raises(ValueError) as e:
+        evaluate_responses(["p", "q"], ["a", "b"], ["c"], [0.5, 0.6], [1, 2], [1, 2])
+    assert str(e.value) == "2 prompts but mismatched lengths: {'baseline_responses': 1}"
+
+
+def test_length_glm_of_a_unanimous_judge_is_infinite_in_its_direction():
+    """All p = 1 (or all 0): no finite maximum likelihood; θ = +inf (−inf), converged."""
+    import numpy as np
+
+    from rspo.evaluation.length_control import fit_length_glm
+
+    f = np.array([0.1, 0.2, -0.1, 0.3])
+    for p, want in ((np.ones(4), np.inf), (np.zeros(4), -np.inf)):
+        beta, conv, _ = fit_length_glm(p, f)
+        assert beta.tolist() == [[want, 0.0]] and conv.tolist() == [True]

@@ -294,6 +294,9 @@ def test_selfplay_refuses_a_negative_or_fractional_iteration_count(iters):
     with pytest.raises(ValueError) as e:
         selfplay(rps_game(3), ref, "reverse_kl", 0.1, 1.0, iters)
     assert str(e.value) == f"iters must be a non-negative integer, got {iters!r}"
+    with pytest.raises(ValueError) as e:
+        selfplay(rps_game(3), ref, "reverse_kl", 0.1, 1.0, 1, magnet_every=0)
+    assert str(e.value) == "magnet_every must be a positive integer or None, got 0"
     # 0 iterations is allowed: the trajectory is the initial policy alone
     traj = selfplay(rps_game(3), ref, "reverse_kl", 0.1, 1.0, 0)
     assert traj.shape == (1, 3) and list(traj[0]) == list(ref)
@@ -322,7 +325,8 @@ def test_run_game_json_reports_the_last_iterate_as_the_final_policy():
     got = json.loads(json.dumps(got))  # as written to JSON
     traj = selfplay(rps_game(3), np.array(got["ref"]), "reverse_kl", 0.1, 1.0, 3)
     assert got["final_policy"] == traj[-1].tolist() != traj[-2].tolist()
-    assert got["magnet_every"] is None
+    assert got["magnet_every"] is None and got["game"] == "rps"
+    assert [r["iter"] for r in got["history"]] == [0, 1, 2, 3]
     got = run_game("rps", 3, "reverse_kl", 0.1, 1.0, 2, 0, magnet_every=2, as_json=True,
                    out=io.StringIO())  # fmt: skip
     assert got["magnet_every"] == 2
@@ -350,3 +354,16 @@ def test_the_active_set_drops_negative_actions_without_the_exhaustive_fallback()
     kkt = P[sup] @ pi - 0.05 * reg.grad(pi[sup], ref[sup])
     assert kkt.max() - kkt.min() < 1e-10  # equal payoff on the support
     assert (P[~sup] @ pi - 0.05 * reg.grad_at_zero(ref[~sup])).max() <= kkt[0] + 1e-12
+
+
+def test_game_checks_accept_one_action_and_return_float64():
+    """n = 1 is a valid (trivial) game; an integer distribution comes back as float64; an
+    entry above 1 is named even when no entry is negative."""
+    from rspo.game.games import random_game, validate_distribution, validate_preference_matrix
+
+    assert random_game(1, 0).tolist() == [[0.5]]
+    got = validate_distribution([0, 1], 2)
+    assert got.dtype == np.float64 and got.tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError) as e:
+        validate_preference_matrix(np.array([[0.5, 1.5], [0.5, 0.5]]))
+    assert str(e.value) == "preference matrix entries must lie in [0, 1]; P[0,1] = 1.5"
