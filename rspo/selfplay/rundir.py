@@ -179,11 +179,17 @@ def saved_config_diff(cfg_path: Path, cfg: Config) -> list[str]:
     return diff_configs(deep_merge(Config().to_dict(), old), cfg.to_dict())
 
 
+def _iteration_number(d: Path) -> int | None:
+    """The iteration of an ``iter_NNN`` directory; None for any other ``iter_*`` name."""
+    n = d.name[5:]
+    return int(n) if n.isdigit() else None
+
+
 def _iteration_order(d: Path) -> tuple[bool, int, str]:
     """Sort key of ``iter_*`` directories: numbered ones by number (``iter_1000`` after
     ``iter_999``, not between ``iter_100`` and ``iter_101`` as by name), then any others."""
-    n = d.name[5:]
-    return (not n.isdigit(), int(n) if n.isdigit() else 0, d.name)
+    t = _iteration_number(d)
+    return (t is None, t or 0, d.name)
 
 
 class RunDir:
@@ -246,11 +252,8 @@ class RunDir:
                     f"run directory {self.root} was made with a different config; differing keys: "
                     f"{', '.join(diff)}. Use another --output, or --overwrite to start over."
                 )
-            beyond = sorted(
-                int(m.parent.name[5:])
-                for m in self.root.glob("iter_*/metrics.json")
-                if m.parent.name[5:].isdigit() and int(m.parent.name[5:]) > cfg.run.iterations
-            )
+            done = (_iteration_number(m.parent) for m in self.root.glob("iter_*/metrics.json"))
+            beyond = sorted(t for t in done if t is not None and t > cfg.run.iterations)
             if beyond:  # metrics.jsonl would drop their rows
                 raise ConfigError(
                     f"run.iterations: {cfg.run.iterations}, but {self.root} already evaluated "
@@ -330,7 +333,8 @@ class RunDir:
         rows = []
         for d in sorted(self.root.glob("iter_*"), key=_iteration_order):
             m = d / "metrics.json"
-            if upto is not None and d.name[5:].isdigit() and int(d.name[5:]) > upto:
+            t = _iteration_number(d)
+            if upto is not None and t is not None and t > upto:
                 continue
             if m.exists():
                 rows.append(read_json(m))
