@@ -136,6 +136,24 @@ def test_best_response_is_the_max():
             assert other @ g - 0.1 * reg.value(other, ref) <= v + 1e-14
 
 
+@pytest.mark.parametrize("r0", [1e-15, 1e-17, 1e-19, 1e-200])
+def test_forward_kl_best_response_with_a_tiny_ref_entry(r0):
+    # Forward KL: σ_j = ref_j·τ/(c − g_j). As ref_0 → 0 the multiplier c → g_0 from above,
+    # so σ_j → ref_j·τ/(g_0 − g_j) for j ≠ 0 and σ_0 takes the rest. g = Pπ = (0.78, 0.46,
+    # 0.40), τ = 0.1: σ = (1 − 0.05/0.32 − 0.05/0.38, 0.05/0.32, 0.05/0.38). The root lies
+    # within ulps of g_0, so a c solved at g_0's scale gives σ_0 = 0.51 at 1e-15 and no
+    # bracket below.
+    P = np.array([[0.5, 0.9, 0.8], [0.1, 0.5, 0.6], [0.2, 0.4, 0.5]])
+    pi, ref, tau = np.array([0.2, 0.4, 0.4]), np.array([r0, 0.5, 0.5 - r0]), 0.1
+    reg = get_regularizer("forward_kl")
+    sigma, v = best_response(P @ pi, ref, reg, tau)
+    s1, s2 = 0.05 / 0.32, 0.05 / 0.38
+    np.testing.assert_allclose(sigma, [1 - s1 - s2, s1, s2], rtol=1e-12)
+    assert v == pytest.approx(sigma @ (P @ pi) - tau * reg.value(sigma, ref), abs=1e-14)
+    gap = exploitability(pi, P, ref, reg, tau)
+    assert gap == pytest.approx(2 * v + 2 * tau * reg.value(pi, ref) - 1, abs=1e-14)
+
+
 def test_small_tau_approaches_lp_equilibrium():
     for s in (2, 3, 4):  # games with a mixed LP equilibrium
         P, ref = random_game(5, s), make_ref(5, s)

@@ -55,17 +55,22 @@ def best_response(
         lse = logsumexp(z)
         return np.exp(z - lse), float(tau * lse)
 
-    base = g - tau * regularizer.grad(np.full(n, 1.0 / n), ref)
+    # Solve for c relative to max g: near a tiny ref_i the root sits within ulps of g_i
+    # (σ_i = ref_i·τ/(c − g_i) for forward KL), which c − g_i cannot resolve at g_i's scale.
+    d = g - g.max()
+    base = d - tau * regularizer.grad(np.full(n, 1.0 / n), ref)
     c_lo, c_hi = float(base.min()), float(base.max())
 
     def excess(c: float) -> float:
-        return float(regularizer.grad_inv((g - c) / tau, ref, upper=2.0).sum() - 1.0)
+        return float(regularizer.grad_inv((d - c) / tau, ref, upper=2.0).sum() - 1.0)
 
     if c_hi - c_lo > 0:
-        c = brentq(excess, c_lo, c_hi, xtol=1e-16, rtol=4 * np.finfo(float).eps, maxiter=500)
+        # xtol as small as floats go: a root near 0 needs relative, not absolute, precision
+        c = brentq(excess, c_lo, c_hi, xtol=np.finfo(float).tiny, rtol=4 * np.finfo(float).eps,
+                   maxiter=500)  # fmt: skip
     else:
         c = c_lo
-    sigma = regularizer.grad_inv((g - c) / tau, ref)
+    sigma = regularizer.grad_inv((d - c) / tau, ref)
     sigma = sigma / sigma.sum()
     return sigma, float(sigma @ g - tau * regularizer.value(sigma, ref))
 
