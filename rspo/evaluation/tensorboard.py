@@ -76,8 +76,11 @@ class MetricsLogger:
         append_jsonl(self.path, [record])
         if self._writer is not None:
             for k, v in metrics.items():
-                if hasattr(v, "item") and callable(v.item) and getattr(v, "size", 1) == 1:
-                    v = v.item()
+                if hasattr(v, "item") and callable(v.item):  # numpy or torch scalar
+                    try:
+                        v = v.item()
+                    except (ValueError, RuntimeError):  # more than one element: not a scalar
+                        continue
                 if isinstance(v, numbers.Real) and not isinstance(v, bool):
                     if math.isfinite(float(v)):
                         self._writer.add_scalar(str(k), float(v), global_step=step)
