@@ -11,6 +11,10 @@ a seeded sample), runs them, prints the score per module and writes the report.
     python scripts/mutation.py --per-module 0 --modules trainer selfplay.score
                                                 # every mutant of the named modules
     python scripts/mutation.py --report-only    # rescore the results in mutants/, no run
+    python scripts/mutation.py --per-module 0 --modules game --rerun report_game_all \
+        --changed best_response --report report_game_all_after
+                                                # that report's survivors again, and every
+                                                # mutant of a function edited since
     python scripts/mutation.py --quick          # 2 per module, fails under 90 % (CI runs
                                                 # tests/test_mutation_quick.py instead)
 
@@ -140,6 +144,14 @@ def _parse(name: str) -> tuple[str, str]:
     return m["mod"].replace(".", "/") + ".py", m["fn"] or m["meth"]
 
 
+def function_of(name: str) -> str:
+    """The mutated function as written in the source: ``f`` or ``Class.method``."""
+    m = _NAME.match(name)
+    if not m:
+        raise ValueError(f"unexpected mutant name {name!r}")
+    return m["fn"] or f"{m['cls']}.{m['meth']}"
+
+
 def module_of(name: str) -> str | None:
     path, fn = _parse(name)
     for mod, spec in MODULES.items():
@@ -188,6 +200,30 @@ def select(names: list[str], per_module: int, seed: int) -> dict[str, list[str]]
             if len(ns) > per_module:
                 by[m] = sorted(random.Random(f"{seed}:{m}").sample(ns, per_module))
     return by
+
+
+def rerun_survivors(
+    report: str, chosen: dict[str, list[str]], names: set[str], changed: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
+    """The chosen modules' survivors in a previous report (``REPORT.json``), by name, and
+    every mutant of the ``changed`` functions (edited since: their mutants are renumbered)."""
+    path = RESULTS / f"{report}.json"
+    if not path.exists():
+        raise SystemExit(f"--rerun: no report {path}")
+    prev = json.loads(path.read_text())["modules"]
+    out = {
+        m: sorted(
+            {n for n in prev[m]["survivors"] if function_of(n) not in changed}
+            | {n for n in chosen[m] if function_of(n) in changed}
+        )
+        for m in chosen
+        if m in prev
+    }
+    gone = sorted(n for ns in out.values() for n in ns if n not in names)
+    if gone:
+        raise SystemExit(f"--rerun: {len(gone)} survivors of {path.name} are no mutants of "
+                         f"the current code (e.g. {gone[0]})")  # fmt: skip
+    return out
 
 
 def run(chosen: dict[str, list[str]], jobs: int) -> None:
@@ -259,6 +295,10 @@ def write_report(res: dict[str, dict], args: argparse.Namespace, total: dict[str
     )
     if args.modules:
         cmd += " --modules " + " ".join(args.modules)
+    if args.rerun:
+        cmd += f" --rerun {args.rerun}"
+    if args.changed:
+        cmd += " --changed " + " ".join(args.changed)
     (RESULTS / f"{args.report}.json").write_text(
         json.dumps({"command": cmd, "mutants_in_module": total, "modules": res}, indent=1) + "\n"
     )
@@ -305,10 +345,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", default="report", help="report file name (.md/.json), no suffix")
     ap.add_argument("--fresh", action="store_true", help="delete mutants/ first")
     ap.add_argument(
+        "--rerun", metavar="REPORT",
+        help="run only the survivors listed in benchmarks/results/mutation/REPORT.json "
+        "(a report name): measures the tests written for them. Names are matched to the "
+        "current code, so a function changed since then renumbers its mutants",
+    )  # fmt: skip
+    ap.add_argument(
         "--report-only", action="store_true",
         help="no run: score and report the results already in mutants/ for this sample",
     )  # fmt: skip
+    ap.add_argument(
+        "--changed", nargs="+", default=[], metavar="FUNCTION",
+        help="with --rerun: functions edited since that report (f or Class.method), whose "
+        "mutants all run instead of its survivors",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.changed and not args.rerun:
+        ap.error("--changed needs --rerun")
     if args.quick:
         args.per_module, args.seed, args.no_report = 2, 0, True
     os.chdir(ROOT)
@@ -322,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.modules:
         chosen = {m: ns for m, ns in chosen.items() if m in args.modules}
     total = {m: sum(module_of(n) == m for n in names) for m in chosen}
+    if args.rerun:
+        chosen = rerun_survivors(args.rerun, chosen, set(names), tuple(args.changed))
     if not args.report_only:
         try:
             run(chosen, args.jobs)

@@ -50,9 +50,11 @@ def test_lc_interval_is_the_percentiles_of_the_seeded_refits():
 
 
 def test_metrics_logger_mirrors_exactly_the_finite_real_scalars(tmp_path):
-    """The TensorBoard mirror (a recording writer stands in for SummaryWriter): Python and
-    numpy one-element values as floats, at the logged step; bools, strings, lists, arrays
+    """The TensorBoard mirror (a recording writer stands in for SummaryWriter): Python,
+    numpy and torch one-element values as floats, at the logged step; bools, strings, lists, arrays
     of several values and non-finite values skipped; flushed once per row."""
+    import torch
+
     from rspo.evaluation import MetricsLogger
 
     class Writer:
@@ -75,15 +77,17 @@ def test_metrics_logger_mirrors_exactly_the_finite_real_scalars(tmp_path):
         {
             "a": 1, "b": np.float32(0.5), "c": np.array([2.5]), "d": np.array(3.0),
             "flag": True, "nan": float("nan"), "inf": np.float64("inf"), "name": "x",
-            "ci": [0.1, 0.2], "vec": np.array([1.0, 2.0]),
+            "ci": [0.1, 0.2], "vec": np.array([1.0, 2.0]), "t": torch.tensor(0.25),
+            "t1": torch.tensor([4.0]), "tvec": torch.tensor([1.0, 2.0]),
         },
         step=7,
     )  # fmt: skip
     log.close()
     assert w.calls == [
-        ("a", 1.0, 7), ("b", 0.5, 7), ("c", 2.5, 7), ("d", 3.0, 7), "flush", "close"
+        ("a", 1.0, 7), ("b", 0.5, 7), ("c", 2.5, 7), ("d", 3.0, 7), ("t", 0.25, 7),
+        ("t1", 4.0, 7), "flush", "close",
     ]  # fmt: skip
-    assert all(type(c[1]) is float for c in w.calls[:4])
+    assert all(type(c[1]) is float for c in w.calls[:6])
     assert not log.tensorboard
 
 
@@ -574,3 +578,90 @@ def test_length_glm_of_a_unanimous_judge_is_infinite_in_its_direction():
     for p, want in ((np.ones(4), np.inf), (np.zeros(4), -np.inf)):
         beta, conv, _ = fit_length_glm(p, f)
         assert beta.tolist() == [[want, 0.0]] and conv.tolist() == [True]
+
+
+# ------------------------------------------------------ whole-module run (report_evaluation_all)
+def test_result_records_are_plain_dicts_of_their_fields():
+    from rspo.evaluation.kl import KLEstimate
+    from rspo.evaluation.length_control import LCResult
+    from rspo.evaluation.lengths import LengthStats
+    from rspo.evaluation.winrate import WinRate
+
+    assert KLEstimate(1.0, 0.5, 1.5, 0.1, 4).to_dict() == {
+        "mean": 1.0, "lo": 0.5, "hi": 1.5, "per_token": 0.1, "n": 4}  # fmt: skip
+    assert WinRate(0.6, 0.5, 0.7, 9).to_dict() == {"mean": 0.6, "lo": 0.5, "hi": 0.7, "n": 9}
+    assert LengthStats(3.0, 2.5, 7, None, 0.25, 4).to_dict() == {
+        "mean_tokens": 3.0, "median_tokens": 2.5, "max_tokens": 7, "mean_chars": None,
+        "truncation_rate": 0.25, "n": 4}  # fmt: skip
+    lc = LCResult(0.55, 0.6, 0.1, -0.2, 10.0, 8, True, 5, 1e-5).to_dict()
+    assert lc == {"lc_win_rate": 0.55, "raw": 0.6, "theta": 0.1, "phi": -0.2, "scale": 10.0,
+                  "n": 8, "converged": True, "n_iter": 5, "l2": 1e-5,
+                  "lo": None, "hi": None}  # fmt: skip
+
+
+def test_markdown_table_chosen_columns_escapes_and_empty():
+    from rspo.evaluation.report import markdown_table
+
+    rows = [{"a": 1, "b": "x|y", "c": "two\nlines"}, {"a": 0.123456, "c": None}]
+    assert markdown_table(rows, columns=["c", "a"]) == (
+        "| c | a |\n|---|---|\n| two lines | 1 |\n|  | 0.1235 |\n"
+    )
+    assert markdown_table(rows).splitlines()[2] == "| 1 | x\\|y | two lines |"
+    assert markdown_table([]) == "" and markdown_table(rows, columns=[]) == ""
+
+
+def test_csv_lines_end_in_a_bare_newline_and_none_is_empty(tmp_path):
+    from rspo.evaluation.report import write_csv
+
+    p = write_csv([{"a": 1, "b": None}, {"a": [1, 2], "b": 0.5}], tmp_path / "t.csv")
+    assert p.read_bytes() == b'a,b\n1,\n"[1, 2]",0.5\n'
+
+
+def test_html_report_names_each_image_in_its_alt_text_and_caption(tmp_path):
+    from rspo.evaluation.report import write_html_report
+
+    img = tmp_path / "a&b.png"
+    img.write_bytes(b"\x89PNG-bytes")
+    text = write_html_report(tmp_path / "r.html", "T", [], [img]).read_text()
+    assert '<figure><img alt="a&amp;b.png" src="data:image/png;base64,iVBORy1ieXRlcw==">' in text
+    assert "<figcaption>a&amp;b.png</figcaption></figure>" in text
+
+
+def test_alpaca_outputs_not_a_list_is_named(tmp_path):
+    from rspo.evaluation.alpaca import read_alpaca_outputs
+
+    p = tmp_path / "model_outputs.json"
+    p.write_text('{"instruction": "x"}', encoding="utf-8")
+    with pytest.raises(ValueError) as e:
+        read_alpaca_outputs(tmp_path)
+    assert str(e.value) == f"{p}: expected a JSON list"
+
+
+def test_format_value_bools_non_finite_lists_and_numpy_scalars():
+    from rspo.evaluation.report import format_value
+
+    assert format_value(True) == "True" and format_value(float("nan")) == "nan"
+    assert format_value(float("-inf")) == "-inf"
+    assert format_value([0.123456, None], 2) == "[0.12, ]"
+    assert format_value(np.float32(0.123456), 2) == "0.12"  # not a float: through .item()
+    assert format_value(np.float32(0.123456)) == "0.1235"
+
+
+def test_metrics_logger_makes_nested_run_folders_and_stamps_the_time(tmp_path):
+    import time
+
+    from rspo.evaluation import MetricsLogger
+
+    t0 = time.time()
+    log = MetricsLogger(tmp_path / "a" / "b" / "run")
+    rec = log.log({"x": 1.0}, step=3)
+    assert list(rec) == ["step", "time", "x"] and t0 <= rec["time"] <= time.time()
+    assert log.read() == [rec]
+
+
+def test_an_interval_needs_two_finite_ends():
+    from rspo.evaluation.plots import _ci
+
+    assert _ci([0.1, 0.3]) == (0.1, 0.3) and _ci((1, 2)) == (1.0, 2.0)
+    for bad in ([None, 0.3], [0.1, None], [float("nan"), 0.3], [0.1], "ab", None):
+        assert _ci(bad) is None, bad

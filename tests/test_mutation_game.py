@@ -14,9 +14,14 @@ import re
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from rspo.game import bt_game, make_game, time_average
+from rspo.game import equilibrium as eq
 from rspo.game.equilibrium import _kkt_ok, _solve_on_support, regularized_nash
-from rspo.game.games import validate_distribution
+from rspo.game.games import random_game, rps_game, validate_distribution
+from rspo.game.run import check_plot_path
 from rspo.objectives import get_regularizer
 
 REF = np.array([0.5, 0.5])
@@ -229,7 +234,7 @@ def test_empirical_rate_uses_the_window_ends_unless_one_is_round_off():
     round-off falls back to the last window ending at a distance above 1e-13."""
     from rspo.game.convergence import empirical_rate
 
-    assert empirical_rate([0.5, 0.25, 5e-14], 1) == pytest.approx(2e-13, rel=1e-12)
+    assert empirical_rate([0.5, 0.25, 5e-14], 1) == pytest.approx(2e-13, rel=1e-12, abs=0)
     assert empirical_rate([0.5, 0.25, 1e-15], 1) == pytest.approx(0.5, rel=1e-12)
     assert empirical_rate([2.0, 1.0, 0.5], 1) == pytest.approx(0.5, rel=1e-12)
     # an end at exactly 1e-14 is round-off too: the rate of the last step above 1e-13
@@ -367,3 +372,247 @@ def test_game_checks_accept_one_action_and_return_float64():
     with pytest.raises(ValueError) as e:
         validate_preference_matrix(np.array([[0.5, 1.5], [0.5, 0.5]]))
     assert str(e.value) == "preference matrix entries must lie in [0, 1]; P[0,1] = 1.5"
+
+
+def test_kkt_check_accepts_a_support_mass_below_its_tolerance():
+    # p = 0.9 − 1e-13: (p − 0.1)·π₁ = (0.9 − p)·π₀ gives π₁ ≈ 1.25e-13 > 0, still the
+    # equilibrium on the full support; only a negative mass below −tol fails.
+    chi2, P, sup = get_regularizer("chi2"), _game(0.9 - 1e-13), np.array([True, True])
+    pi, c = _solve_on_support(P, REF, chi2, TAU, sup, REF)
+    assert 0 < pi[1] < 1e-12
+    assert _kkt_ok(P, REF, chi2, TAU, pi, c, sup)
+
+
+def test_the_lp_equilibrium_is_polished_on_its_support():
+    # HiGHS' vertex for random_game(16, 4) leaves (Pπ)_j above ½ by 5.8e-15; solved again on
+    # its support by least squares the von Neumann winner is exact to a few ulps.
+    P = random_game(16, 4)
+    pi = regularized_nash(P, np.full(16, 1 / 16), None, 0.0)
+    assert pi.min() >= 0 and pi.sum() == pytest.approx(1.0, abs=4e-16)
+    assert (P @ pi).max() <= 0.5 + 1.5e-15
+    np.testing.assert_allclose((P @ pi)[pi > 0], 0.5, rtol=0, atol=1.5e-15)
+    assert 2 < (pi > 0).sum() < 16  # a mixed equilibrium off some actions
+
+
+def test_a_failed_lp_names_scipys_message(monkeypatch):
+    class Failed:
+        success, message = False, "The problem is infeasible."
+
+    monkeypatch.setattr(eq, "linprog", lambda *a, **k: Failed())
+    with pytest.raises(RuntimeError) as e:
+        regularized_nash(rps_game(), np.full(3, 1 / 3), None, 0.0)
+    assert str(e.value) == "linprog failed: The problem is infeasible."
+
+
+def test_plot_path_errors_name_the_path_and_the_fix(tmp_path):
+    d = tmp_path / "figs"
+    with pytest.raises(ValueError) as e:
+        check_plot_path(str(d / "p.png"))
+    assert str(e.value) == f"--plot {d}/p.png: folder {d} does not exist; create it first"
+    d.mkdir()
+    with pytest.raises(ValueError) as e:
+        check_plot_path(str(d))
+    assert str(e.value) == f"--plot {d}: is a directory; give a file name such as plot.png"
+    with pytest.raises(ValueError) as e:
+        check_plot_path(str(d / "p.pnx"))
+    kinds = sorted(FigureCanvasAgg(Figure()).get_supported_filetypes())
+    assert str(e.value) == (
+        f"--plot {d}/p.pnx: unknown image format '.pnx'; use one of "
+        + ", ".join("." + k for k in kinds)
+    )
+    assert ".png, " in str(e.value) and ".svg" in str(e.value)
+    for ok in ("p.png", "p.PDF", "p"):
+        check_plot_path(str(d / ok))
+
+
+def test_run_game_summary_rows_header_and_defaults(tmp_path, monkeypatch, capsys):
+    # Every number recomputed from the public pieces: seeded game and ref, the MPO target
+    # (τ = 0 equilibrium) with magnet_every, rows every 100 iterations (the default) plus the
+    # last, written to the stdout of the call; the plot gets the rows and a titled figure.
+    from rspo.game import run as run_mod
+    from rspo.game import selfplay, time_average
+
+    drawn = []
+    monkeypatch.setattr(run_mod, "_plot", lambda rows, path, title: drawn.append((path, title)))
+    ref = np.array([0.1, 0.2, 0.3, 0.4])
+    plot = str(tmp_path / "p.png")
+    s = run_mod.run_game("random", 4, "forward_kl", 0.5, 0.2, 250, 3, plot=plot, ref=ref,
+                         magnet_every=7)  # fmt: skip
+    P = random_game(4, 3)
+    reg = get_regularizer("forward_kl")
+    nash = regularized_nash(P, ref, None, 0.0)
+    traj = selfplay(P, ref, reg, 0.5, 0.2, 250, magnet_every=7)
+    avg = time_average(traj)
+    rows = [
+        {
+            "iter": t,
+            "exploitability": eq.exploitability(traj[t], P, ref, None, 0.0),
+            "distance_to_nash": float(np.abs(traj[t] - nash).sum()),
+            "avg_exploitability": eq.exploitability(avg[t], P, ref, None, 0.0),
+            "avg_distance_to_nash": float(np.abs(avg[t] - nash).sum()),
+        }
+        for t in (0, 100, 200, 250)
+    ]
+    assert s == {
+        "game": "random", "n": 4, "regularizer": "forward_kl[is]", "tau": 0.5, "eta": 0.2,
+        "iters": 250, "seed": 3, "magnet_every": 7, "ref": ref.tolist(), "nash": nash.tolist(),
+        "final_policy": traj[-1].tolist(), "final_exploitability": rows[-1]["exploitability"],
+        "final_distance_to_nash": rows[-1]["distance_to_nash"],
+        "avg_exploitability": rows[-1]["avg_exploitability"],
+        "avg_distance_to_nash": rows[-1]["avg_distance_to_nash"], "history": rows, "plot": plot,
+    }  # fmt: skip
+    assert drawn == [(plot, "random n=4 forward_kl τ=0.5 η=0.2")]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "game=random n=4 regularizer=forward_kl[is] tau=0.5 eta=0.2 iters=250 seed=3 magnet_every=7"
+    )
+    assert [int(line.split()[0]) for line in lines[2:]] == [0, 100, 200, 250]
+    # τ = 0 drops the regularizer: named "none" in the header, None in the summary
+    s0 = run_mod.run_game("random", 4, "reverse_kl", 0.0, 1.0, 3, 3, every=5)
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "game=random n=4 regularizer=none tau=0 eta=1 iters=3 seed=3"
+    )
+    assert s0["regularizer"] is None and s0["magnet_every"] is None and s0["plot"] is None
+    assert [r["iter"] for r in s0["history"]] == [0, 3]
+    with pytest.raises(ValueError) as e:
+        run_mod.run_game("rps", 3, "none", 0.0, 1.0, 3, 0, every=0)
+    assert str(e.value) == "every must be >= 1, got 0"
+
+
+def test_bt_game_default_scale_and_aliases():
+    s = np.random.default_rng(5).normal(0.0, 1.0, size=4)  # scale 1 by default
+    np.testing.assert_array_equal(bt_game(4, 5), 1.0 / (1.0 + np.exp(-(s[:, None] - s[None, :]))))
+    np.testing.assert_array_equal(make_game("bradley_terry", 4, 5), bt_game(4, 5))
+    np.testing.assert_array_equal(make_game("cyclic", 5, 9), rps_game(5))
+
+
+def test_time_average_is_float64_whatever_the_input_dtype():
+    traj = np.array([[0.1, 0.9], [0.7, 0.3], [0.2, 0.8]], dtype=np.float32)
+    avg = time_average(traj)
+    assert avg.dtype == np.float64
+    t64 = traj.astype(np.float64)
+    np.testing.assert_array_equal(avg, [t64[0], (t64[0] + t64[1]) / 2, t64.sum(0) / 3])
+
+
+def test_run_game_plot_is_six_by_four_inches(tmp_path):
+    import matplotlib
+    import matplotlib.image
+
+    from rspo.game.run import _plot
+
+    keys = ("exploitability", "distance_to_nash", "avg_exploitability", "avg_distance_to_nash")
+    rows = [
+        {"iter": t, **{k: 0.1 * (i + 1) / (t + 1) for i, k in enumerate(keys)}} for t in (0, 5, 9)
+    ]
+    _plot(rows, str(tmp_path / "p.png"), "t")
+    dpi = matplotlib.rcParams["savefig.dpi"]
+    dpi = matplotlib.rcParams["figure.dpi"] if dpi == "figure" else dpi
+    assert matplotlib.image.imread(tmp_path / "p.png").shape[:2] == (4 * dpi, 6 * dpi)
+
+
+def test_convergence_table_default_iterations_and_an_all_boundary_cell(monkeypatch):
+    from rspo.game import convergence as cv
+
+    iters = []
+
+    def measure(P, ref, reg, tau, eta, n_iter):
+        iters.append(n_iter)
+        return {"converging": True, "empirical_rate": 0.5}
+
+    monkeypatch.setattr(cv, "measure", measure)
+    monkeypatch.setattr(cv, "critical_eta", lambda *a: float("nan"))  # every eq. on the boundary
+    rows = cv.convergence_table(("chi2",), (0.1,), etas=(1.0,)).splitlines()
+    k = cv.TABLE_GAMES + 1
+    assert set(iters) == {4000} and len(iters) == k
+    assert rows[2] == f"| chi2 | 0.1 | {k}/{k}, ρ 0.500–0.500 | n/a ({k} boundary eq.) |"
+
+
+def test_active_set_pivots_to_the_equilibrium_without_the_exhaustive_fallback(monkeypatch):
+    # π₁ ≈ 6.25e-14 at p = 0.9 − 5e-14: a positive mass under the pivot's 1e-13 tolerance for
+    # negatives stays in the support; the pivots alone (4n + 20 of them) find it.
+    monkeypatch.setattr(eq, "_kkt_ok", lambda *a: pytest.fail("exhaustive fallback used"))
+    pi = regularized_nash(_game(0.9 - 5e-14), REF, "chi2", TAU)
+    assert pi[1] == pytest.approx(5e-14 / 0.8, rel=1e-3, abs=0)
+    for p in (0.8, 0.95):  # one interior, one pure equilibrium (a pivot drops action 1)
+        want = [7 / 8, 1 / 8] if p == 0.8 else [1.0, 0.0]
+        np.testing.assert_allclose(regularized_nash(_game(p), REF, "chi2", TAU), want, atol=1e-12)
+
+
+def test_a_polished_candidate_that_is_no_equilibrium_is_rejected():
+    # Equilibria: π = (1 − a, a, 0) for a ∈ [0, 4/9] (row 2 gives 0.1 + 0.9a ≤ ½). HiGHS'
+    # vertex has support {0, 1}, where P_SS·x = ½, Σx = 1 has the least-squares solution
+    # (½, ½): row 2 then scores 0.55 > ½, so the LP's own solution must be returned.
+    P = np.array([[0.5, 0.5, 0.9], [0.5, 0.5, 0.0], [0.1, 1.0, 0.5]])
+    pi = regularized_nash(P, np.full(3, 1 / 3), None, 0.0)
+    assert pi.min() >= 0 and pi.sum() == pytest.approx(1.0, abs=1e-15)
+    assert pi[2] == 0 and pi[1] <= 4 / 9 + 1e-12
+    assert (P @ pi).max() <= 0.5 + 1e-12
+
+
+@pytest.mark.parametrize("seed", [55, 206])
+def test_active_set_adds_back_an_action_whose_slack_turns_positive(monkeypatch, seed):
+    # χ² at τ = 0.02 on random_game(5, seed): the pivots drop actions (5 → 4 → 3 → ...) and
+    # then add one back, on the slack P_i·π − τφ'(0+; ref_i) − c > 0; no exhaustive fallback.
+    from rspo.game.run import make_ref
+
+    P, ref = random_game(5, seed), make_ref(5, seed)
+    sizes, solve = [], eq._solve_on_support
+
+    def spy(P, ref, reg, tau, support, pi0):
+        sizes.append(int(support.sum()))
+        return solve(P, ref, reg, tau, support, pi0)
+
+    monkeypatch.setattr(eq, "_solve_on_support", spy)
+    monkeypatch.setattr(eq, "_kkt_ok", lambda *a: pytest.fail("exhaustive fallback used"))
+    pi = regularized_nash(P, ref, "chi2", 0.02)
+    assert any(b > a for a, b in zip(sizes, sizes[1:]))
+    assert eq.exploitability(pi, P, ref, "chi2", 0.02) < 1e-12
+    assert pi.min() == 0 and pi.sum() == pytest.approx(1.0, abs=1e-15)
+
+
+def test_active_set_cycling_raises_above_16_actions_and_falls_back_at_16(monkeypatch):
+    # A solve that alternates: a negative mass on the full support (dropped), then a large
+    # slack without it (added back): the pivots revisit the full support.
+    def solve(P, ref, reg, tau, support, pi0):
+        if support.all():
+            return np.where(np.arange(len(support)) == 0, -1.0, 1.0), 0.0
+        return np.where(support, 1.0 / support.sum(), 0.0), -1e9
+
+    monkeypatch.setattr(eq, "_solve_on_support", solve)
+    monkeypatch.setattr(eq, "_kkt_ok", lambda *a: True)  # the fallback's first support passes
+    with pytest.raises(RuntimeError) as e:
+        eq._active_set(np.full((17, 17), 0.5), np.full(17, 1 / 17), get_regularizer("chi2"), 0.1)
+    assert str(e.value) == "active-set solver cycled for chi2[is] (n=17)"
+    pi = eq._active_set(np.full((16, 16), 0.5), np.full(16, 1 / 16), get_regularizer("chi2"), 0.1)
+    np.testing.assert_allclose(pi, [0.0] + [1 / 15] * 15)  # the fallback's full support, clipped
+
+
+def test_finish_clips_negatives_and_normalizes():
+    np.testing.assert_array_equal(eq._finish(np.array([-1e-14, 0.25, 0.25])), [0.0, 0.5, 0.5])
+    np.testing.assert_array_equal(eq._finish(np.array([0.2, 0.2])), [0.5, 0.5])
+
+
+@pytest.mark.parametrize("strength", [0.0, -0.5, 1.5, 2.0])
+def test_rps_strength_outside_0_1_is_refused(strength):
+    with pytest.raises(ValueError) as e:
+        rps_game(3, strength)
+    assert str(e.value) == f"strength must lie in (0, 1], got {strength}"
+    np.testing.assert_array_equal(rps_game(3, 1.0)[0], [0.5, 1.0, 0.0])  # the edge 1 is valid
+
+
+def test_make_ref_kinds():
+    from rspo.game.run import make_ref
+
+    np.testing.assert_array_equal(make_ref(4, 0, "uniform"), [0.25] * 4)
+    z = np.random.default_rng([7, 1]).normal(size=3)
+    np.testing.assert_allclose(make_ref(3, 7), np.exp(z) / np.exp(z).sum(), rtol=1e-15)
+    np.testing.assert_array_equal(make_ref(2, 0, [0.25, 0.75]), [0.25, 0.75])
+    with pytest.raises(ValueError) as e:
+        make_ref(3, 0, "flat")
+    assert str(e.value) == "unknown ref 'flat'; valid: uniform, random, or an array"
+
+
+def test_even_rps_ties_the_opposite_action():
+    P = rps_game(4)
+    np.testing.assert_array_equal(P[0], [0.5, 1.0, 0.5, 0.0])
+    np.testing.assert_array_equal(P + P.T, np.ones((4, 4)))
