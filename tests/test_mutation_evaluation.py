@@ -3,6 +3,8 @@ resamples are redrawn here from the same generator and the bounds compared exact
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -665,3 +667,66 @@ def test_an_interval_needs_two_finite_ends():
     assert _ci([0.1, 0.3]) == (0.1, 0.3) and _ci((1, 2)) == (1.0, 2.0)
     for bad in ([None, 0.3], [0.1, None], [float("nan"), 0.3], [0.1], "ab", None):
         assert _ci(bad) is None, bad
+
+
+def test_alpaca_outputs_are_read_as_utf8_whatever_the_locale(tmp_path):
+    import locale
+
+    from rspo.evaluation.alpaca import read_alpaca_outputs
+
+    rec = {"instruction": "Grüße", "output": "café ☕", "generator": "m"}
+    (tmp_path / "model_outputs.json").write_text(json.dumps([rec], ensure_ascii=False), "utf-8")
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # ASCII: a locale-encoded read would fail
+    try:
+        got = read_alpaca_outputs(tmp_path)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert got == [rec]
+
+
+def test_frontier_skips_a_method_without_kl_and_draws_the_next(tmp_path, monkeypatch):
+    import matplotlib.colors as mc
+
+    from rspo.evaluation.plots import plot_frontier
+
+    figs = _drawn(monkeypatch)
+    runs = {
+        "none": [{"iteration": 1, "kl_ref": None, "win_rate": 0.9}],
+        # a row without an iteration sorts as iteration 0, before iteration 1
+        "a": [{"iteration": 1, "kl_ref": 1.0, "win_rate": 0.6},
+              {"kl_ref": 2.0, "win_rate": 0.55}],
+    }  # fmt: skip
+    plot_frontier(runs, tmp_path / "f.png", proxy=False)
+    fig = figs[0]
+    assert tuple(fig.get_size_inches()) == (6.4, 4.6)
+    ln = fig.axes[0].get_lines()[0]
+    assert ln.get_label() == "a (gold)" and mc.to_rgba(ln.get_color()) == mc.to_rgba("C1")
+    assert list(ln.get_xdata()) == [0.0, 2.0, 1.0] and list(ln.get_ydata()) == [0.5, 0.55, 0.6]
+
+
+def test_frontier_draws_a_proxy_curve_without_gold_values(tmp_path, monkeypatch):
+    from rspo.evaluation.plots import plot_frontier
+
+    figs = _drawn(monkeypatch)
+    rows = [{"iteration": 0, "kl_ref": 0.0, "proxy_win_rate": 0.5},
+            {"iteration": 1, "kl_ref": 1.0, "proxy_win_rate": 0.7}]  # fmt: skip
+    plot_frontier({"a": rows}, tmp_path / "f.png")
+    (ln,) = figs[0].axes[0].get_lines()[:-1]  # the last line is the ½ reference
+    assert ln.get_label() == "a (proxy)" and list(ln.get_ydata()) == [0.5, 0.7]
+    assert ln.get_marker() == "o" and ln.get_linestyle() == "--"
+
+
+def test_frontier_error_bars_take_the_curves_colour_faintly(tmp_path, monkeypatch):
+    import matplotlib.colors as mc
+
+    from rspo.evaluation.plots import plot_frontier
+
+    figs = _drawn(monkeypatch)
+    rows = [{"iteration": 1, "kl_ref": 1.0, "win_rate": 0.6, "win_rate_ci": [0.5, 0.7]}]
+    plot_frontier({"a": rows, "b": rows}, tmp_path / "f.png", proxy=False)
+    bars = figs[0].axes[0].collections
+    assert [mc.to_rgba(c.get_color()[0]) for c in bars] == [
+        mc.to_rgba("C0", 0.35), mc.to_rgba("C1", 0.35)
+    ]  # fmt: skip
+    assert [(c.get_alpha(), c.get_linewidth()[0]) for c in bars] == [(0.35, 1.0)] * 2

@@ -610,9 +610,73 @@ def test_make_ref_kinds():
     with pytest.raises(ValueError) as e:
         make_ref(3, 0, "flat")
     assert str(e.value) == "unknown ref 'flat'; valid: uniform, random, or an array"
+    with pytest.raises(ValueError) as e:
+        make_ref(2, 0, [1.0, 0.0])  # π_ref must be positive: the KL terms divide by it
+    assert str(e.value) == "ref must be finite and > 0: [1. 0.]"
+    with pytest.raises(ValueError) as e:
+        make_ref(3, 0, [0.5, 0.5])
+    assert str(e.value) == "ref must have shape (3,), got (2,)"
 
 
 def test_even_rps_ties_the_opposite_action():
     P = rps_game(4)
     np.testing.assert_array_equal(P[0], [0.5, 1.0, 0.5, 0.0])
     np.testing.assert_array_equal(P + P.T, np.ones((4, 4)))
+
+
+def test_critical_eta_bisects_between_its_default_bounds(monkeypatch):
+    from rspo.game import convergence as cv
+
+    P, ref = random_game(3, 0), make_ref_uniform(3)
+    monkeypatch.setattr(cv, "linearized_radius", lambda P, ref, reg, tau, eta, pi: eta / 2)
+    assert cv.critical_eta(P, ref, "chi2", 0.5) == pytest.approx(2.0, rel=1e-14)
+    monkeypatch.setattr(cv, "linearized_radius", lambda *a: 0.5)  # stable up to `hi`
+    assert cv.critical_eta(P, ref, "chi2", 0.5) == 1000.0
+    monkeypatch.setattr(cv, "linearized_radius", lambda *a: 2.0)  # unstable down to `lo`
+    assert cv.critical_eta(P, ref, "chi2", 0.5) == 1e-4
+
+
+def make_ref_uniform(n):
+    return np.full(n, 1.0 / n)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, "3"])
+def test_the_number_of_actions_must_be_a_positive_integer(n):
+    with pytest.raises(ValueError) as e:
+        random_game(n, 0)
+    assert str(e.value) == f"number of actions n must be a positive integer, got {n!r}"
+    assert random_game(np.int64(2), 0).shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "dist,late,before,converging",
+    [
+        # 8 iterations: window 2, late = max of the last 2, before = max of the 2 before them
+        ([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1], 0.2, 0.4, False),  # 0.2 not < ½·0.4
+        ([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.1, 0.05], 0.1, 0.4, True),
+        ([0.9, 0.8, 0.7, 0.6, 0.4, 0.4, 0.4, 0.4, 1e-10], 0.4, 0.4, True),  # final < 1e-9
+        ([0.9, 0.8, 0.7, 0.6, 0.4, 0.4, 0.4, 0.4, 1e-9], 0.4, 0.4, False),
+        ([0.9, 0.5, 0.3, 0.4], 0.4, 0.3, False),  # 3 iterations: window 1
+    ],
+)
+def test_measure_compares_the_last_quarter_with_the_one_before(
+    monkeypatch, dist, late, before, converging
+):
+    from rspo.game import convergence as cv
+
+    iters = len(dist) - 1
+    monkeypatch.setattr(cv, "regularized_nash", lambda *a: np.zeros(2))  # a stand-in π*
+    traj = np.array([[d, 0.0] for d in dist])  # L1 distance exactly d
+    monkeypatch.setattr(cv, "selfplay", lambda P, ref, reg, tau, eta, n: traj[: n + 1])
+    monkeypatch.setattr(cv, "linearized_radius", lambda *a: 0.75)
+    m = cv.measure(_game(0.8), REF, "chi2", TAU, 1.0, iters)
+    window = max(1, iters // 4)
+    assert m == {
+        "final_distance": dist[-1],
+        "converging": converging,
+        "max_late_distance": late,
+        "empirical_rate": cv.empirical_rate(np.array(dist), window),
+        "linearized_radius": 0.75,
+        "min_pi_star": 0.0,
+    }
+    assert before == max(dist[-2 * window : -window])
