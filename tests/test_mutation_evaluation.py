@@ -730,3 +730,30 @@ def test_frontier_error_bars_take_the_curves_colour_faintly(tmp_path, monkeypatc
         mc.to_rgba("C0", 0.35), mc.to_rgba("C1", 0.35)
     ]  # fmt: skip
     assert [(c.get_alpha(), c.get_linewidth()[0]) for c in bars] == [(0.35, 1.0)] * 2
+
+
+def test_frontier_iteration_labels_sit_beside_their_points(tmp_path, monkeypatch):
+    import matplotlib.colors as mc
+
+    from rspo.evaluation.plots import plot_frontier
+
+    figs = _drawn(monkeypatch)
+    rows = [{"iteration": 2, "kl_ref": 1.0, "win_rate": 0.6}]
+    plot_frontier({"a": rows, "b": rows}, tmp_path / "f.png", proxy=False)
+    notes = figs[0].axes[0].texts
+    assert [(t.get_text(), t.xy, t.xyann, t.anncoords, t.get_fontsize()) for t in notes] == [
+        ("0", (0.0, 0.5), (4, 4), "offset points", 7.0),  # the origin (π_ref) is labelled 0
+        ("2", (1.0, 0.6), (4, 4), "offset points", 7.0),
+    ] * 2
+    assert [mc.to_rgba(t.get_color()) for t in notes] == [
+        mc.to_rgba(c) for c in "C0 C0 C1 C1".split()
+    ]
+
+
+def test_frontier_half_line_is_thin(tmp_path, monkeypatch):
+    from rspo.evaluation.plots import plot_frontier
+
+    figs = _drawn(monkeypatch)
+    plot_frontier({"a": [{"iteration": 1, "kl_ref": 1.0, "win_rate": 0.6}]}, tmp_path / "f.png")
+    half = figs[0].axes[0].get_lines()[-1]
+    assert list(half.get_ydata()) == [0.5, 0.5] and half.get_linewidth() == 0.8

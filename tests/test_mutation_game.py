@@ -680,3 +680,10 @@ def test_measure_compares_the_last_quarter_with_the_one_before(
         "min_pi_star": 0.0,
     }
     assert before == max(dist[-2 * window : -window])
+
+
+def test_empirical_rate_is_zero_when_under_two_points_exceed_round_off():
+    from rspo.game.convergence import empirical_rate
+
+    assert empirical_rate([0.5, 1e-15, 0.0], 1) == 0.0  # one point above 1e-13
+    assert empirical_rate([1e-15, 1e-16, 0.0], 2) == 0.0  # none
