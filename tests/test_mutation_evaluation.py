@@ -757,3 +757,27 @@ def test_frontier_half_line_is_thin(tmp_path, monkeypatch):
     plot_frontier({"a": [{"iteration": 1, "kl_ref": 1.0, "win_rate": 0.6}]}, tmp_path / "f.png")
     half = figs[0].axes[0].get_lines()[-1]
     assert list(half.get_ydata()) == [0.5, 0.5] and half.get_linewidth() == 0.8
+
+
+def test_frontier_title_grid_and_empty_message_styles(tmp_path, monkeypatch):
+    import matplotlib.colors as mc
+
+    from rspo.evaluation.plots import plot_frontier
+
+    figs = _drawn(monkeypatch)
+    plot_frontier({"a": [{"iteration": 1, "kl_ref": None}]}, tmp_path / "f.png", title="T")
+    ax = figs[0].axes[0]
+    assert ax.title.get_text() == "T" and ax.title.get_fontsize() == 10.0
+    assert ax.xaxis.get_gridlines()[0].get_alpha() == 0.3
+    (msg,) = ax.texts
+    assert msg.get_transform() is ax.transAxes and msg.get_position() == (0.5, 0.5)
+    assert mc.to_rgba(msg.get_color()) == mc.to_rgba("0.4")
+    assert (msg.get_ha(), msg.get_va()) == ("center", "center")
+
+
+def test_distinct_n_refuses_n_below_one():
+    from rspo.evaluation.diversity import distinct_n
+
+    with pytest.raises(ValueError) as e:
+        distinct_n(["a b"], 0)
+    assert str(e.value) == "n must be >= 1"

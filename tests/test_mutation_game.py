@@ -687,3 +687,22 @@ def test_empirical_rate_is_zero_when_under_two_points_exceed_round_off():
 
     assert empirical_rate([0.5, 1e-15, 0.0], 1) == 0.0  # one point above 1e-13
     assert empirical_rate([1e-15, 1e-16, 0.0], 2) == 0.0  # none
+
+
+def test_selfplay_needs_a_positive_reference():
+    from rspo.game import selfplay
+
+    with pytest.raises(ValueError) as e:
+        selfplay(rps_game(), np.array([0.5, 0.5, 0.0]), None, 0.0, 1.0, 3)
+    assert str(e.value) == "ref must be finite and > 0: [0.5 0.5 0. ]"
+
+
+def test_selfplay_starts_from_init_when_given():
+    from rspo.game import selfplay
+
+    init = np.array([0.2, 0.3, 0.5])
+    traj = selfplay(rps_game(), np.full(3, 1 / 3), None, 0.0, 1.0, 2, init=init)
+    np.testing.assert_array_equal(traj[0], init)
+    with pytest.raises(ValueError) as e:
+        selfplay(rps_game(), np.full(3, 1 / 3), None, 0.0, 1.0, 2, init=[0.5, 0.5, 0.0])
+    assert str(e.value) == "init must be finite and > 0: [0.5 0.5 0. ]"
