@@ -781,3 +781,21 @@ def test_distinct_n_refuses_n_below_one():
     with pytest.raises(ValueError) as e:
         distinct_n(["a b"], 0)
     assert str(e.value) == "n must be >= 1"
+
+
+def test_leave_one_out_max_gives_the_holder_the_second_count():
+    from collections import Counter
+
+    from rspo.evaluation.diversity import _leave_one_out_max
+
+    counts = [Counter({"a": 3, "b": 1}), Counter({"a": 1}), Counter({"a": 2, "b": 1})]
+    assert _leave_one_out_max(counts) == [{"a": 2, "b": 1}, {"a": 3}, {"a": 3, "b": 1}]
+
+
+def test_bleu_is_bleu_3_by_default():
+    from rspo.evaluation.diversity import bleu_against_others, self_bleu
+
+    texts = ["the cat sat on the mat", "the cat sat on a mat", "a dog sat on the mat"]
+    three = bleu_against_others(texts, n=3)
+    assert bleu_against_others(texts) == three != bleu_against_others(texts, n=4)
+    assert self_bleu(texts) == pytest.approx(sum(three) / 3, abs=0) != self_bleu(texts, n=4)

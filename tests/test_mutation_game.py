@@ -242,10 +242,13 @@ def test_empirical_rate_uses_the_window_ends_unless_one_is_round_off():
 
 
 def test_selfplay_divergence_names_the_iteration_that_overflowed():
+    import warnings
+
     from rspo.game.dynamics import selfplay
     from rspo.game.games import rps_game
 
-    with pytest.raises(FloatingPointError) as e:
+    with pytest.raises(FloatingPointError) as e, warnings.catch_warnings():
+        warnings.simplefilter("error")  # the overflow itself is silent: only this error tells
         selfplay(rps_game(3), np.array([0.2, 0.3, 0.5]), "reverse_kl", 1.0, 1e300, 5)
     assert str(e.value) == (
         "self-play diverged at iteration 2 (eta=1e+300, tau=1.0); "
@@ -706,3 +709,25 @@ def test_selfplay_starts_from_init_when_given():
     with pytest.raises(ValueError) as e:
         selfplay(rps_game(), np.full(3, 1 / 3), None, 0.0, 1.0, 2, init=[0.5, 0.5, 0.0])
     assert str(e.value) == "init must be finite and > 0: [0.5 0.5 0. ]"
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_the_magnet_moves_to_the_current_policy_every_magnet_every_steps(every):
+    # Hand-rolled steps: log π ← log π + η(Pπ − τ∇R(π; magnet)), normalized; the magnet is
+    # ref until step `every`, then π_t at each t = every, 2·every, ... (never at t = 0).
+    from scipy.special import logsumexp
+
+    from rspo.game import selfplay
+
+    P, ref, init = random_game(3, 1), np.full(3, 1 / 3), np.array([0.6, 0.3, 0.1])
+    reg, tau, eta = get_regularizer("reverse_kl"), 0.5, 0.7
+    traj = selfplay(P, ref, reg, tau, eta, 4, init=init, magnet_every=every)
+    log_pi, magnet, want = np.log(init), ref, [init]
+    for t in range(4):
+        pi = np.exp(log_pi)
+        if t > 0 and t % every == 0:
+            magnet = pi
+        log_pi = log_pi + eta * (P @ pi - tau * reg.grad_log(log_pi, magnet))
+        log_pi -= logsumexp(log_pi)
+        want.append(np.exp(log_pi))
+    np.testing.assert_allclose(traj, want, rtol=1e-13)
