@@ -799,3 +799,11 @@ def test_bleu_is_bleu_3_by_default():
     three = bleu_against_others(texts, n=3)
     assert bleu_against_others(texts) == three != bleu_against_others(texts, n=4)
     assert self_bleu(texts) == pytest.approx(sum(three) / 3, abs=0) != self_bleu(texts, n=4)
+
+
+def test_bleu_refuses_n_below_one():
+    from rspo.evaluation.diversity import bleu_against_others
+
+    with pytest.raises(ValueError) as e:
+        bleu_against_others(["a b", "b c"], n=0)
+    assert str(e.value) == "n must be >= 1"

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from rspo.game import bt_game, make_game, time_average
 from rspo.game import equilibrium as eq
-from rspo.game.equilibrium import _kkt_ok, _solve_on_support, regularized_nash
+from rspo.game.equilibrium import _kkt_ok, _solve_on_support, best_response, regularized_nash
 from rspo.game.games import random_game, rps_game, validate_distribution
 from rspo.game.run import check_plot_path
 from rspo.objectives import get_regularizer
@@ -731,3 +731,14 @@ def test_the_magnet_moves_to_the_current_policy_every_magnet_every_steps(every):
         log_pi -= logsumexp(log_pi)
         want.append(np.exp(log_pi))
     np.testing.assert_allclose(traj, want, rtol=1e-13)
+
+
+@pytest.mark.parametrize("spec", ["forward_kl", "chi2", "reverse_kl"])
+def test_best_response_computes_in_float64_whatever_the_payoff_dtype(spec):
+    g = np.array([0.7, 0.2, 0.45], dtype=np.float32)
+    reg, ref = get_regularizer(spec), np.array([0.2, 0.3, 0.5])
+    s32, v32 = best_response(g, ref, reg, 0.1)
+    s64, v64 = best_response(g.astype(np.float64), ref, reg, 0.1)
+    assert s32.dtype == np.float64
+    np.testing.assert_array_equal(s32, s64)
+    assert v32 == v64
