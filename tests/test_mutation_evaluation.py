@@ -807,3 +807,11 @@ def test_bleu_refuses_n_below_one():
     with pytest.raises(ValueError) as e:
         bleu_against_others(["a b", "b c"], n=0)
     assert str(e.value) == "n must be >= 1"
+
+
+def test_bleu_refuses_an_unknown_smoothing():
+    from rspo.evaluation.diversity import bleu_against_others
+
+    with pytest.raises(ValueError) as e:
+        bleu_against_others(["a b", "b c"], smoothing="add1")
+    assert str(e.value) == "smoothing must be 'none' or 'epsilon'"

@@ -742,3 +742,29 @@ def test_best_response_computes_in_float64_whatever_the_payoff_dtype(spec):
     assert s32.dtype == np.float64
     np.testing.assert_array_equal(s32, s64)
     assert v32 == v64
+
+
+def test_best_response_without_regularization_is_the_pure_argmax():
+    g, ref = np.array([0.2, 0.7, 0.4]), np.array([0.5, 0.25, 0.25])
+    for reg, tau in ((None, 0.1), (get_regularizer("forward_kl"), 0.0)):
+        sigma, v = best_response(g, ref, reg, tau)
+        np.testing.assert_array_equal(sigma, [0.0, 1.0, 0.0])
+        assert v == 0.7
+
+
+def test_reverse_kl_best_response_is_the_closed_form_softmax():
+    from scipy.special import logsumexp
+
+    g, ref, tau = np.array([0.2, 0.7, 0.4]), np.array([0.5, 0.25, 0.25]), 0.05
+    z = np.log(ref) + g / tau
+    sigma, v = best_response(g, ref, get_regularizer("reverse_kl"), tau)
+    np.testing.assert_array_equal(sigma, np.exp(z - logsumexp(z)))
+    assert v == tau * logsumexp(z)
+
+
+@pytest.mark.parametrize("spec", ["forward_kl", "chi2"])
+def test_best_response_with_no_bracket_width_is_the_common_point(spec):
+    # equal payoffs and a uniform ref: every action has the same multiplier, the answer is
+    # uniform, with no root to find (6 actions: Σσ − 1 = −1.1e-16 there, no sign change)
+    sigma, _ = best_response(np.full(6, 0.4), np.full(6, 1 / 6), get_regularizer(spec), 0.1)
+    np.testing.assert_allclose(sigma, 1 / 6, rtol=1e-15)
