@@ -815,3 +815,29 @@ def test_bleu_refuses_an_unknown_smoothing():
     with pytest.raises(ValueError) as e:
         bleu_against_others(["a b", "b c"], smoothing="add1")
     assert str(e.value) == "smoothing must be 'none' or 'epsilon'"
+
+
+def test_length_scatter_size_colours_skips_and_label_style(tmp_path, monkeypatch):
+    import matplotlib.colors as mc
+
+    from rspo.evaluation.plots import plot_length_vs_winrate
+
+    figs = _drawn(monkeypatch)
+    rows = [
+        {"method": "none", "avg_length": None, "win_rate": 0.5},  # missing x: nothing drawn
+        {"method": "m", "iteration": 2, "avg_length": 30.0, "win_rate": 0.6},
+    ]
+    plot_length_vs_winrate(rows, tmp_path / "s.png")
+    fig = figs[0]
+    ax = fig.axes[0]
+    assert tuple(fig.get_size_inches()) == (5.5, 4.2)
+    (dots,) = ax.collections
+    assert dots.get_label() == "m" and dots.get_offsets().tolist() == [[30.0, 0.6]]
+    assert mc.to_rgba(dots.get_facecolor()[0]) == mc.to_rgba("C1")  # the second method
+    (note,) = ax.texts
+    assert (note.get_text(), note.xyann, note.anncoords, note.get_fontsize()) == (
+        "2",
+        (4, 4),
+        "offset points",
+        8.0,
+    )

@@ -768,3 +768,9 @@ def test_best_response_with_no_bracket_width_is_the_common_point(spec):
     # uniform, with no root to find (6 actions: Σσ − 1 = −1.1e-16 there, no sign change)
     sigma, _ = best_response(np.full(6, 0.4), np.full(6, 1 / 6), get_regularizer(spec), 0.1)
     np.testing.assert_allclose(sigma, 1 / 6, rtol=1e-15)
+
+
+def test_exploitability_needs_a_positive_reference():
+    with pytest.raises(ValueError) as e:
+        eq.exploitability(np.full(3, 1 / 3), rps_game(), [0.5, 0.5, 0.0], "chi2", 0.1)
+    assert str(e.value) == "ref must be finite and > 0: [0.5 0.5 0. ]"
