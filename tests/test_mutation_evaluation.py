@@ -841,3 +841,7 @@ def test_length_scatter_size_colours_skips_and_label_style(tmp_path, monkeypatch
         "offset points",
         8.0,
     )
+    assert ax.xaxis.get_gridlines()[0].get_alpha() == 0.3
+    assert ax.get_legend().get_frame_on() is False
+    plot_length_vs_winrate(rows, tmp_path / "t.png", x="my_x")
+    assert figs[1].axes[0].get_xlabel() == "my_x"  # a column without a label is its own

@@ -774,3 +774,13 @@ def test_exploitability_needs_a_positive_reference():
     with pytest.raises(ValueError) as e:
         eq.exploitability(np.full(3, 1 / 3), rps_game(), [0.5, 0.5, 0.0], "chi2", 0.1)
     assert str(e.value) == "ref must be finite and > 0: [0.5 0.5 0. ]"
+
+
+def test_exploitability_at_tau_0_is_the_plain_duality_gap():
+    # τ = 0 drops R(π) even where it is infinite (forward KL of a π with a zero entry)
+    P, pi = random_game(4, 2), np.array([0.5, 0.3, 0.2, 0.0])
+    want = 2 * (P @ pi).max() - 1  # best response value max_i (Pπ)_i, no R terms
+    for reg in (None, "forward_kl", "chi2"):
+        assert eq.exploitability(pi, P, np.full(4, 0.25), reg, 0.0) == pytest.approx(
+            want, abs=1e-15
+        )
