@@ -845,3 +845,19 @@ def test_length_scatter_size_colours_skips_and_label_style(tmp_path, monkeypatch
     assert ax.get_legend().get_frame_on() is False
     plot_length_vs_winrate(rows, tmp_path / "t.png", x="my_x")
     assert figs[1].axes[0].get_xlabel() == "my_x"  # a column without a label is its own
+
+
+def test_metrics_panels_size_markers_and_a_method_missing_a_metric(tmp_path, monkeypatch):
+    from rspo.evaluation.plots import plot_metrics_per_iteration
+
+    figs = _drawn(monkeypatch)
+    rows = [
+        {"method": "a", "iteration": 1, "avg_length": 20.0},  # no win_rate
+        {"method": "b", "iteration": 1, "win_rate": 0.6, "avg_length": 30.0},
+    ]
+    plot_metrics_per_iteration(rows, tmp_path / "m.png", metrics=("win_rate", "avg_length"))
+    fig = figs[0]
+    assert tuple(fig.get_size_inches()) == pytest.approx((8.4, 3.4))
+    win, length = fig.axes
+    assert [(ln.get_label(), ln.get_marker()) for ln in win.get_lines()] == [("b", "o")]
+    assert [ln.get_label() for ln in length.get_lines()] == ["a", "b"]

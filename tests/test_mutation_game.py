@@ -784,3 +784,15 @@ def test_exploitability_at_tau_0_is_the_plain_duality_gap():
         assert eq.exploitability(pi, P, np.full(4, 0.25), reg, 0.0) == pytest.approx(
             want, abs=1e-15
         )
+
+
+def test_a_failed_first_newton_solve_is_named(monkeypatch):
+    monkeypatch.setattr(eq, "_newton", lambda *a, **k: None)
+    with pytest.raises(RuntimeError) as e:
+        regularized_nash(rps_game(), np.full(3, 1 / 3), "reverse_kl", 0.1)
+    assert str(e.value) == "Newton failed for reverse_kl[is] at tau=1.0"
+    # solvable at τ_0 = 1 only: the homotopy's step factor grows to 1 and it gives up
+    monkeypatch.setattr(eq, "_newton", lambda P, ref, reg, tau, u: u if tau == 1.0 else None)
+    with pytest.raises(RuntimeError) as e:
+        regularized_nash(rps_game(), np.full(3, 1 / 3), "reverse_kl", 0.1)
+    assert str(e.value) == "Newton homotopy stalled for reverse_kl[is] at tau=1.0"
