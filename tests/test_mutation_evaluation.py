@@ -4,6 +4,7 @@ resamples are redrawn here from the same generator and the bounds compared exact
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -861,3 +862,48 @@ def test_metrics_panels_size_markers_and_a_method_missing_a_metric(tmp_path, mon
     win, length = fig.axes
     assert [(ln.get_label(), ln.get_marker()) for ln in win.get_lines()] == [("b", "o")]
     assert [ln.get_label() for ln in length.get_lines()] == ["a", "b"]
+
+
+def test_metrics_panels_band_axis_legend_and_layout(tmp_path, monkeypatch):
+    import matplotlib.colors as mc
+
+    from rspo.evaluation.plots import plot_metrics_per_iteration
+
+    figs = _drawn(monkeypatch)
+    rows = [{"method": f"m{k}", "iteration": 1, "my_metric": 0.1 * k} for k in range(7)]
+    rows.append({"method": "m0", "iteration": 2, "win_rate": 0.6, "win_rate_ci": [0.5, 0.7]})
+    rows.append({"method": "m0", "iteration": 3, "win_rate": 0.7, "win_rate_ci": [0.6, 0.8]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a tight_layout that cannot be applied
+        out = plot_metrics_per_iteration(
+            rows, tmp_path / "m.png", metrics=("win_rate", "my_metric")
+        )
+    assert out == str(tmp_path / "m.png")
+    fig = figs[0]
+    win, mine = fig.axes
+    (band,) = win.collections
+    assert band.get_alpha() == 0.2 and list(band.get_linewidth()) == [0.0]
+    assert mc.to_rgba(band.get_facecolor()[0]) == mc.to_rgba("C0", 0.2)
+    assert mine.get_title() == "my_metric"  # a metric without a label is its own title
+    assert mine.xaxis.get_major_locator()._integer is True
+    assert mine.xaxis.get_gridlines()[0].get_alpha() == 0.3
+    # the legend: the first panel's one method (m0) has a line there, so its handles
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["m0"]
+    assert legend._loc == 9 and legend._ncols == 1 and legend.get_frame_on() is False
+    assert max(ax.get_position().y1 for ax in fig.axes) <= 0.88
+    # no line in the first panel: the legend takes the next panel's, up to 6 columns
+    plot_metrics_per_iteration(rows[:7], tmp_path / "n.png", metrics=("win_rate", "my_metric"))
+    (legend,) = figs[1].legends
+    assert [t.get_text() for t in legend.get_texts()] == [f"m{k}" for k in range(7)]
+    assert legend._ncols == 6
+
+
+def test_rows_without_an_iteration_sort_first(tmp_path, monkeypatch):
+    from rspo.evaluation.plots import plot_length_vs_winrate
+
+    figs = _drawn(monkeypatch)
+    rows = [{"method": "m", "iteration": 1, "avg_length": 10.0, "win_rate": 0.5},
+            {"method": "m", "avg_length": 20.0, "win_rate": 0.6}]  # fmt: skip
+    plot_length_vs_winrate(rows, tmp_path / "s.png")
+    assert figs[0].axes[0].collections[0].get_offsets().tolist() == [[20.0, 0.6], [10.0, 0.5]]
