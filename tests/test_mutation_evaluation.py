@@ -907,3 +907,20 @@ def test_rows_without_an_iteration_sort_first(tmp_path, monkeypatch):
             {"method": "m", "avg_length": 20.0, "win_rate": 0.6}]  # fmt: skip
     plot_length_vs_winrate(rows, tmp_path / "s.png")
     assert figs[0].axes[0].collections[0].get_offsets().tolist() == [[20.0, 0.6], [10.0, 0.5]]
+
+
+def test_embedding_diversity_truncates_at_256_tokens_by_default(tmp_path):
+    from transformers import AutoTokenizer
+
+    from rspo.evaluation import embedding_diversity
+
+    from fixtures_lm import make_tiny_model_dir
+
+    path = str(make_tiny_model_dir(tmp_path / "m", seed=3))
+    # byte tokens: two texts equal in their first 256 tokens (special tokens included)
+    special = len(AutoTokenizer.from_pretrained(path)("a")["input_ids"]) - 1
+    head = "a" * (256 - special)
+    texts = [head + "x" * 40, head + "q" * 40]
+    at_256 = embedding_diversity(texts, model_path=path, max_length=256)
+    assert embedding_diversity(texts, model_path=path) == at_256 == pytest.approx(0, abs=1e-6)
+    assert embedding_diversity(texts, model_path=path, max_length=257) != at_256
