@@ -973,3 +973,37 @@ def test_plots_are_drawn_at_100_dpi_whatever_the_rc(tmp_path):
     with matplotlib.rc_context({"figure.dpi": 50}):
         fig = _figure(3.0, 2.0)
     assert fig.dpi == 100 and tuple(fig.get_size_inches()) == (3.0, 2.0)
+
+
+def test_plot_numbers_skip_bools_missing_text_and_non_finite():
+    from rspo.evaluation.plots import _num
+
+    for v in (True, False, None, "x", float("inf"), float("nan"), [1]):
+        assert _num(v) is None, v
+    assert _num("0.5") == 0.5 and _num(np.int64(3)) == 3.0
+
+
+def test_plots_are_png_in_new_folders_whatever_the_file_name(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from rspo.evaluation.plots import _figure, _save
+
+    fig = _figure(2.0, 2.0)
+    assert isinstance(fig.canvas, FigureCanvasAgg)
+    out = _save(fig, tmp_path / "a" / "b" / "plot.pdf")
+    assert out == str(tmp_path / "a" / "b" / "plot.pdf")
+    assert (tmp_path / "a" / "b" / "plot.pdf").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_responses_bootstraps_1000_resamples_with_seed_0_by_default():
+    from rspo.evaluation.summary import evaluate_responses
+
+    rng = np.random.default_rng(4)
+    n = 12
+    probs = rng.uniform(size=n)
+    args = ([f"p{i}" for i in range(n)], ["a b"] * n, ["c d e"] * n, probs, [2] * n, [3] * n)
+    got = evaluate_responses(*args)["win_rate_ci"]
+    wr = win_rate(probs, n_boot=1000, seed=0)
+    assert got == [wr.lo, wr.hi]
+    assert got != evaluate_responses(*args, seed=1)["win_rate_ci"]
+    assert got != evaluate_responses(*args, n_boot=1001)["win_rate_ci"]

@@ -796,3 +796,9 @@ def test_a_failed_first_newton_solve_is_named(monkeypatch):
     with pytest.raises(RuntimeError) as e:
         regularized_nash(rps_game(), np.full(3, 1 / 3), "reverse_kl", 0.1)
     assert str(e.value) == "Newton homotopy stalled for reverse_kl[is] at tau=1.0"
+
+
+def test_regularized_nash_needs_a_positive_reference():
+    with pytest.raises(ValueError) as e:
+        regularized_nash(rps_game(), [0.5, 0.5, 0.0], "chi2", 0.1)
+    assert str(e.value) == "ref must be finite and > 0: [0.5 0.5 0. ]"
