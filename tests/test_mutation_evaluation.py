@@ -1007,3 +1007,24 @@ def test_evaluate_responses_bootstraps_1000_resamples_with_seed_0_by_default():
     assert got == [wr.lo, wr.hi]
     assert got != evaluate_responses(*args, seed=1)["win_rate_ci"]
     assert got != evaluate_responses(*args, n_boot=1001)["win_rate_ci"]
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["policy_responses", "baseline_responses", "probs", "policy_token_lengths",
+     "baseline_token_lengths", "truncated", "correct", "samples_per_prompt"],
+)  # fmt: skip
+def test_evaluate_responses_names_each_mismatched_field(field):
+    from rspo.evaluation.summary import evaluate_responses
+
+    kw = {
+        "prompts": ["p", "q"], "policy_responses": ["a", "b"], "baseline_responses": ["c", "d"],
+        "probs": [0.5, 0.6], "policy_token_lengths": [1, 2], "baseline_token_lengths": [1, 2],
+        "truncated": [False, True], "correct": [True, True],
+        "samples_per_prompt": [["a", "b"], ["c", "d"]],
+    }  # fmt: skip
+    evaluate_responses(**kw)  # consistent: no error
+    kw[field] = kw[field][:1]
+    with pytest.raises(ValueError) as e:
+        evaluate_responses(**kw)
+    assert str(e.value) == f"2 prompts but mismatched lengths: {{'{field}': 1}}"
