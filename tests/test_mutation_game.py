@@ -802,3 +802,10 @@ def test_regularized_nash_needs_a_positive_reference():
     with pytest.raises(ValueError) as e:
         regularized_nash(rps_game(), [0.5, 0.5, 0.0], "chi2", 0.1)
     assert str(e.value) == "ref must be finite and > 0: [0.5 0.5 0. ]"
+
+
+def test_distribution_check_refuses_non_finite_and_negative_entries():
+    for bad, shown in (([float("nan"), 1.0], "[nan  1.]"), ([-0.1, 1.1], "[-0.1  1.1]")):
+        with pytest.raises(ValueError) as e:
+            validate_distribution(bad, 2)
+        assert str(e.value) == f"policy must be finite and ≥ 0: {shown}"
