@@ -809,3 +809,21 @@ def test_distribution_check_refuses_non_finite_and_negative_entries():
         with pytest.raises(ValueError) as e:
             validate_distribution(bad, 2)
         assert str(e.value) == f"policy must be finite and ≥ 0: {shown}"
+
+
+def test_preference_matrix_check_messages_and_dtype():
+    from rspo.game import validate_preference_matrix as check
+
+    assert check(np.array([[0.5, 0.25], [0.75, 0.5]], dtype=np.float32)).dtype == np.float64
+    np.testing.assert_array_equal(check([[0.5]]), [[0.5]])  # one action is a game
+    cases = [
+        (np.zeros((0, 0)), "preference matrix must be square n×n with n ≥ 1, got shape (0, 0)"),
+        ([[0.5, float("inf")], [0.5, 0.5]], "preference matrix has non-finite entries"),
+        # the first entry outside [0, 1] is named, not the first at its bound
+        ([[0.5, 0.0], [1.2, 0.5]], "preference matrix entries must lie in [0, 1]; P[1,0] = 1.2"),
+        ([[0.5, 1.0], [-0.2, 0.5]], "preference matrix entries must lie in [0, 1]; P[1,0] = -0.2"),
+    ]
+    for P, msg in cases:
+        with pytest.raises(ValueError) as e:
+            check(P)
+        assert str(e.value) == msg
