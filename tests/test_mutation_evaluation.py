@@ -1028,3 +1028,28 @@ def test_evaluate_responses_names_each_mismatched_field(field):
     with pytest.raises(ValueError) as e:
         evaluate_responses(**kw)
     assert str(e.value) == f"2 prompts but mismatched lengths: {{'{field}': 1}}"
+
+
+def test_evaluate_responses_returns_every_documented_field():
+    from rspo.evaluation.diversity import distinct_n, self_bleu
+    from rspo.evaluation.length_control import lc_win_rate as lc
+    from rspo.evaluation.summary import evaluate_responses
+
+    groups = [["a b c", "a b d"], ["x y", "z w"]]
+    probs, pol, base = [0.2, 0.9, 0.6, 0.7], [3, 5, 4, 8], [4, 4, 6, 2]
+    out = evaluate_responses(
+        ["p", "p", "q", "q"], ["ab", "c", "def", "g"], ["h"] * 4, probs, pol, base,
+        truncated=[True, False, False, False], correct=[True, False, True, True],
+        samples_per_prompt=groups, group_size=2, n_boot=200, seed=3,
+    )  # fmt: skip
+    wr = win_rate(np.reshape(probs, (-1, 2)).mean(axis=1), n_boot=200, seed=3)  # 0.55, 0.65
+    assert out == {
+        "win_rate": wr.mean, "win_rate_ci": [wr.lo, wr.hi],
+        "lc_win_rate": lc(probs, pol, base).lc_win_rate, "avg_length": 5.0,
+        "baseline_avg_length": 4.0, "avg_chars": 1.75, "truncation_rate": 0.25,
+        "accuracy": 0.75,
+        "self_bleu": (self_bleu(groups[0]) + self_bleu(groups[1])) / 2,
+        "distinct_1": (distinct_n(groups[0], 1) + distinct_n(groups[1], 1)) / 2,
+        "distinct_2": (distinct_n(groups[0], 2) + distinct_n(groups[1], 2)) / 2,
+        "n_prompts": 2,
+    }  # fmt: skip
