@@ -1053,3 +1053,4 @@ def test_evaluate_responses_returns_every_documented_field():
         "distinct_2": (distinct_n(groups[0], 2) + distinct_n(groups[1], 2)) / 2,
         "n_prompts": 2,
     }  # fmt: skip
+    assert type(out["n_prompts"]) is int  # a count, written as 2 (not 2.0) to JSON
