@@ -2,6 +2,7 @@
 
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -146,7 +147,9 @@ def test_forward_kl_best_response_with_a_tiny_ref_entry(r0):
     P = np.array([[0.5, 0.9, 0.8], [0.1, 0.5, 0.6], [0.2, 0.4, 0.5]])
     pi, ref, tau = np.array([0.2, 0.4, 0.4]), np.array([r0, 0.5, 0.5 - r0]), 0.1
     reg = get_regularizer("forward_kl")
-    sigma, v = best_response(P @ pi, ref, reg, tau)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow, division or deprecation on the way
+        sigma, v = best_response(P @ pi, ref, reg, tau)
     s1, s2 = 0.05 / 0.32, 0.05 / 0.38
     np.testing.assert_allclose(sigma, [1 - s1 - s2, s1, s2], rtol=1e-12)
     assert v == pytest.approx(sigma @ (P @ pi) - tau * reg.value(sigma, ref), abs=1e-14)

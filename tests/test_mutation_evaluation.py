@@ -1054,3 +1054,16 @@ def test_evaluate_responses_returns_every_documented_field():
         "n_prompts": 2,
     }  # fmt: skip
     assert type(out["n_prompts"]) is int  # a count, written as 2 (not 2.0) to JSON
+
+
+def test_distinct_n_counts_a_prompt_with_one_sample_and_self_bleu_does_not():
+    from rspo.evaluation.diversity import distinct_n, self_bleu
+    from rspo.evaluation.summary import evaluate_responses
+
+    groups = [["a b c", "a b d"], ["x y x y"]]
+    out = evaluate_responses(
+        ["p", "q"], ["a", "b"], ["c", "d"], [0.5, 0.6], [1, 2], [1, 2], samples_per_prompt=groups
+    )
+    assert out["self_bleu"] == self_bleu(groups[0])
+    for n in (1, 2):
+        assert out[f"distinct_{n}"] == (distinct_n(groups[0], n) + distinct_n(groups[1], n)) / 2
