@@ -1067,3 +1067,21 @@ def test_distinct_n_counts_a_prompt_with_one_sample_and_self_bleu_does_not():
     assert out["self_bleu"] == self_bleu(groups[0])
     for n in (1, 2):
         assert out[f"distinct_{n}"] == (distinct_n(groups[0], n) + distinct_n(groups[1], n)) / 2
+
+
+def test_length_stats_accepts_zero_and_names_bad_input():
+    from rspo.evaluation.lengths import length_stats
+
+    s = length_stats([0, 3])  # an empty answer has length 0
+    assert (s.mean_tokens, s.max_tokens, s.n) == (1.5, 3, 2)
+    cases = [
+        ([], {}, "no lengths given"),
+        ([1, -1], {}, "token lengths must be finite and >= 0"),
+        ([1, float("nan")], {}, "token lengths must be finite and >= 0"),
+        ([1, 2], {"texts": ["a"]}, "1 texts for 2 token lengths"),
+        ([1, 2], {"truncated": [True]}, "1 truncation flags for 2 responses"),
+    ]
+    for lengths, kw, msg in cases:
+        with pytest.raises(ValueError) as e:
+            length_stats(lengths, **kw)
+        assert str(e.value) == msg
