@@ -11,6 +11,9 @@ a seeded sample), runs them, prints the score per module and writes the report.
     python scripts/mutation.py --per-module 0 --modules trainer selfplay.score
                                                 # every mutant of the named modules
     python scripts/mutation.py --report-only    # rescore the results in mutants/, no run
+    python scripts/mutation.py --per-module 0 --modules evaluation --resume
+                                                # an interrupted run: only mutants without
+                                                # a result run
     python scripts/mutation.py --per-module 0 --modules game --rerun report_game_all \
         --changed best_response --report report_game_all_after
                                                 # that report's survivors again, and every
@@ -254,12 +257,18 @@ def run(chosen: dict[str, list[str]], jobs: int) -> None:
     mm._run(sorted(allowed), jobs)
 
 
-def results(chosen: dict[str, list[str]]) -> dict[str, dict]:
-    from mutmut.stats import status_by_exit_code
-
+def _results_in_mutants() -> dict[str, int | None]:
+    """Each mutant's exit code recorded in mutants/ (None: not run yet)."""
     codes: dict[str, int | None] = {}
     for meta in Path("mutants").rglob("*.py.meta"):
         codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return codes
+
+
+def results(chosen: dict[str, list[str]]) -> dict[str, dict]:
+    from mutmut.stats import status_by_exit_code
+
+    codes = _results_in_mutants()
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     out = {}
     for m, ns in chosen.items():
@@ -355,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         help="no run: score and report the results already in mutants/ for this sample",
     )  # fmt: skip
     ap.add_argument(
+        "--resume", action="store_true",
+        help="run only the chosen mutants without a result in mutants/ (an interrupted run "
+        "goes on; the report covers them all)",
+    )  # fmt: skip
+    ap.add_argument(
         "--changed", nargs="+", default=[], metavar="FUNCTION",
         help="with --rerun: functions edited since that report (f or Class.method), whose "
         "mutants all run instead of its survivors",
@@ -362,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.changed and not args.rerun:
         ap.error("--changed needs --rerun")
+    if args.resume and args.fresh:
+        ap.error("--resume keeps the results in mutants/; --fresh deletes them")
     if args.quick:
         args.per_module, args.seed, args.no_report = 2, 0, True
     os.chdir(ROOT)
@@ -377,9 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     total = {m: sum(module_of(n) == m for n in names) for m in chosen}
     if args.rerun:
         chosen = rerun_survivors(args.rerun, chosen, set(names), tuple(args.changed))
-    if not args.report_only:
+    if args.resume:
+        done = _results_in_mutants()
+        todo = {m: [n for n in ns if done.get(n) is None] for m, ns in chosen.items()}
+        print(f"--resume: {sum(map(len, todo.values()))} of {sum(map(len, chosen.values()))} "
+              "mutants have no result yet")  # fmt: skip
+    else:
+        todo = chosen
+    if not args.report_only and any(todo.values()):
         try:
-            run(chosen, args.jobs)
+            run(todo, args.jobs)
         except SystemExit as e:
             if e.code:
                 raise

@@ -74,3 +74,19 @@ def test_rerun_runs_every_mutant_of_a_changed_function(tmp_path, monkeypatch):
         mutation.rerun_survivors("old", chosen, set(chosen["game"]))  # 55 no longer exists
     with pytest.raises(SystemExit):
         mutation.main(["--changed", "best_response"])  # needs --rerun
+
+
+def test_results_in_mutants_gathers_every_meta_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mutants/rspo/game").mkdir(parents=True)
+    (tmp_path / "mutants/rspo/game/a.py.meta").write_text(
+        json.dumps({"exit_code_by_key": {"rspo.game.a.x_f__mutmut_1": 1}})
+    )
+    (tmp_path / "mutants/rspo/b.py.meta").write_text(
+        json.dumps({"exit_code_by_key": {"rspo.b.x_g__mutmut_2": None}})
+    )
+    assert mutation._results_in_mutants() == {
+        "rspo.game.a.x_f__mutmut_1": 1, "rspo.b.x_g__mutmut_2": None
+    }  # fmt: skip
+    with pytest.raises(SystemExit):
+        mutation.main(["--resume", "--fresh"])  # resuming keeps mutants/, --fresh deletes it
