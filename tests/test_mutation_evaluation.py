@@ -1085,3 +1085,21 @@ def test_length_stats_accepts_zero_and_names_bad_input():
         with pytest.raises(ValueError) as e:
             length_stats(lengths, **kw)
         assert str(e.value) == msg
+
+
+def test_alpaca_files_are_indented_utf8_json_and_name_their_mismatches(tmp_path):
+    from rspo.evaluation.alpaca import write_alpaca_outputs, write_annotations
+
+    rec = {"instruction": "Grüße", "output": "☕", "generator": "m", "dataset": "rspo"}
+    p = write_alpaca_outputs(tmp_path, ["Grüße"], ["☕"], "m")
+    assert p.read_text("utf-8") == json.dumps([rec], indent=2, ensure_ascii=False) + "\n"
+    ann = write_annotations(tmp_path / "a.json", ["é"], ["x"], ["y"], [0.0], "b", "m", "j")
+    want = [{"instruction": "é", "output_1": "x", "output_2": "y", "generator_1": "b",
+             "generator_2": "m", "annotator": "j", "preference": 1.0}]  # fmt: skip
+    assert ann.read_text("utf-8") == json.dumps(want, indent=2, ensure_ascii=False) + "\n"
+    with pytest.raises(ValueError) as e:
+        write_alpaca_outputs(tmp_path, ["a", "b"], ["x"], "m")
+    assert str(e.value) == "2 instructions but 1 outputs"
+    with pytest.raises(ValueError) as e:
+        write_annotations(tmp_path / "a.json", ["a", "b"], ["x"], ["y", "z"], [0.5], "b", "m", "j")
+    assert str(e.value) == "2 instructions but 1 output_1, 2 output_2, 1 preferences"
