@@ -1101,5 +1101,10 @@ def test_alpaca_files_are_indented_utf8_json_and_name_their_mismatches(tmp_path)
         write_alpaca_outputs(tmp_path, ["a", "b"], ["x"], "m")
     assert str(e.value) == "2 instructions but 1 outputs"
     with pytest.raises(ValueError) as e:
+        write_alpaca_outputs(tmp_path, ["a", "b"], ["x", "y"], "m", dataset=["d"])
+    assert str(e.value) == "1 dataset names for 2 outputs"
+    two = write_alpaca_outputs(tmp_path / "t.json", ["a", "b"], ["x", "y"], "m", ["d1", "d2"])
+    assert [r["dataset"] for r in json.loads(two.read_text("utf-8"))] == ["d1", "d2"]
+    with pytest.raises(ValueError) as e:
         write_annotations(tmp_path / "a.json", ["a", "b"], ["x"], ["y", "z"], [0.5], "b", "m", "j")
     assert str(e.value) == "2 instructions but 1 output_1, 2 output_2, 1 preferences"
