@@ -272,7 +272,9 @@ def results(chosen: dict[str, list[str]]) -> dict[str, dict]:
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     out = {}
     for m, ns in chosen.items():
-        status = {n: status_by_exit_code[codes.get(n)] for n in ns}
+        not_run = [n for n in ns if codes.get(n) is None]  # an interrupted run: not scored
+        ns = [n for n in ns if codes.get(n) is not None]
+        status = {n: status_by_exit_code[codes[n]] for n in ns}
         eq = {n: equivalent[n] for n in ns if n in equivalent and status[n] != "killed"}
         live = [n for n in ns if n not in eq]
         killed = sum(status[n] in ("killed", "timeout") for n in live)
@@ -283,6 +285,7 @@ def results(chosen: dict[str, list[str]]) -> dict[str, dict]:
             "score": killed / len(live) if live else 1.0,
             "survivors": {n: status[n] for n in live if status[n] not in ("killed", "timeout")},
             "equivalent_mutants": eq,
+            "not_run": len(not_run),
         }
     return out
 
@@ -326,6 +329,10 @@ def write_report(res: dict[str, dict], args: argparse.Namespace, total: dict[str
             f"| {m} | {r['mutants']} (of {total[m]}) | {r['equivalent']} | {r['killed']} "
             f"| {100 * r['score']:.0f} % |"
         )
+    not_run = {m: r["not_run"] for m, r in res.items() if r.get("not_run")}
+    if not_run:
+        lines += ["", "Not run yet (an interrupted run; `--resume` goes on): "
+                  + ", ".join(f"{m} {k}" for m, k in not_run.items()) + " mutants."]  # fmt: skip
     excluded = [(f, why) for spec in MODULES.values() for f, why in spec.exclude.items()]
     if excluded:
         lines += ["", "Not in the core (their mutants are not counted):", ""]
@@ -412,9 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     for m, r in res.items():
         flag = r["score"] >= args.min_score
         ok &= flag
+        tail = f"  ({r['not_run']} not run yet)" if r["not_run"] else ""
         print(f"  {m:15s} {r['killed']:3d}/{r['mutants'] - r['equivalent']:3d} killed "
               f"({r['equivalent']} equivalent, of {total[m]})  {100 * r['score']:5.1f} %"
-              f"{'' if flag else '  < target'}")  # fmt: skip
+              f"{'' if flag else '  < target'}{tail}")  # fmt: skip
         for n, st in r["survivors"].items():
             print(f"      {st}: {n}")
     if not args.no_report:

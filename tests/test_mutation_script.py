@@ -90,3 +90,16 @@ def test_results_in_mutants_gathers_every_meta_file(tmp_path, monkeypatch):
     }  # fmt: skip
     with pytest.raises(SystemExit):
         mutation.main(["--resume", "--fresh"])  # resuming keeps mutants/, --fresh deletes it
+
+
+def test_results_score_what_ran_and_count_what_did_not(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mutation, "EQUIVALENT", tmp_path / "equivalent.json")
+    names = [f"rspo.game.games.x_f__mutmut_{i}" for i in range(5)]
+    (tmp_path / "equivalent.json").write_text(json.dumps({names[2]: "same"}))
+    (tmp_path / "mutants").mkdir()
+    codes = dict(zip(names, [1, 0, 0, None, 1]))  # killed, survived, equivalent, not run, killed
+    (tmp_path / "mutants/games.py.meta").write_text(json.dumps({"exit_code_by_key": codes}))
+    r = mutation.results({"game": names})["game"]
+    assert (r["mutants"], r["equivalent"], r["killed"], r["not_run"]) == (4, 1, 2, 1)
+    assert r["score"] == 2 / 3 and r["survivors"] == {names[1]: "survived"}
