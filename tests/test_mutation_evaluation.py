@@ -1108,3 +1108,17 @@ def test_alpaca_files_are_indented_utf8_json_and_name_their_mismatches(tmp_path)
     with pytest.raises(ValueError) as e:
         write_annotations(tmp_path / "a.json", ["a", "b"], ["x"], ["y", "z"], [0.5], "b", "m", "j")
     assert str(e.value) == "2 instructions but 1 output_1, 2 output_2, 1 preferences"
+
+
+def test_sequence_kl_is_float64_and_bootstraps_1000_with_seed_0_by_default():
+    from rspo.evaluation.kl import sequence_kl
+
+    rng = np.random.default_rng(2)
+    lp, ref = rng.normal(-5, 1, 8).astype(np.float32), rng.normal(-40, 9, 8).astype(np.float32)
+    lengths = np.arange(3, 11, dtype=np.int32)
+    got = sequence_kl(lp, ref, lengths)
+    want = sequence_kl(lp.astype(np.float64), ref.astype(np.float64), lengths.astype(float),
+                       n_boot=1000, seed=0)  # fmt: skip
+    assert got == want
+    assert got != sequence_kl(lp, ref, lengths, seed=1)
+    assert got != sequence_kl(lp, ref, lengths, n_boot=1001)
