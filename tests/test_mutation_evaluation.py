@@ -1122,3 +1122,22 @@ def test_sequence_kl_is_float64_and_bootstraps_1000_with_seed_0_by_default():
     assert got == want
     assert got != sequence_kl(lp, ref, lengths, seed=1)
     assert got != sequence_kl(lp, ref, lengths, n_boot=1001)
+
+
+def test_interval_defaults_float64_and_messages():
+    from rspo.evaluation.kl import cluster_mean_interval, sequence_kl
+
+    v = np.random.default_rng(5).normal(0, 1e3, 12).astype(np.float32) + np.float32(1e-3)
+    got = cluster_mean_interval(v)
+    assert got == cluster_mean_interval(v.astype(np.float64), 1, 1000, 0)
+    for other in ({"group_size": 2}, {"n_boot": 1001}, {"seed": 1}):
+        assert got != cluster_mean_interval(v, **other), other
+    probs = np.random.default_rng(6).uniform(size=20)
+    wr = win_rate(probs)
+    assert wr == win_rate(probs, 1000, 0)
+    assert wr != win_rate(probs, 1001) and wr != win_rate(probs, seed=1)
+    with pytest.raises(ValueError) as e:
+        win_rate([0.5], n_boot=-1)
+    assert str(e.value) == "n_boot must be >= 0"
+    est = sequence_kl([1.0, 2.0, 3.0, 4.0], [0.0] * 4, [1] * 4, group_size=2)
+    assert type(est.n) is int and est.n == 2
