@@ -1141,3 +1141,25 @@ def test_interval_defaults_float64_and_messages():
     assert str(e.value) == "n_boot must be >= 0"
     est = sequence_kl([1.0, 2.0, 3.0, 4.0], [0.0] * 4, [1] * 4, group_size=2)
     assert type(est.n) is int and est.n == 2
+
+
+def test_lc_win_rate_scale_below_one_defaults_and_messages():
+    from rspo.evaluation.length_control import _features, fit_length_glm, lc_win_rate
+
+    rng = np.random.default_rng(8)
+    probs, lp, lb = rng.uniform(size=30), rng.integers(1, 4, 30), rng.integers(1, 4, 30)
+    r = lc_win_rate(probs, lp, lb, scale=0.5)  # a scale under 1 is still a scale
+    f = np.tanh((lp - lb) / 0.5)
+    np.testing.assert_array_equal(_features(lp - lb.astype(float), 0.5), f)
+    assert r.phi == float(fit_length_glm(probs, f, l2=1e-5)[0][0, 1]) != 0
+    assert r.lo is None and r.hi is None  # no bootstrap by default
+    boot = lc_win_rate(probs, lp, lb, n_boot=50)
+    assert boot == lc_win_rate(probs, lp, lb, n_boot=50, seed=0)
+    assert boot != lc_win_rate(probs, lp, lb, n_boot=50, seed=1)
+    with pytest.raises(ValueError) as e:
+        lc_win_rate(probs, lp[:29], lb)
+    assert str(e.value) == "length mismatch: 30 probs, 29 / 30 lengths"
+    for bad in ((np.r_[lp[:29], np.nan], lb), (lp, np.r_[lb[:29], np.inf])):
+        with pytest.raises(ValueError) as e:
+            lc_win_rate(probs, *bad)
+        assert str(e.value) == "lengths contain NaN or inf"
