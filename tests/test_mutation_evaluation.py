@@ -1153,6 +1153,10 @@ def test_lc_win_rate_scale_below_one_defaults_and_messages():
     np.testing.assert_array_equal(_features(lp - lb.astype(float), 0.5), f)
     assert r.phi == float(fit_length_glm(probs, f, l2=1e-5)[0][0, 1]) != 0
     assert r.lo is None and r.hi is None  # no bootstrap by default
+    strong = lc_win_rate(probs, lp, lb, scale=0.5, l2=0.1)  # the ridge reaches the fit
+    assert strong.phi == float(fit_length_glm(probs, f, l2=0.1)[0][0, 1]) != r.phi
+    flat = lc_win_rate(probs, lp, lb, scale=0.0)  # scale 0: no length term, LC = raw
+    assert flat.phi == 0 and flat.lc_win_rate == pytest.approx(flat.raw, rel=1e-12)
     boot = lc_win_rate(probs, lp, lb, n_boot=50)
     assert boot == lc_win_rate(probs, lp, lb, n_boot=50, seed=0)
     assert boot != lc_win_rate(probs, lp, lb, n_boot=50, seed=1)
