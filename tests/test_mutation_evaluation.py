@@ -1157,6 +1157,8 @@ def test_lc_win_rate_scale_below_one_defaults_and_messages():
     assert strong.phi == float(fit_length_glm(probs, f, l2=0.1)[0][0, 1]) != r.phi
     flat = lc_win_rate(probs, lp, lb, scale=0.0)  # scale 0: no length term, LC = raw
     assert flat.phi == 0 and flat.lc_win_rate == pytest.approx(flat.raw, rel=1e-12)
+    one = lc_win_rate(probs, lp, lb, n_boot=1)  # one resample is an (uninformative) interval
+    assert one.lo is not None and one.lo == one.hi
     boot = lc_win_rate(probs, lp, lb, n_boot=50)
     assert boot == lc_win_rate(probs, lp, lb, n_boot=50, seed=0)
     assert boot != lc_win_rate(probs, lp, lb, n_boot=50, seed=1)
