@@ -1159,6 +1159,13 @@ def test_lc_win_rate_scale_below_one_defaults_and_messages():
     assert flat.phi == 0 and flat.lc_win_rate == pytest.approx(flat.raw, rel=1e-12)
     one = lc_win_rate(probs, lp, lb, n_boot=1)  # one resample is an (uninformative) interval
     assert one.lo is not None and one.lo == one.hi
+    # the interval: LC of weighted refits on seeded multinomial resamples, at the same ridge
+    ridge = lc_win_rate(probs, lp, lb, scale=0.5, l2=0.1, n_boot=50, seed=4)
+    counts = np.random.default_rng(4).multinomial(30, np.full(30, 1 / 30), size=50)
+    bb = fit_length_glm(probs, f, weights=counts.astype(np.float64), l2=0.1)[0]
+    lcs = 0.5 * (1 + np.tanh(0.5 * bb[:, 0]))
+    assert [ridge.lo, ridge.hi] == [float(v) for v in np.percentile(lcs, [2.5, 97.5])]
+    assert type(ridge.n_iter) is int and ridge.n_iter >= 1
     boot = lc_win_rate(probs, lp, lb, n_boot=50)
     assert boot == lc_win_rate(probs, lp, lb, n_boot=50, seed=0)
     assert boot != lc_win_rate(probs, lp, lb, n_boot=50, seed=1)
