@@ -1176,3 +1176,20 @@ def test_lc_win_rate_scale_below_one_defaults_and_messages():
         with pytest.raises(ValueError) as e:
             lc_win_rate(probs, *bad)
         assert str(e.value) == "lengths contain NaN or inf"
+
+
+def test_length_glm_objective_by_hand_and_default_ridge():
+    from rspo.evaluation.length_control import _objective, fit_length_glm
+
+    p, f = np.array([0.2, 0.9, 0.6]), np.array([-0.5, 0.3, 1.0])
+    beta = np.array([[0.1, 2.0], [-0.3, 0.0]])
+    w = np.array([[1.0, 2.0, 1.0], [1.0, 1.0, 1.0]])
+    want = []
+    for (th, ph), wr in zip(beta, w):
+        z = th + ph * f
+        ce = np.log1p(np.exp(z)) - p * z
+        want.append((wr * ce).sum() / wr.sum() + 0.5 * 0.01 * ph**2)
+    np.testing.assert_allclose(_objective(beta, p, f, w, 0.01), want, rtol=1e-14)
+    got = fit_length_glm(p, f)[0]
+    np.testing.assert_array_equal(got, fit_length_glm(p, f, l2=1e-5)[0])
+    assert not np.array_equal(got, fit_length_glm(p, f, l2=1.00001)[0])
