@@ -1193,3 +1193,12 @@ def test_length_glm_objective_by_hand_and_default_ridge():
     got = fit_length_glm(p, f)[0]
     np.testing.assert_array_equal(got, fit_length_glm(p, f, l2=1e-5)[0])
     assert not np.array_equal(got, fit_length_glm(p, f, l2=1.00001)[0])
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 4), (1, 2, 3)])
+def test_length_glm_weights_must_be_batch_by_n(shape):
+    from rspo.evaluation.length_control import fit_length_glm
+
+    with pytest.raises(ValueError) as e:
+        fit_length_glm(np.array([0.2, 0.9, 0.6]), np.zeros(3), weights=np.ones(shape))
+    assert str(e.value) == "weights must have shape (B, n)"
