@@ -1202,3 +1202,19 @@ def test_length_glm_weights_must_be_batch_by_n(shape):
     with pytest.raises(ValueError) as e:
         fit_length_glm(np.array([0.2, 0.9, 0.6]), np.zeros(3), weights=np.ones(shape))
     assert str(e.value) == "weights must have shape (B, n)"
+
+
+def test_length_glm_rows_are_fitted_independently():
+    from rspo.evaluation.length_control import fit_length_glm
+
+    p, f = np.array([0.2, 1.0, 0.6, 0.0]), np.array([-0.5, 0.3, 1.0, 0.2])
+    rows = np.array([[1.0, 1.0, 1.0, 1.0], [0.0, 2.0, 0.0, 0.0], [0.3, 0.0, 0.4, 0.0],
+                     [0.0, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 3.0]])  # fmt: skip
+    beta, conv, _ = fit_length_glm(p, f, weights=rows)
+    assert conv.all()
+    np.testing.assert_array_equal(beta[1], [np.inf, 0.0])  # only p = 1 weighted: θ = +∞
+    np.testing.assert_array_equal(beta[4], [-np.inf, 0.0])  # only p = 0 weighted: θ = −∞
+    for k in (0, 2, 3):  # each live row is the fit of its own weights, fractional ones too
+        alone = fit_length_glm(p, f, weights=rows[k : k + 1])[0][0]
+        np.testing.assert_allclose(beta[k], alone, rtol=1e-9, atol=1e-12)
+        assert np.isfinite(beta[k]).all()
