@@ -1218,3 +1218,15 @@ def test_length_glm_rows_are_fitted_independently():
         alone = fit_length_glm(p, f, weights=rows[k : k + 1])[0][0]
         np.testing.assert_allclose(beta[k], alone, rtol=1e-9, atol=1e-12)
         assert np.isfinite(beta[k]).all()
+
+
+@pytest.mark.parametrize("edge", [1.0, 0.0])
+def test_length_glm_starts_finite_when_the_weighted_mean_rounds_to_an_edge(edge):
+    # a live row (one p strictly inside (0, 1)) whose weighted mean of p rounds to 1 (or 0):
+    # the start logit is clipped at 1e-6 from the edge, so Newton starts finite and converges
+    from rspo.evaluation.length_control import fit_length_glm
+
+    p, w = np.array([edge, 0.5]), np.array([[1e20, 1.0]])
+    beta, conv, n_iter = fit_length_glm(p, np.array([0.3, -0.2]), weights=w)
+    assert conv[0] and np.isfinite(beta).all() and n_iter > 0
+    assert np.sign(beta[0, 0]) == (1 if edge else -1) and abs(beta[0, 0]) > 20
