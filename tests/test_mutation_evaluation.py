@@ -1230,3 +1230,14 @@ def test_length_glm_starts_finite_when_the_weighted_mean_rounds_to_an_edge(edge)
     beta, conv, n_iter = fit_length_glm(p, np.array([0.3, -0.2]), weights=w)
     assert conv[0] and np.isfinite(beta).all() and n_iter > 0
     assert np.sign(beta[0, 0]) == (1 if edge else -1) and abs(beta[0, 0]) > 20
+
+
+def test_length_glm_reports_the_newton_iterations_it_used():
+    from rspo.evaluation.length_control import fit_length_glm
+
+    p, f = np.array([0.2, 0.9, 0.6, 0.7]), np.array([-0.5, 0.3, 1.0, 0.1])
+    _, conv, n = fit_length_glm(p, f)
+    assert conv.all() and n >= 2
+    assert fit_length_glm(p, f, max_iter=n)[1].all()
+    assert not fit_length_glm(p, f, max_iter=n - 1)[1].any()
+    assert fit_length_glm(np.ones(3), np.zeros(3))[2] == 0  # unanimous: nothing to iterate
