@@ -1241,3 +1241,17 @@ def test_length_glm_reports_the_newton_iterations_it_used():
     assert fit_length_glm(p, f, max_iter=n)[1].all()
     assert not fit_length_glm(p, f, max_iter=n - 1)[1].any()
     assert fit_length_glm(np.ones(3), np.zeros(3))[2] == 0  # unanimous: nothing to iterate
+
+
+def test_length_glm_converges_when_the_last_step_is_below_the_objectives_round_off():
+    # This data set's Newton iterate reaches a gradient of 3e-10 (tol 1e-10), where a step
+    # lowers the objective (≈ 0.69) by ~1e-19, under its ulp: Armijo without a round-off
+    # allowance refused every step and the fit stopped at max_iter, "not converged".
+    from rspo.evaluation.length_control import _sigmoid, fit_length_glm
+
+    rng = np.random.default_rng(8)
+    p, f = rng.uniform(size=30), np.tanh(rng.normal(size=30))
+    beta, conv, n_iter = fit_length_glm(p, f)
+    assert conv[0] and n_iter <= 10
+    r = (_sigmoid(beta[0, 0] + beta[0, 1] * f) - p) / 30
+    assert abs(r.sum()) < 1e-10 and abs((r * f).sum() + 1e-5 * beta[0, 1]) < 1e-10

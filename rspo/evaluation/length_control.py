@@ -115,8 +115,11 @@ def fit_length_glm(
         dec = (g * step).sum(axis=1)  # Newton decrement squared, >= 0
         t = np.ones(b.shape[0])
         new = b - step
+        # Armijo, up to the objective's round-off: near the minimum a Newton step lowers it by
+        # less than an ulp, and refusing such steps would stall the gradient above `tol`
+        slack = 4 * np.finfo(float).eps * np.abs(j0)
         for _ in range(60):
-            bad = _objective(new, p, f, wa, l2) > j0 - 1e-4 * t * dec
+            bad = _objective(new, p, f, wa, l2) > j0 - 1e-4 * t * dec + slack
             if not bad.any():
                 break
             t = np.where(bad, 0.5 * t, t)
