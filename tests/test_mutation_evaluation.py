@@ -1255,3 +1255,23 @@ def test_length_glm_converges_when_the_last_step_is_below_the_objectives_round_o
     assert conv[0] and n_iter <= 10
     r = (_sigmoid(beta[0, 0] + beta[0, 1] * f) - p) / 30
     assert abs(r.sum()) < 1e-10 and abs((r * f).sum() + 1e-5 * beta[0, 1]) < 1e-10
+
+
+def test_as_preferences_shapes_one_value_and_messages():
+    from rspo.evaluation.winrate import as_preferences
+
+    grid = np.array([[0.25, 0.75], [0.5, 1.0]], dtype=np.float32)  # any numeric array, flat
+    np.testing.assert_array_equal(as_preferences(grid), [0.25, 0.75, 0.5, 1.0])
+    assert as_preferences(grid).dtype == np.float64
+    np.testing.assert_array_equal(as_preferences([0.7]), [0.7])  # one preference is enough
+    np.testing.assert_array_equal(as_preferences([" Win", "tie", True]), [1.0, 0.5, 1.0])
+    cases = [
+        ([], "no preferences given"),
+        (["draw"], "unknown preference label 'draw'; use win/loss/tie"),
+        ([0.5, float("nan")], "preferences contain NaN or inf"),
+        ([0.5, 1.5, -0.25], "preferences must lie in [0, 1], got range [-0.25, 1.5]"),
+    ]
+    for probs, msg in cases:
+        with pytest.raises(ValueError) as e:
+            as_preferences(probs)
+        assert str(e.value) == msg
