@@ -1267,7 +1267,7 @@ def test_as_preferences_shapes_one_value_and_messages():
     np.testing.assert_array_equal(as_preferences([" Win", "tie", True]), [1.0, 0.5, 1.0])
     cases = [
         ([], "no preferences given"),
-        (["draw"], "unknown preference label 'draw'; use win/loss/tie"),
+        (["maybe"], "unknown preference label 'maybe'; use win/loss/tie"),
         ([0.5, float("nan")], "preferences contain NaN or inf"),
         ([0.5, 1.5, -0.25], "preferences must lie in [0, 1], got range [-0.25, 1.5]"),
     ]
