@@ -1275,3 +1275,15 @@ def test_as_preferences_shapes_one_value_and_messages():
         with pytest.raises(ValueError) as e:
             as_preferences(probs)
         assert str(e.value) == msg
+
+
+def test_frontier_size_and_title_do_not_follow_the_rc(tmp_path, monkeypatch):
+    import matplotlib
+
+    from rspo.evaluation.plots import plot_frontier
+
+    figs = _drawn(monkeypatch)
+    with matplotlib.rc_context({"figure.figsize": (3.0, 3.0), "font.size": 14}):
+        plot_frontier({"a": [{"iteration": 1, "kl_ref": 1.0, "win_rate": 0.6}]}, tmp_path / "f.png")
+    assert tuple(figs[0].get_size_inches()) == (6.4, 4.6)
+    assert figs[0].axes[0].title.get_fontsize() == 10.0
