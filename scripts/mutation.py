@@ -139,19 +139,22 @@ _NAME = re.compile(
 )
 
 
-def _parse(name: str) -> tuple[str, str]:
-    """``rspo.a.b.x_f__mutmut_3`` -> (``rspo/a/b.py``, ``f``); methods give the method name."""
+def _match(name: str) -> re.Match[str]:
     m = _NAME.match(name)
     if not m:
         raise ValueError(f"unexpected mutant name {name!r}")
+    return m
+
+
+def _parse(name: str) -> tuple[str, str]:
+    """``rspo.a.b.x_f__mutmut_3`` -> (``rspo/a/b.py``, ``f``); methods give the method name."""
+    m = _match(name)
     return m["mod"].replace(".", "/") + ".py", m["fn"] or m["meth"]
 
 
 def function_of(name: str) -> str:
     """The mutated function as written in the source: ``f`` or ``Class.method``."""
-    m = _NAME.match(name)
-    if not m:
-        raise ValueError(f"unexpected mutant name {name!r}")
+    m = _match(name)
     return m["fn"] or f"{m['cls']}.{m['meth']}"
 
 
@@ -329,7 +332,7 @@ def write_report(res: dict[str, dict], args: argparse.Namespace, total: dict[str
             f"| {m} | {r['mutants']} (of {total[m]}) | {r['equivalent']} | {r['killed']} "
             f"| {100 * r['score']:.0f} % |"
         )
-    not_run = {m: r["not_run"] for m, r in res.items() if r.get("not_run")}
+    not_run = {m: r["not_run"] for m, r in res.items() if r["not_run"]}
     if not_run:
         lines += ["", "Not run yet (an interrupted run; `--resume` goes on): "
                   + ", ".join(f"{m} {k}" for m, k in not_run.items()) + " mutants."]  # fmt: skip

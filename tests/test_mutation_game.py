@@ -630,17 +630,13 @@ def test_even_rps_ties_the_opposite_action():
 def test_critical_eta_bisects_between_its_default_bounds(monkeypatch):
     from rspo.game import convergence as cv
 
-    P, ref = random_game(3, 0), make_ref_uniform(3)
+    P, ref = random_game(3, 0), np.full(3, 1 / 3)
     monkeypatch.setattr(cv, "linearized_radius", lambda P, ref, reg, tau, eta, pi: eta / 2)
     assert cv.critical_eta(P, ref, "chi2", 0.5) == pytest.approx(2.0, rel=1e-14)
     monkeypatch.setattr(cv, "linearized_radius", lambda *a: 0.5)  # stable up to `hi`
     assert cv.critical_eta(P, ref, "chi2", 0.5) == 1000.0
     monkeypatch.setattr(cv, "linearized_radius", lambda *a: 2.0)  # unstable down to `lo`
     assert cv.critical_eta(P, ref, "chi2", 0.5) == 1e-4
-
-
-def make_ref_uniform(n):
-    return np.full(n, 1.0 / n)
 
 
 @pytest.mark.parametrize("n", [0, -1, 2.5, "3"])
@@ -690,14 +686,6 @@ def test_empirical_rate_is_zero_when_under_two_points_exceed_round_off():
 
     assert empirical_rate([0.5, 1e-15, 0.0], 1) == 0.0  # one point above 1e-13
     assert empirical_rate([1e-15, 1e-16, 0.0], 2) == 0.0  # none
-
-
-def test_selfplay_needs_a_positive_reference():
-    from rspo.game import selfplay
-
-    with pytest.raises(ValueError) as e:
-        selfplay(rps_game(), np.array([0.5, 0.5, 0.0]), None, 0.0, 1.0, 3)
-    assert str(e.value) == "ref must be finite and > 0: [0.5 0.5 0. ]"
 
 
 def test_selfplay_starts_from_init_when_given():
@@ -770,12 +758,6 @@ def test_best_response_with_no_bracket_width_is_the_common_point(spec):
     np.testing.assert_allclose(sigma, 1 / 6, rtol=1e-15)
 
 
-def test_exploitability_needs_a_positive_reference():
-    with pytest.raises(ValueError) as e:
-        eq.exploitability(np.full(3, 1 / 3), rps_game(), [0.5, 0.5, 0.0], "chi2", 0.1)
-    assert str(e.value) == "ref must be finite and > 0: [0.5 0.5 0. ]"
-
-
 def test_exploitability_at_tau_0_is_the_plain_duality_gap():
     # τ = 0 drops R(π) even where it is infinite (forward KL of a π with a zero entry)
     P, pi = random_game(4, 2), np.array([0.5, 0.3, 0.2, 0.0])
@@ -796,12 +778,6 @@ def test_a_failed_first_newton_solve_is_named(monkeypatch):
     with pytest.raises(RuntimeError) as e:
         regularized_nash(rps_game(), np.full(3, 1 / 3), "reverse_kl", 0.1)
     assert str(e.value) == "Newton homotopy stalled for reverse_kl[is] at tau=1.0"
-
-
-def test_regularized_nash_needs_a_positive_reference():
-    with pytest.raises(ValueError) as e:
-        regularized_nash(rps_game(), [0.5, 0.5, 0.0], "chi2", 0.1)
-    assert str(e.value) == "ref must be finite and > 0: [0.5 0.5 0. ]"
 
 
 def test_distribution_check_refuses_non_finite_and_negative_entries():
@@ -827,3 +803,20 @@ def test_preference_matrix_check_messages_and_dtype():
         with pytest.raises(ValueError) as e:
             check(P)
         assert str(e.value) == msg
+
+
+@pytest.mark.parametrize("solver", ["selfplay", "exploitability", "regularized_nash"])
+def test_game_solvers_need_a_positive_reference(solver):
+    from rspo.game import selfplay
+
+    zero = np.array([0.5, 0.5, 0.0])
+    call = {
+        "selfplay": lambda: selfplay(rps_game(), zero, None, 0.0, 1.0, 3),
+        "exploitability": lambda: eq.exploitability(
+            np.full(3, 1 / 3), rps_game(), zero, "chi2", 0.1
+        ),
+        "regularized_nash": lambda: regularized_nash(rps_game(), zero, "chi2", 0.1),
+    }[solver]
+    with pytest.raises(ValueError) as e:
+        call()
+    assert str(e.value) == "ref must be finite and > 0: [0.5 0.5 0. ]"
