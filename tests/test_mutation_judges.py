@@ -508,10 +508,10 @@ def test_valid_settings_list_only_what_a_user_can_set(tmp_path, monkeypatch):
         _REGISTRY.pop("mut-method-factory", None)
 
 
-def test_build_judge_renames_only_a_default_named_module_class(tmp_path, monkeypatch):
-    """``module:Class`` names a judge whose class has no name of its own; a class naming
-    itself keeps its name, and a registered factory's judge is returned as the factory made
-    it (the same name, hence the same judge_id and cache keys, as calling it directly)."""
+def test_build_judge_names_a_default_named_judge_after_what_built_it(tmp_path, monkeypatch):
+    """A judge whose class has no name of its own is named after the ``module:Class`` or the
+    registered name that built it, so two such judges do not share a judge_id (and cached
+    verdicts); a class naming itself keeps its name."""
     from rspo.judges.base import _REGISTRY, Judge, build_judge
 
     _ns_judge(
@@ -529,13 +529,20 @@ def test_build_judge_renames_only_a_default_named_module_class(tmp_path, monkeyp
     assert build_judge("mut_named_judges:Anonymous").name == "mut_named_judges:Anonymous"
     from mut_named_judges import Anonymous
 
-    _REGISTRY["mut-fn-factory"] = lambda: Anonymous()  # a factory function, not the class
+    _REGISTRY["mut-fn-factory"] = lambda: Anonymous()  # factory functions, not the class
+    _REGISTRY["mut-fn-factory2"] = lambda: Anonymous()
     try:
-        j = build_judge("mut-fn-factory")
-        assert isinstance(j, Anonymous) and j.name == Judge.name == "judge"
-        assert j.judge_id == Anonymous().judge_id
+        j, k = build_judge("mut-fn-factory"), build_judge("mut-fn-factory2")
+        assert isinstance(j, Anonymous) and Anonymous().name == Judge.name == "judge"
+        assert (j.name, j.judge_id, k.judge_id) == (
+            "mut-fn-factory",
+            "mut-fn-factory",
+            "mut-fn-factory2",
+        )
+        assert build_judge("mut_named_judges:Mine").judge_id == "mine"
     finally:
         _REGISTRY.pop("mut-fn-factory", None)
+        _REGISTRY.pop("mut-fn-factory2", None)
 
 
 def test_a_judge_whose_id_is_its_name_is_named_once_in_errors():

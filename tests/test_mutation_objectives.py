@@ -315,3 +315,221 @@ def test_barrier_gradient_at_zero_is_minus_infinity_for_an_integer_reference(spe
 
     got = get_regularizer(spec).grad_at_zero(np.array([0, 1]))
     assert got.dtype == np.float64 and list(got) == [-np.inf, -np.inf]
+
+
+# ----------------------------------------------------------------- tabular forms (game)
+def _tabular_calls():
+    """(regularizer, method, float64 arguments) for every tabular method with a closed form."""
+    from rspo.objectives import ForwardKL
+
+    pi = np.array([0.3, 0.7, 1.3])
+    ref = np.array([0.6, 0.3, 0.1])
+    y = np.array([-0.7, 0.4, 1.9])
+    out = []
+    for reg in (ReverseKL(), ForwardKL(), Chi2()):
+        out += [(reg, m, (pi, ref)) for m in ("phi", "grad", "hess")]
+        out.append((reg, "grad_inv", (y, ref)))
+        out += [(reg, "grad_at_zero", (ref,)), (reg, "grad_sup", (ref,))]
+    out.append((ReverseKL(), "grad_log", (np.log(pi), ref)))
+    return out
+
+
+@pytest.mark.parametrize("reg,method,args", _tabular_calls(), ids=lambda v: str(v))
+def test_tabular_methods_compute_in_double_precision_for_float32_inputs(reg, method, args):
+    """The game's solvers call these with whatever arrays they hold: float32 inputs give the
+    float64 result of the same (exactly converted) numbers, with the inputs' shape."""
+    want = getattr(reg, method)(*args)
+    low = [a.astype(np.float32) for a in args]
+    same = getattr(reg, method)(*[a.astype(np.float64) for a in low])
+    got = getattr(reg, method)(*low)
+    assert got.dtype == np.float64 and got.shape == want.shape == args[-1].shape
+    np.testing.assert_array_equal(got, same)
+
+
+def test_forward_kl_grad_inv_is_upper_where_the_gradient_is_never_reached():
+    """φ'(σ) = −r/σ < 0 for every σ: y ≥ 0 is never reached, so σ = ``upper`` (the limit),
+    not −r/y; y < 0 gives −r/y exactly."""
+    from rspo.objectives import ForwardKL
+
+    ref = np.array([0.2, 0.3, 0.4, 0.1])
+    y = np.array([-0.5, 0.0, 0.5, -2.0])
+    assert list(ForwardKL().grad_inv(y, ref)) == [0.4, np.inf, np.inf, 0.05]
+    assert list(ForwardKL().grad_inv(y, ref, upper=0.3)) == [0.3, 0.3, 0.3, 0.05]
+
+
+def test_limits_of_the_gradient_have_the_references_shape_and_value():
+    """φ'(0+) and sup φ' per coordinate: barriers −inf, χ² −2 (φ' = 2(σ − r)/r), forward KL's
+    sup 0, the others +inf; a mixture adds its components' weighted limits."""
+    from rspo.objectives import ForwardKL
+
+    ref = np.array([[0.25, 0.75]])
+    cases = {
+        "reverse_kl": (ReverseKL(), -np.inf, np.inf),
+        "forward_kl": (ForwardKL(), -np.inf, 0.0),
+        "chi2": (Chi2(), -2.0, np.inf),
+        "chi2 + reverse_kl": (Mixture([(2.0, Chi2()), (0.5, ReverseKL())]), -np.inf, np.inf),
+        "chi2 + forward_kl": (Mixture([(2.0, Chi2()), (0.5, ForwardKL())]), -np.inf, np.inf),
+        "forward_kl x2": (
+            Mixture([(2.0, ForwardKL()), (0.5, ForwardKL(estimator="nll"))]), -np.inf, 0.0
+        ),
+        "chi2 x2": (Mixture([(2.0, Chi2()), (0.5, Chi2(estimator="ratio"))]), -5.0, np.inf),
+    }  # fmt: skip
+    for name, (reg, lo, hi) in cases.items():
+        for got, want in ((reg.grad_at_zero(ref), lo), (reg.grad_sup(ref), hi)):
+            assert got.shape == ref.shape and got.dtype == np.float64, name
+            assert got.tolist() == [[want, want]], name
+
+
+def test_reverse_kl_hess_log_broadcasts_like_the_generic_form():
+    """φ''(π)·π = 1 with the broadcast shape of (log π, ref), as Regularizer.hess_log gives."""
+    from rspo.objectives.regularizer import Regularizer
+
+    log_pi = np.log(np.array([[0.2, 0.3, 0.5]]))
+    ref = np.array([[0.5], [0.25]])
+    got = ReverseKL().hess_log(log_pi, ref)
+    generic = Regularizer.hess_log(ReverseKL(), log_pi, ref)
+    assert got.shape == generic.shape == (2, 3)
+    np.testing.assert_allclose(got, generic, rtol=1e-15)
+
+
+class _SlowBounded:
+    """φ'(σ; r) = r·(1 − (1+σ)^−a) − 1 with a = 0.01: increasing from −1 to r − 1, so slowly
+    that φ'(1e300) = r·0.999 − 1 is still below its sup (a user's regularizer without a
+    closed-form inverse: the generic bisection inverts it)."""
+
+    a = 0.01
+
+    @classmethod
+    def make(cls):
+        from rspo.objectives.regularizer import EstimatorInfo, Regularizer
+
+        a = cls.a
+
+        class SlowBounded(Regularizer):
+            name = "slow_bounded_test"
+            estimators = {
+                "is": EstimatorInfo("is", "pi_t", "none", "never", "never", None, "a stand-in")
+            }
+            default_estimator = "is"
+
+            def phi(self, pi, ref):
+                return ref * (pi - ((1 + pi) ** (1 - a) - 1) / (1 - a)) - pi
+
+            def grad(self, pi, ref):
+                return ref * (1 - (1 + pi) ** -a) - 1
+
+            def hess(self, pi, ref):
+                return ref * a * (1 + pi) ** (-a - 1)
+
+            def grad_sup(self, ref):
+                return np.asarray(ref, float) - 1.0
+
+            def _est_is(self, b):
+                return b.logp_theta
+
+        return SlowBounded()
+
+
+def test_generic_grad_inv_inverts_a_users_regularizer_and_clips_at_both_ends():
+    """The bisection inverse: σ = (1 − (y+1)/r)^(−1/a) − 1 inside (φ'(0), φ'(cap)); exactly 0
+    at or below φ'(0) = −1; ``upper`` at or above φ'(upper) and wherever the root lies past
+    1e300 (between φ'(1e300) and the sup r − 1), not the bisection's bracket end."""
+    reg = _SlowBounded.make()
+    a = _SlowBounded.a
+    ref = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.8])
+    inner = np.array([-0.9, -0.7])
+    y = np.concatenate([[-1.5, -1.0], inner, [-0.5003, 0.2]])
+    assert reg.grad(np.array(1e300), 0.5) == pytest.approx(-0.5005) and -0.5003 < 0.5 - 1.0
+    got = reg.grad_inv(y, ref)
+    want_inner = (1 - (inner + 1) / 0.5) ** (-1 / a) - 1
+    assert got[:2].tolist() == [0.0, 0.0]
+    np.testing.assert_allclose(got[2:4], want_inner, rtol=1e-12)
+    assert got[4:].tolist() == [np.inf, np.inf]
+    # a finite upper: y at or past φ'(upper) gives exactly upper
+    up = 3.0
+    y_up = np.array([float(reg.grad(np.array(up), 0.5)), -0.6])
+    assert reg.grad_inv(y_up, 0.5, upper=up).tolist() == [up, up]
+
+
+# ----------------------------------------------------------------- mixture, presets, registry
+def test_mixtures_of_different_divergences_with_equal_settings_differ():
+    """ReverseKL() and ForwardKL() share (estimator, log_clip) = ('is', 10): the mixture's
+    identity must still tell them apart by class."""
+    from rspo.objectives import ForwardKL
+
+    a, b = (
+        Mixture([(1.0, ReverseKL()), (2.0, Chi2())]),
+        Mixture([(1.0, ForwardKL()), (2.0, Chi2())]),
+    )
+    assert ReverseKL()._key() == ForwardKL()._key()
+    assert a != b and a == Mixture([(1.0, ReverseKL()), (2.0, Chi2())])
+    assert len({a, b}) == 2
+
+
+def test_mixture_estimate_passes_both_global_counts_to_each_component():
+    """Under gradient accumulation each component divides by its own global count: π_t rows by
+    ``num_samples``, π_ref rows by ``num_ref_samples`` (forward_kl[nll] reads π_ref rows)."""
+    from rspo.objectives import ForwardKL
+
+    b = _batch()
+    b.ref_logp_theta = torch.tensor([-0.3, -1.7], dtype=torch.float64)
+    b.ref_logp_ref = torch.tensor([-0.2, -1.1], dtype=torch.float64)
+    rk, fk = ReverseKL(), ForwardKL(estimator="nll")
+    mix = Mixture([(0.5, rk), (3.0, fk)])
+    got = mix.estimate(b, num_samples=6, num_ref_samples=5)
+    want = 0.5 * rk.per_sample(b).sum() / 6 + 3.0 * fk.per_sample(b).sum() / 5
+    assert float(got) == pytest.approx(float(want), rel=1e-14)
+    assert float(want) != pytest.approx(float(mix.estimate(b)))
+
+
+def test_tau_per_component_is_nan_where_the_estimators_gradient_is_not_proportional():
+    """reverse_kl[k3]'s expected gradient at θ_t is not a multiple of ∇R: its τ is NaN, the
+    other component's is coef·w·s/(2η)."""
+    import math
+
+    from rspo.objectives.presets import Preset
+
+    p = Preset("t", "sppo", "reverse_kl[k3] + 3*forward_kl[is]", 0.4, "all", None, "x", False, "")
+    tau = p.tau_per_component(eta=2.0)
+    assert list(tau) == ["reverse_kl", "forward_kl"]
+    assert math.isnan(tau["reverse_kl"]) and tau["forward_kl"] == pytest.approx(0.4 * 3 / 4)
+
+
+def test_register_regularizer_by_name_and_its_refusals(monkeypatch):
+    """``@register_regularizer("name")`` registers under that name; a non-Regularizer, a
+    non-identifier and 'none' in any case are refused with the documented messages."""
+    import rspo.objectives.registry as registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @registry.register_regularizer("my_rkl")
+    class MyRKL(ReverseKL):
+        pass
+
+    assert registry.regularizer_class("my_rkl") is MyRKL
+    assert registry.register_regularizer(name="my_rkl2")(MyRKL) is MyRKL
+    assert registry.regularizer_class("my_rkl2") is MyRKL
+    with pytest.raises(TypeError) as e:
+        registry.register_regularizer(int)
+    assert str(e.value) == "register_regularizer needs a Regularizer subclass, got <class 'int'>"
+    for bad in ("bad-name", "None", "NONE", "none", "9lives"):
+        with pytest.raises(ValueError) as e:
+            registry.register_regularizer(bad)(MyRKL)
+        assert str(e.value) == f"invalid regularizer name {bad!r} (need an identifier, not 'none')"
+    assert "bad-name" not in registry.available_regularizers()
+
+
+def test_sppo_pair_loss_per_pair_and_summed():
+    """(e_w² + e_l²)/2 for each pair, with e = ℓ_θ − ℓ_t − η(p − ½), under every reduction."""
+    from rspo.objectives.sppo import sppo_pair_loss
+
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    args = (t(-1.0, -2.0), t(-3.0, -0.5), t(-1.5, -2.5), t(-2.0, -1.0), t(0.8, 0.6), t(0.1, 0.3))
+    eta = 2.0
+    e_w = [-1.0 + 1.5 - 2 * 0.3, -2.0 + 2.5 - 2 * 0.1]
+    e_l = [-3.0 + 2.0 + 2 * 0.4, -0.5 + 1.0 + 2 * 0.2]
+    want = [(a * a + b * b) / 2 for a, b in zip(e_w, e_l)]
+    got = sppo_pair_loss(*args, eta, reduction="none")
+    assert got.tolist() == pytest.approx(want, rel=1e-14)
+    assert float(sppo_pair_loss(*args, eta, reduction="sum")) == pytest.approx(sum(want))
+    assert float(sppo_pair_loss(*args, eta)) == pytest.approx(sum(want) / 2)

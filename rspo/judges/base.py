@@ -176,8 +176,8 @@ def build_judge(name: str, **kwargs: Any) -> Judge:
                 f"judge {name!r}: {e}; valid settings: {', '.join(valid) or '(none)'}"
             ) from None
     judge = factory(**kwargs)
-    if ":" in name and isinstance(judge, Judge) and judge.name == Judge.name:
-        judge.name = name  # an unregistered class: its labels and cache key name it
+    if isinstance(judge, Judge) and judge.name == Judge.name:
+        judge.name = name  # no name of its own: the one it was built under keys its cache
     return judge
 
 

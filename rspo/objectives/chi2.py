@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .batch import SampleBatch
 from .registry import register_regularizer
-from .regularizer import EstimatorInfo, Regularizer
+from .regularizer import EstimatorInfo, Regularizer, f64
 
 
 @register_regularizer
@@ -45,19 +45,22 @@ class Chi2(Regularizer):
 
     def phi(self, pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """(π − r)²/r."""
+        pi, ref = f64(pi, ref)
         return np.square(pi - ref) / ref
 
     def grad(self, pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """2(π/r − 1)."""
+        pi, ref = f64(pi, ref)
         return 2.0 * (pi / ref - 1.0)
 
     def hess(self, pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """2/r (constant in π)."""
-        return np.broadcast_to(2.0 / np.asarray(ref, float), np.shape(pi)).copy()
+        pi, ref = f64(pi, ref)
+        return 2.0 / ref
 
     def grad_inv(self, y: np.ndarray, ref: np.ndarray, upper: float = np.inf) -> np.ndarray:
         """σ = max(0, r(1 + y/2)), clipped at ``upper``."""
-        y, ref = np.broadcast_arrays(np.asarray(y, float), np.asarray(ref, float))
+        y, ref = f64(y, ref)
         return np.clip(ref * (1.0 + 0.5 * y), 0.0, upper)
 
     def _est_is(self, b: SampleBatch) -> Tensor:

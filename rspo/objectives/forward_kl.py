@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .batch import SampleBatch
 from .registry import register_regularizer
-from .regularizer import EstimatorInfo, Regularizer
+from .regularizer import EstimatorInfo, Regularizer, f64
 
 
 @register_regularizer
@@ -51,16 +51,19 @@ class ForwardKL(Regularizer):
 
     def phi(self, pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """r log(r/π) (+inf where π = 0 < r)."""
+        pi, ref = f64(pi, ref)
         with np.errstate(divide="ignore"):
             return ref * (np.log(ref) - np.log(pi))
 
     def grad(self, pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """−r/π."""
+        pi, ref = f64(pi, ref)
         with np.errstate(divide="ignore"):
             return -ref / pi
 
     def hess(self, pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """r/π²."""
+        pi, ref = f64(pi, ref)
         with np.errstate(divide="ignore"):
             return ref / np.square(pi)
 
@@ -70,7 +73,7 @@ class ForwardKL(Regularizer):
 
     def grad_inv(self, y: np.ndarray, ref: np.ndarray, upper: float = np.inf) -> np.ndarray:
         """σ = −r/y for y < 0 (``upper`` for y ≥ 0), clipped at ``upper``."""
-        y, ref = np.broadcast_arrays(np.asarray(y, float), np.asarray(ref, float))
+        y, ref = f64(y, ref)
         with np.errstate(divide="ignore", invalid="ignore"):
             out = np.where(y < 0, -ref / np.where(y < 0, y, -1.0), upper)
         return np.minimum(out, upper)

@@ -33,6 +33,12 @@ DEFAULT_LOG_CLIP: float = 10.0
 Unbiased = Literal["all", "at_theta_t", "never"]
 
 
+def f64(*arrays: np.ndarray | float) -> list[np.ndarray]:
+    """The arrays as float64, broadcast together: the tabular forms are elementwise in
+    (π, ref) and compute in double precision whatever dtype the caller holds."""
+    return np.broadcast_arrays(*(np.asarray(a, float) for a in arrays))
+
+
 @dataclass(frozen=True)
 class EstimatorInfo:
     """Declared statistical properties of one sample estimator of a divergence.
@@ -153,7 +159,7 @@ class Regularizer(ABC):
         Generic version: bisection on log σ (φ' is increasing); subclasses override with
         closed forms.
         """
-        y, ref = np.broadcast_arrays(np.asarray(y, float), np.asarray(ref, float))
+        y, ref = f64(y, ref)
         out = np.zeros_like(y)
         lo_lim, hi_lim = self.grad_at_zero(ref), self.grad_sup(ref)
         cap = upper if math.isfinite(upper) else 1e300

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .batch import SampleBatch
 from .registry import register_regularizer
-from .regularizer import EstimatorInfo, Regularizer
+from .regularizer import EstimatorInfo, Regularizer, f64
 
 _W = "w = π_θ/π_t = exp(min(ℓ_θ − ℓ_t, log_clip))"
 
@@ -82,21 +82,25 @@ class ReverseKL(Regularizer):
 
     def phi(self, pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """π log(π/r) with 0 log 0 = 0."""
+        pi, ref = f64(pi, ref)
         return xlogy(pi, pi) - xlogy(pi, ref)
 
     def grad(self, pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """log(π/r) + 1."""
+        pi, ref = f64(pi, ref)
         with np.errstate(divide="ignore"):
             return np.log(pi) - np.log(ref) + 1.0
 
     def hess(self, pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """1/π."""
+        pi, _ = f64(pi, ref)
         with np.errstate(divide="ignore"):
-            return 1.0 / np.asarray(pi, float)
+            return 1.0 / pi
 
     def grad_log(self, log_pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """u − log r + 1 (no underflow)."""
-        return np.asarray(log_pi, float) - np.log(ref) + 1.0
+        log_pi, ref = f64(log_pi, ref)
+        return log_pi - np.log(ref) + 1.0
 
     def hess_log(self, log_pi: np.ndarray, ref: np.ndarray) -> np.ndarray:
         """φ''(π)·π = 1."""
@@ -104,7 +108,7 @@ class ReverseKL(Regularizer):
 
     def grad_inv(self, y: np.ndarray, ref: np.ndarray, upper: float = np.inf) -> np.ndarray:
         """σ = r·exp(y − 1), clipped at ``upper``."""
-        y, ref = np.broadcast_arrays(np.asarray(y, float), np.asarray(ref, float))
+        y, ref = f64(y, ref)
         with np.errstate(over="ignore"):
             return np.minimum(ref * np.exp(y - 1.0), upper)
 
