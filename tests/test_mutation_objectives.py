@@ -264,16 +264,16 @@ def test_regularizer_value_is_computed_in_double_precision_whatever_the_input_dt
 def test_preset_notes_state_the_presets_own_eta_tau():
     """The notes' ητ is the preset's: χ² at first order ητ = coef·½/2 = 0.2·0.5/2 = 0.05
     (the ratio estimator's gradient is ½∇χ²); INPO's is its tau_eta = 0.5."""
-    from rspo.objectives.presets import PRESETS
+    from rspo.objectives.presets import _presets
 
-    chi2 = PRESETS["rspo_chi2"]
+    chi2 = _presets()["rspo_chi2"]
     assert chi2.note == (
         "RSPO χ² (Tang et al.), authors' λ = 0.1 on min(π_θ/π_ref, e^10), whose gradient "
         "is ½∇χ² at θ_t; ητ = 0.05."
     )
     eta = 1000.0
     assert eta * chi2.tau_per_component(eta)["chi2"] == pytest.approx(0.05)
-    inpo = PRESETS["inpo"]
+    inpo = _presets()["inpo"]
     assert inpo.tau_eta == 0.5
     assert inpo.note == (
         "INPO (Zhang et al.) pairwise square loss on (best, worst) with hard preference; "
@@ -533,3 +533,132 @@ def test_sppo_pair_loss_per_pair_and_summed():
     assert got.tolist() == pytest.approx(want, rel=1e-14)
     assert float(sppo_pair_loss(*args, eta, reduction="sum")) == pytest.approx(sum(want))
     assert float(sppo_pair_loss(*args, eta)) == pytest.approx(sum(want) / 2)
+
+
+# ----------------------------------------------------------------- loss, specs, messages
+def test_validate_checks_pairs_only_when_asked():
+    """A 3-row batch is a valid batch of samples; only a pair loss needs an even count."""
+    b = _batch()
+    b.validate()
+    with pytest.raises(ValueError, match="pair losses need an even number of rows, got 3"):
+        b.validate(pairs=True)
+
+
+def test_loss_metrics_name_components_only_for_a_mixture():
+    """'reg/<spec>' lines are a mixture's breakdown; a single regularizer has none. The
+    micro-batch diagnostics are its plain statistics."""
+    from rspo.objectives import RSPOLoss
+
+    b = _batch()
+    _, single = RSPOLoss(eta=2.0, regularizer="reverse_kl", coef=0.5)(b)
+    _, mix = RSPOLoss(eta=2.0, regularizer="reverse_kl + chi2", coef=0.5)(b)
+    assert not any(k.startswith("reg/") for k in single)
+    assert sorted(k for k in mix if k.startswith("reg/")) == ["reg/chi2[is]", "reg/reverse_kl[is]"]
+    assert single["win_rate_mean"] == pytest.approx((0.2 + 0.5 + 0.9) / 3, rel=1e-15)
+    assert single["logratio_mean"] == pytest.approx((0.2 - 0.5 + 0.2) / 3, rel=1e-12)
+
+
+def test_a_zero_coef_keeps_a_non_finite_regularizer_out_of_the_loss():
+    """coef = 0 reports R̂ but trains on the self-play term alone: a response π_ref gives
+    probability 0 (log π_ref = −inf) makes R̂ = inf, and 0·inf must not turn the loss NaN."""
+    from rspo.objectives import RSPOLoss
+    from rspo.objectives.sppo import sppo_loss
+
+    b = _batch()
+    b.logp_ref = torch.tensor([-1.1, -float("inf"), -0.4], dtype=torch.float64)
+    theta = b.logp_theta.clone().requires_grad_(True)
+    b.logp_theta = theta
+    loss, m = RSPOLoss(eta=2.0, regularizer="reverse_kl", coef=0.0)(b)
+    assert m["reg"] == float("inf")
+    want = sppo_loss(theta.detach(), b.logp_t, b.win_rate, 2.0)
+    assert float(loss.detach()) == float(want)
+    loss.backward()
+    assert torch.isfinite(theta.grad).all()
+
+
+def test_loss_settings_at_their_bounds_and_their_messages():
+    from rspo.objectives import RSPOLoss
+
+    assert RSPOLoss(eta=1.0, regularizer="chi2", log_clip=0.5).regularizer.log_clip == 0.5
+    assert RSPOLoss(eta=1.0, loss_type="inpo", tau=0.0).tau == 0.0
+    for coef in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError) as e:
+            RSPOLoss(eta=1.0, regularizer="chi2", coef=coef)
+        assert str(e.value) == f"coef must be a finite float >= 0, got {coef!r}"
+    for tau in (float("inf"), -0.5):
+        with pytest.raises(ValueError, match=r"loss_type 'inpo' needs a finite tau >= 0"):
+            RSPOLoss(eta=1.0, loss_type="inpo", tau=tau)
+    with pytest.raises(ValueError) as e:
+        RSPOLoss(eta=1.0, loss_type="dpo")
+    assert str(e.value) == "unknown loss_type 'dpo'; valid: sppo, sppo_hard, inpo"
+
+
+def test_reduce_and_normalized_sum_edges():
+    from rspo.objectives.reduce import normalized_sum, reduce
+
+    t = torch.tensor([1.0, 2.0, 6.0], dtype=torch.float64)
+    assert normalized_sum(t, 1).item() == 9.0  # one global sample: the sum itself
+    assert normalized_sum(t, 0.5).item() == 18.0  # a pair count of ½ (one row of a pair)
+    with pytest.raises(ValueError) as e:
+        reduce(t, "max")
+    assert str(e.value) == "unknown reduction 'max'; valid: mean, sum, none"
+
+
+def test_regularizer_construction_errors_and_the_empty_estimator():
+    """'' selects the default estimator (as None does); the errors name the value and list
+    the valid choices."""
+    from rspo.objectives import ForwardKL, parse_regularizer
+    from rspo.objectives.registry import regularizer_class
+    from rspo.objectives.terms import spec_terms
+
+    assert ReverseKL(estimator="").estimator == "is"
+    with pytest.raises(ValueError) as e:
+        ReverseKL(log_clip=float("inf"))
+    assert str(e.value) == "log_clip must be a finite float or None, got inf"
+    with pytest.raises(ValueError) as e:
+        regularizer_class("kl")
+    assert str(e.value) == "unknown regularizer 'kl'; valid: chi2, forward_kl, reverse_kl"
+    with pytest.raises(ValueError) as e:
+        ForwardKL(estimator="nll").per_sample(_batch())
+    assert str(e.value) == (
+        "regularizer forward_kl[nll] needs π_ref samples: set SampleBatch.ref_logp_theta "
+        "and SampleBatch.ref_logp_ref"
+    )
+    with pytest.raises(ValueError) as e:
+        parse_regularizer("   ")
+    assert str(e.value) == "empty regularizer spec '   '"
+    for bad, term in (("inf*chi2", "inf*chi2"), ("0*chi2 + chi2[ratio]", "0*chi2")):
+        with pytest.raises(ValueError) as e:  # the term and spec named, not only the weight
+            parse_regularizer(bad)
+        assert (
+            str(e.value)
+            == f"weight in term {term!r} of regularizer spec {bad!r} must be finite and > 0"
+        )
+    with pytest.raises(ValueError) as e:
+        parse_regularizer("chi2[k2]")
+    assert str(e.value).endswith("valid for chi2: is, ratio")
+    with pytest.raises(TypeError) as e:
+        spec_terms(1.5)
+    assert str(e.value) == "regularizer must be a spec string, a Regularizer or None, got 1.5"
+
+
+def test_parse_regularizer_gives_every_component_the_clip():
+    from rspo.objectives import parse_regularizer
+
+    mix = parse_regularizer("2*reverse_kl + chi2[ratio]", log_clip=3.0)
+    assert [c.log_clip for _, c in mix.components()] == [3.0, 3.0]
+    assert parse_regularizer("reverse_kl", log_clip=None).log_clip is None
+
+
+def test_value_converts_for_a_users_phi():
+    """``value`` hands φ float64 arrays, so a user's φ written without conversions (here
+    log r taken on ref alone) still sums in double precision for float32 π and ref."""
+
+    class RawKL(ReverseKL):
+        def phi(self, pi, ref):
+            return pi * (np.log(pi) - np.log(ref))
+
+    pi32, ref32 = np.array([0.3, 0.7], np.float32), np.array([0.6, 0.4], np.float32)
+    want = float(np.sum(RawKL().phi(pi32.astype(float), ref32.astype(float))))
+    assert RawKL().value(pi32, ref32) == want
+    assert RawKL().phi(pi32, ref32).dtype == np.float32  # the user's φ alone would not convert
