@@ -601,11 +601,14 @@ def test_resuming_counts_evaluated_iterations_by_their_number(tmp_path):
 def test_rebuilt_metrics_leave_out_iterations_above_upto_by_number(tmp_path):
     """``upto`` compares iteration numbers, four-digit ones included (``iter_1000`` sorts
     before ``iter_999`` by name); an iteration above it is skipped, not the end of the list,
-    and a directory that is not a numbered iteration without metrics is no row."""
+    and a directory that is not a numbered iteration (``iter_v2``, a copy) is no row, with
+    metrics or without: the last row is read as the run's final metrics."""
     rd = RunDir(tmp_path)
     for t in (0, 999, 1000):
         atomic_write_json(rd.iter_dir(t) / "metrics.json", {"iteration": t})
-    (tmp_path / "iter_v2").mkdir()
+    (tmp_path / "iter_v1").mkdir()
+    atomic_write_json(tmp_path / "iter_v2" / "metrics.json", {"iteration": "copy"})
+    assert rd.rebuild_metrics() == [{"iteration": t} for t in (0, 999, 1000)]
     assert rd.rebuild_metrics(999) == [{"iteration": 0}, {"iteration": 999}]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert lines == ['{"iteration": 0}', '{"iteration": 999}']

@@ -265,9 +265,10 @@ def test_the_demo_table_is_whole_when_piped(tmp_path, capsys, monkeypatch):
 
 
 def test_rspo_eval_of_a_run_directory_suggests_its_last_checkpoint_by_number(tmp_path, capsys):
-    """Past iteration 999 the last checkpoint is iter_1000's, not iter_999's (by name)."""
+    """Past iteration 999 the last checkpoint is iter_1000's, not iter_999's (by name), and
+    a copy that is not a numbered iteration (iter_v2) is not an iteration."""
     run = _fake_run(tmp_path / "mine")
-    for it in ("iter_999", "iter_1000"):
+    for it in ("iter_999", "iter_1000", "iter_v2"):
         (run / it / "checkpoint").mkdir(parents=True)
     assert main([*_eval_args(tmp_path, run), "--output", str(tmp_path / "o")]) == 2
     assert f"(e.g. --model {run / 'iter_1000' / 'checkpoint'})" in capsys.readouterr().err

@@ -185,11 +185,12 @@ def _iteration_number(d: Path) -> int | None:
     return int(n) if n.isdigit() else None
 
 
-def _iteration_order(d: Path) -> tuple[bool, int, str]:
-    """Sort key of ``iter_*`` directories: numbered ones by number (``iter_1000`` after
-    ``iter_999``, not between ``iter_100`` and ``iter_101`` as by name), then any others."""
-    t = _iteration_number(d)
-    return (t is None, t or 0, d.name)
+def iteration_dirs(root: Path) -> list[tuple[int, Path]]:
+    """(t, ``iter_NNN``) of a run directory by iteration number (``iter_1000`` after
+    ``iter_999``, not between ``iter_100`` and ``iter_101`` as by name); other ``iter_*``
+    names (a copy such as ``iter_v2``) are not iterations."""
+    found = ((_iteration_number(d), d) for d in Path(root).glob("iter_*"))
+    return sorted((t, d) for t, d in found if t is not None)
 
 
 class RunDir:
@@ -328,16 +329,15 @@ class RunDir:
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     def rebuild_metrics(self, upto: int | None = None) -> list[dict[str, Any]]:
-        """Rewrite metrics.jsonl from the iter_*/metrics.json of iterations 0..``upto`` (a run
-        resumed with fewer iterations reports those; idempotent across resumes)."""
-        rows = []
-        for d in sorted(self.root.glob("iter_*"), key=_iteration_order):
-            m = d / "metrics.json"
-            t = _iteration_number(d)
-            if upto is not None and t is not None and t > upto:
-                continue
-            if m.exists():
-                rows.append(read_json(m))
+        """Rewrite metrics.jsonl from the iter_NNN/metrics.json of iterations 0..``upto`` in
+        iteration order (a run resumed with fewer iterations reports those; idempotent across
+        resumes). Other ``iter_*`` directories (a copy such as ``iter_v2``) are no rows: the
+        last row is read as the run's final metrics."""
+        rows = [
+            read_json(d / "metrics.json")
+            for t, d in iteration_dirs(self.root)
+            if (upto is None or t <= upto) and (d / "metrics.json").exists()
+        ]
         if not self.writer:
             return rows
         atomic_write_text(self.root / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

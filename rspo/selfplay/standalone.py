@@ -83,15 +83,15 @@ def check_model(model_path: str) -> None:
     """A model ``rspo eval`` can load: a missing path is a FileNotFoundError naming it, and a
     run directory (or one of its iter_NNN folders) names the checkpoints it holds."""
     from rspo.modeling import resolve_model_path
-    from rspo.selfplay.rundir import _is_run, _iteration_order
+    from rspo.selfplay.rundir import _is_run, iteration_dirs
 
     p = Path(model_path).expanduser()
     run = (
         p if _is_run(p) else p.parent if p.name.startswith("iter_") and _is_run(p.parent) else None
     )
     if run is not None:
-        its = p.glob("iter_*/checkpoint") if run == p else [p / "checkpoint"]
-        cks = [str(c) for c in sorted(its, key=lambda c: _iteration_order(c.parent)) if c.is_dir()]
+        its = [d for _, d in iteration_dirs(p)] if run == p else [p]
+        cks = [str(d / "checkpoint") for d in its if (d / "checkpoint").is_dir()]
         hint = f"e.g. --model {cks[-1]}" if cks else "it holds no checkpoint yet"
         raise FileNotFoundError(
             f"--model {model_path} is a training run's {'directory' if run == p else 'iteration'}"
