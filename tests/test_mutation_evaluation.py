@@ -1287,3 +1287,64 @@ def test_frontier_size_and_title_do_not_follow_the_rc(tmp_path, monkeypatch):
         plot_frontier({"a": [{"iteration": 1, "kl_ref": 1.0, "win_rate": 0.6}]}, tmp_path / "f.png")
     assert tuple(figs[0].get_size_inches()) == (6.4, 4.6)
     assert figs[0].axes[0].title.get_fontsize() == 10.0
+
+
+def _newton_step_by_hand(p, f, w, beta, l2):
+    """β − H⁻¹∇J for J = Σw·ce/Σw + (l2/2)φ² (gradient and Hessian written out, solved
+    by np.linalg.solve)."""
+    ws = w / w.sum()
+    q = 1.0 / (1.0 + np.exp(-(beta[0] + beta[1] * f)))
+    x = np.stack([np.ones_like(f), f])  # (2, n): the features of θ and φ
+    grad = x @ (ws * (q - p)) + np.array([0.0, l2 * beta[1]])
+    hess = (x * (ws * q * (1 - q))) @ x.T + np.diag([0.0, l2])
+    return beta - np.linalg.solve(hess, grad)
+
+
+def test_length_glm_iterations_are_newton_steps_per_row():
+    """One iteration from the start (θ = logit p̄_w, φ = 0) is exactly the Newton step of
+    each row's own objective (a full step: the data are mild, Armijo takes it), and more
+    iterations converge quadratically: every row within 6 (the rows differ, so a batched
+    sum over rows, or a wrong Hessian, shows)."""
+    import warnings
+
+    from rspo.evaluation.length_control import fit_length_glm
+
+    rng = np.random.default_rng(3)
+    p, f = rng.uniform(0.2, 0.8, 12), np.tanh(rng.normal(size=12))
+    w = np.stack([np.ones(12), rng.integers(0, 3, 12).astype(float), rng.uniform(0.5, 2, 12)])
+    l2 = 1e-2
+    b1, _, n1 = fit_length_glm(p, f, weights=w, l2=l2, max_iter=1)
+    assert n1 == 1
+    for k in range(3):
+        pbar = (w[k] * p).sum() / w[k].sum()
+        start = np.array([np.log(pbar / (1 - pbar)), 0.0])
+        want = _newton_step_by_hand(p, f, w[k], start, l2)
+        np.testing.assert_allclose(b1[k], want, rtol=1e-12, atol=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow, division or deprecation on the way
+        beta, conv, n = fit_length_glm(p, f, weights=w, l2=l2)
+    assert conv.all() and n <= 6
+    for k in range(3):  # the fixed point: a Newton step from the fit moves it by ~nothing
+        np.testing.assert_allclose(_newton_step_by_hand(p, f, w[k], beta[k], l2), beta[k],
+                                   rtol=0, atol=1e-12)  # fmt: skip
+
+
+def test_length_glm_batched_rows_take_the_steps_they_take_alone():
+    """A row's line search is its own: a row near its optimum beside a row far from it (a
+    large Newton decrement) gets the same iterates as when fitted alone, so the same β to
+    the bit and the batch needs the iterations of its slowest row."""
+    from rspo.evaluation.length_control import fit_length_glm
+
+    p = np.array([0.3, 0.6, 0.5, 0.7, 0.1, 0.0, 0.0, 0.0])
+    f = np.array([-0.4, 0.2, 0.5, 0.9, 50.0, 0.0, 0.0, 0.0])
+    w = np.array(
+        [
+            [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0],  # mild: a few Newton steps
+            [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0],
+        ]
+    )  # damped steps first
+    beta, conv, n = fit_length_glm(p, f, weights=w)
+    alone = [fit_length_glm(p, f, weights=w[k : k + 1]) for k in range(2)]
+    assert conv.all() and n == max(a[2] for a in alone) and alone[0][2] < alone[1][2]
+    for k in range(2):
+        np.testing.assert_array_equal(beta[k], alone[k][0][0])
