@@ -392,6 +392,20 @@ def test_reverse_kl_hess_log_broadcasts_like_the_generic_form():
     np.testing.assert_allclose(got, generic, rtol=1e-15)
 
 
+@pytest.mark.parametrize("spec", ["reverse_kl", "forward_kl", "chi2"])
+def test_hess_broadcasts_pi_with_ref_either_way(spec):
+    """φ''(π_i; r_i) elementwise over (π, ref) broadcast together, whichever is larger."""
+    from rspo.objectives.spec import get_regularizer
+
+    reg = get_regularizer(spec)
+    pi, ref = np.array([[0.2, 0.3, 0.5], [0.1, 0.6, 0.3]]), np.array([0.5, 0.25, 0.25])
+    want = np.array([[float(reg.hess(np.array(a), np.array(r))) for a, r in zip(row, ref)]
+                     for row in pi])  # fmt: skip
+    np.testing.assert_allclose(reg.hess(pi, ref), want, rtol=1e-15)
+    np.testing.assert_allclose(reg.hess(ref, pi), reg.hess(ref[None, :], pi), rtol=1e-15)
+    assert reg.hess(ref, pi).shape == (2, 3)
+
+
 class _SlowBounded:
     """φ'(σ; r) = r·(1 − (1+σ)^−a) − 1 with a = 0.01: increasing from −1 to r − 1, so slowly
     that φ'(1e300) = r·0.999 − 1 is still below its sup (a user's regularizer without a
