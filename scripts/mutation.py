@@ -330,7 +330,7 @@ def write_report(res: dict[str, dict], args: argparse.Namespace, total: dict[str
     for m, r in res.items():
         lines.append(
             f"| {m} | {r['mutants']} (of {total[m]}) | {r['equivalent']} | {r['killed']} "
-            f"| {100 * r['score']:.0f} % |"
+            f"| {100 * r['score']:.1f} % |"
         )
     not_run = {m: r["not_run"] for m, r in res.items() if r["not_run"]}
     if not_run:
