@@ -1348,3 +1348,43 @@ def test_length_glm_batched_rows_take_the_steps_they_take_alone():
     assert conv.all() and n == max(a[2] for a in alone) and alone[0][2] < alone[1][2]
     for k in range(2):
         np.testing.assert_array_equal(beta[k], alone[k][0][0])
+
+
+def _objective_by_hand(p, f, w, beta, l2):
+    z = beta[0] + beta[1] * f
+    return (w * (np.log1p(np.exp(z)) - p * z)).sum() / w.sum() + 0.5 * l2 * beta[1] ** 2
+
+
+@pytest.mark.parametrize(
+    "p,f,w,t_want",
+    [
+        # the full step raises the objective by 4.7e-5 of the decrement: refused all the same
+        ([0.22836, 0, 0, 0], [50.0, 0, 0, 0], [1.0, 1, 1, 1], 0.5),
+        # the half step lowers it by 1.005e-4 of the decrement: Armijo asks 1e-4·t = 0.5e-4
+        ([0.1, 0], [50.0, 0], [1.0, 7.5183], 0.5),
+        # a long overshoot: four halvings
+        ([0.1] + [0] * 100, [50.0] + [0] * 100, [1.0] * 101, 0.0625),
+    ],
+)
+def test_length_glm_line_search_takes_the_largest_armijo_step(p, f, w, t_want):
+    """The first iteration moves by t·(Newton step) with t the largest of 1, ½, ¼, … whose
+    objective is at most J₀ − 1e-4·t·(g·step) (Armijo), all computed by hand."""
+    from rspo.evaluation.length_control import fit_length_glm
+
+    p, f, w = np.array(p, float), np.array(f), np.array(w)
+    l2 = 1e-5
+    pbar = (w * p).sum() / w.sum()
+    b0 = np.array([np.log(pbar / (1 - pbar)), 0.0])
+    newton = _newton_step_by_hand(p, f, w, b0, l2)
+    step = b0 - newton
+    ws = w / w.sum()
+    q = 1.0 / (1.0 + np.exp(-b0[0]))
+    grad = np.array([(ws * (q - p)).sum(), (ws * (q - p) * f).sum()])
+    dec, j0 = grad @ step, _objective_by_hand(p, f, w, b0, l2)
+    t = 1.0
+    while _objective_by_hand(p, f, w, b0 - t * step, l2) > j0 - 1e-4 * t * dec:
+        t /= 2
+    assert t == t_want
+    got, _, n = fit_length_glm(p, f, weights=w[None, :], l2=l2, max_iter=1)
+    assert n == 1
+    np.testing.assert_allclose(got[0], b0 - t * step, rtol=1e-11)
