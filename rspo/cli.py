@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_game(args: argparse.Namespace, extra: list[str]) -> int:
@@ -239,6 +240,13 @@ example:
 """
 
 
+def _overridable(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand that takes ``key=value`` config overrides (listed in its epilog)."""
+    return sub.add_parser(
+        name, help=help, epilog=OVERRIDES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; config overrides (``--section.key VALUE``) pass through."""
     p = argparse.ArgumentParser(
@@ -259,12 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plot", default=None, help="save a convergence plot (PNG)")
     g.set_defaults(fn=_cmd_game)
 
-    t = sub.add_parser(
-        "train",
-        help="iterative self-play training (resumes an existing run dir)",
-        epilog=OVERRIDES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    t = _overridable(sub, "train", "iterative self-play training (resumes an existing run dir)")
     t.add_argument("--config", default=None, help="YAML config (defaults if omitted)")
     t.add_argument("--output", default=None, help="run directory (overrides run.output)")
     t.add_argument("--resume", action="store_true", help="require an existing run to resume")
@@ -277,21 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(fn=_cmd_train)
 
-    c = sub.add_parser(
-        "config",
-        help="print the resolved config as YAML",
-        epilog=OVERRIDES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    c = _overridable(sub, "config", "print the resolved config as YAML")
     c.add_argument("--config", default=None)
     c.set_defaults(fn=_cmd_config)
 
-    d = sub.add_parser(
-        "demo",
-        help="SPPO vs RSPO on the embedded gym, with a report",
-        epilog=OVERRIDES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    d = _overridable(sub, "demo", "SPPO vs RSPO on the embedded gym, with a report")
     d.add_argument("--output", default=None)
     d.add_argument("--quick", action="store_true", help="a ~2 minute smoke version")
     d.add_argument("--overwrite", action="store_true", help="delete the output and start over")
@@ -304,12 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--quick", action="store_true", help="the packaged quick sweep (CI smoke)")
     w.set_defaults(fn=_cmd_sweep)
 
-    e = sub.add_parser(
-        "eval",
-        help="evaluate a model against the reference policy",
-        epilog=OVERRIDES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    e = _overridable(sub, "eval", "evaluate a model against the reference policy")
     e.add_argument("--model", required=True, help="model directory to evaluate")
     e.add_argument("--config", default=None)
     e.add_argument(
@@ -327,11 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min", action="store_true", help="lowest value wins (default: highest)")
     s.set_defaults(fn=_cmd_select)
 
-    x = sub.add_parser(
-        "export",
-        help="a model's answers to benchmark questions, in each benchmark's own format",
-        epilog=OVERRIDES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    x = _overridable(
+        sub, "export", "a model's answers to benchmark questions, in each benchmark's own format"
     )
     x.add_argument("--model", required=True, help="model directory (a checkpoint), or gym")
     x.add_argument("--out", required=True, help="directory for the answer files")
