@@ -144,3 +144,27 @@ def load_model(
     model.eval()
     route_linear(model)
     return model
+
+
+def load_onto(
+    judge: Any,
+    auto_cls: Any,
+    model: str | Path,
+    tokenizer: str | Path | None,
+    dtype: str | torch.dtype | None,
+    device: str | torch.device | None,
+    use_chat_template: bool | None,
+    max_length: int | None,
+    trust_remote_code: bool,
+    local_files_only: bool,
+) -> None:
+    """Load a local judge's tokenizer and model (see :func:`load_model`) and set the
+    attributes every such judge reads: ``device``, ``tokenizer``, ``use_chat_template``,
+    ``model`` and ``max_length`` (the tokenizer's and the model's limit if None)."""
+    judge.device = resolve_device(device)
+    judge.tokenizer = load_tokenizer(model, tokenizer, trust_remote_code, local_files_only)
+    judge.use_chat_template = wants_chat_template(judge.tokenizer, use_chat_template)
+    judge.model = load_model(
+        auto_cls, str(model), dtype, judge.device, trust_remote_code, local_files_only
+    )
+    judge.max_length = effective_max_length(judge.tokenizer, max_length, judge.model.config)

@@ -65,18 +65,10 @@ class PairwiseLMJudge(Judge):
         self.system_prompt = system_prompt
         self.temperature = float(temperature)
         self.batch_size = batch_size
-        self.device = _hf.resolve_device(device)
-        self.tokenizer = _hf.load_tokenizer(model, tokenizer, trust_remote_code, local_files_only)
-        self.use_chat_template = _hf.wants_chat_template(self.tokenizer, use_chat_template)
-        self.model = _hf.load_model(
-            AutoModelForCausalLM,
-            self.model_path,
-            dtype,
-            self.device,
-            trust_remote_code,
-            local_files_only,
-        )
-        self.max_length = _hf.effective_max_length(self.tokenizer, max_length, self.model.config)
+        _hf.load_onto(
+            self, AutoModelForCausalLM, model, tokenizer, dtype, device,
+            use_chat_template, max_length, trust_remote_code, local_files_only,
+        )  # fmt: skip
         self.choice_ids = self._choice_token_ids()
         # the tokenizer is part of what the judge computes: another one, another cache key
         self._fingerprint = _hf.fingerprint(model) + (

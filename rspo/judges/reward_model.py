@@ -67,18 +67,10 @@ class RewardModelJudge(Judge):
         self.temperature = float(temperature)
         self.batch_size = batch_size
         self.separator = separator
-        self.device = _hf.resolve_device(device)
-        self.tokenizer = _hf.load_tokenizer(model, tokenizer, trust_remote_code, local_files_only)
-        self.use_chat_template = _hf.wants_chat_template(self.tokenizer, use_chat_template)
-        self.model = _hf.load_model(
-            AutoModelForSequenceClassification,
-            self.model_path,
-            dtype,
-            self.device,
-            trust_remote_code,
-            local_files_only,
-        )
-        self.max_length = _hf.effective_max_length(self.tokenizer, max_length, self.model.config)
+        _hf.load_onto(
+            self, AutoModelForSequenceClassification, model, tokenizer, dtype, device,
+            use_chat_template, max_length, trust_remote_code, local_files_only,
+        )  # fmt: skip
         n_labels = self.model.config.num_labels
         if label_index is None:
             if n_labels != 1:
