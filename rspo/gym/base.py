@@ -88,6 +88,23 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def _train_step(model: Any, opt: Any, loss: Any, lr: float, step: int, steps: int,
+                losses: list[float], log_every: int, t0: float) -> None:
+    """One AdamW step at the schedule's learning rate (:func:`_lr_at`, 5 % warmup) with the
+    gradient clipped to norm 1; the loss is kept in ``losses`` and its recent mean printed
+    every ``log_every`` steps."""  # fmt: skip
+    for g in opt.param_groups:
+        g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 20))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    losses.append(loss.item())
+    if log_every and (step + 1) % log_every == 0:
+        recent = sum(losses[-log_every:]) / log_every
+        print(f"step {step + 1}/{steps} loss {recent:.4f} ({time.perf_counter() - t0:.0f}s)")
+
+
 def train_base(
     seed: int = 0,
     steps: int = DEFAULT_STEPS,
@@ -118,8 +135,6 @@ def train_base(
     losses: list[float] = []
     for step, rows in enumerate(batches):
         b = _batch(rows, tok.pad_token_id)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 20))
         logits = model(
             input_ids=b["input_ids"],
             attention_mask=b["attention_mask"],
@@ -133,14 +148,7 @@ def train_base(
             ignore_index=-100,
             reduction="sum",
         ) / (len(rows) * _TOKENS_PER_DEMO)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            recent = sum(losses[-log_every:]) / log_every
-            print(f"step {step + 1}/{steps} loss {recent:.4f} ({time.perf_counter() - t0:.0f}s)")
+        _train_step(model, opt, loss, lr, step, steps, losses, log_every, t0)
     model.eval()
     tail = losses[-max(1, steps // 10) :]
     info = {

@@ -112,7 +112,7 @@ def train_rm(
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-    from rspo.gym.base import _lr_at
+    from rspo.gym.base import _train_step
 
     torch.set_num_threads(1)  # bit-for-bit rebuilds need a fixed thread count
     torch.manual_seed(seed)
@@ -138,16 +138,7 @@ def train_rm(
         rows = [enc[i][0] for i in idx] + [enc[i][1] for i in idx]
         r = _rewards(model, rows, tok.pad_token_id)
         loss = -F.logsigmoid(r[:batch_size] - r[batch_size:]).mean()
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 20))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            recent = sum(losses[-log_every:]) / log_every
-            print(f"step {step + 1}/{steps} loss {recent:.4f} ({time.perf_counter() - t0:.0f}s)")
+        _train_step(model, opt, loss, lr, step, steps, losses, log_every, t0)
     model.eval()
     tail = losses[-max(1, steps // 10) :]
     info = {
