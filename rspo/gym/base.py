@@ -88,11 +88,13 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _train_step(model: Any, opt: Any, loss: Any, lr: float, step: int, steps: int,
-                losses: list[float], log_every: int, t0: float) -> None:
+def _train_step(  # fmt: skip
+    model: Any, opt: Any, loss: Any, lr: float, step: int, steps: int,
+    losses: list[float], log_every: int, t0: float,
+) -> None:
     """One AdamW step at the schedule's learning rate (:func:`_lr_at`, 5 % warmup) with the
     gradient clipped to norm 1; the loss is kept in ``losses`` and its recent mean printed
-    every ``log_every`` steps."""  # fmt: skip
+    every ``log_every`` steps."""
     for g in opt.param_groups:
         g["lr"] = _lr_at(step, steps, lr, warmup=max(1, steps // 20))
     opt.zero_grad(set_to_none=True)
