@@ -341,6 +341,23 @@ def test_run_imports_takes_a_file_path_once(tmp_path):
     assert rspo.build_judge("test-api-file-judge").prefer(["p"], ["a"], ["b"]) == [0.5]
 
 
+def test_a_module_class_judge_is_found_in_the_working_directory(tmp_path, monkeypatch):
+    """``--judge.name my_judges:Cls`` from the console script (whose sys.path lacks the
+    working directory) finds ``./my_judges.py`` as ``run.imports: [my_judges]`` does."""
+    import sys
+
+    (tmp_path / "cwd_judges_mod.py").write_text(
+        "import rspo\n"
+        "class CwdJudge(rspo.Judge):\n"
+        "    def _prefer(self, p, a, b):\n"
+        "        return [1.0] * len(p)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    j = rspo.build_judge("cwd_judges_mod:CwdJudge")
+    assert j.name == "cwd_judges_mod:CwdJudge" and j.prefer(["p"], ["a"], ["b"]) == [1.0]
+
+
 # ------------------------------------------------------------------ end to end on the gym
 def _calls(log: Path) -> int:
     return sum(int(n) for n in log.read_text().split()) if log.exists() else 0

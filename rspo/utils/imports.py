@@ -16,29 +16,20 @@ from typing import Any
 def load_callable(
     spec: str, what: str = "function", error: type[Exception] = ValueError
 ) -> Callable[..., Any]:
-    """Resolve ``"package.module:attr.path"`` (or ``"path/to/file.py:attr"``, loaded from
-    the file, so no PYTHONPATH is needed) to a callable; ``error`` (prefixed by ``what``,
-    the setting) names the spec when it cannot."""
+    """Resolve ``"package.module:attr.path"`` (a module on sys.path or in the working
+    directory) or ``"path/to/file.py:attr"`` (loaded from the file) to a callable;
+    ``error`` (prefixed by ``what``, the setting) names the spec when it cannot."""
     module_name, sep, attr_path = spec.rpartition(":")
     if not sep or not module_name or not attr_path:  # a malformed setting: ValueError
         raise ValueError(
             f"{what} must look like 'package.module:function' (or 'path/to/file.py:function'),"
             f" got {spec!r}"
         )
-    try:
+    try:  # the same search as run.imports: a file, or a module on sys.path or in the cwd
         if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise FileNotFoundError(f"no such file: {str(path)!r}")
-            digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-            mod_id = f"rspo_user_fn_{digest}"
-            loader_spec = importlib.util.spec_from_file_location(mod_id, path)
-            assert loader_spec is not None and loader_spec.loader is not None
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[mod_id] = module
-            loader_spec.loader.exec_module(module)
+            module = _import_file(Path(module_name))
         else:
-            module = importlib.import_module(module_name)
+            module = _import_name(module_name)
     except Exception as e:  # ImportError, SyntaxError, errors raised at import time
         raise error(
             f"{what}: could not import {module_name!r} for {spec!r}: {type(e).__name__}: {e}"
