@@ -240,6 +240,25 @@ def test_a_reward_model_without_its_head_is_an_error_not_a_random_head(model_dir
         build_judge("reward_model", model=str(d))
 
 
+def test_a_missing_or_pickled_judge_model_is_named_before_transformers_sees_it(
+    model_dirs, tmp_path
+):
+    """A local judge model that does not exist, has no config.json or holds pickled weights
+    only: a FileNotFoundError naming the judge and the path (not a hub-id error)."""
+    missing = tmp_path / "no" / "such-rm"
+    with pytest.raises(FileNotFoundError) as e:
+        build_judge("reward_model", model=str(missing))
+    assert str(e.value) == f"reward_model judge: model path {missing} does not exist"
+    with pytest.raises(FileNotFoundError) as e:
+        build_judge("pairwise_lm", model=str(tmp_path))
+    assert str(e.value) == f"pairwise_lm judge: model directory {tmp_path} has no config.json"
+    pickled = tmp_path / "rm_bin"
+    shutil.copytree(model_dirs["rm"], pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=r"rm_bin has no \*\.safetensors weights, only"):
+        build_judge("reward_model", model=str(pickled))
+
+
 def test_judge_length_limit_follows_rope_scaling_and_offset_positions():
     from transformers import RobertaConfig
 

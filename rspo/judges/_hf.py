@@ -160,11 +160,19 @@ def load_onto(
 ) -> None:
     """Load a local judge's tokenizer and model (see :func:`load_model`) and set the
     attributes every such judge reads: ``device``, ``tokenizer``, ``use_chat_template``,
-    ``model`` and ``max_length`` (the tokenizer's and the model's limit if None)."""
+    ``model`` and ``max_length`` (the tokenizer's and the model's limit if None). A local
+    ``model`` path that does not exist, or holds no safetensors weights, is a
+    FileNotFoundError naming the judge."""
+    from rspo.modeling import resolve_model_path
+
+    try:
+        path = resolve_model_path(str(model))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{judge.name} judge: {e}") from None
     judge.device = resolve_device(device)
-    judge.tokenizer = load_tokenizer(model, tokenizer, trust_remote_code, local_files_only)
+    judge.tokenizer = load_tokenizer(path, tokenizer, trust_remote_code, local_files_only)
     judge.use_chat_template = wants_chat_template(judge.tokenizer, use_chat_template)
     judge.model = load_model(
-        auto_cls, str(model), dtype, judge.device, trust_remote_code, local_files_only
+        auto_cls, path, dtype, judge.device, trust_remote_code, local_files_only
     )
     judge.max_length = effective_max_length(judge.tokenizer, max_length, judge.model.config)
