@@ -232,7 +232,8 @@ OVERRIDES_HELP = """\
 config overrides:
   Any config key can be set on the command line as --section.key VALUE (or
   --section.key=VALUE); VALUE is read as YAML. Overrides win over --config.
-  `rspo config` prints every key with its resolved value.
+  --preset NAME (gym, gym-skills, or a YAML file) gives every value that
+  neither sets. `rspo config` prints every key with its resolved value.
 
 example:
   rspo train --config my.yaml --training.lr 5e-7 --run.iterations 3 \\
@@ -255,14 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("game", help="exact tabular self-play on a preference matrix")
-    g.add_argument("--game", choices=["rps", "random", "bt"], default="rps")
-    g.add_argument("--n", type=int, default=5)
-    g.add_argument("--regularizer", default="reverse_kl")
-    g.add_argument("--tau", type=float, default=0.1)
-    g.add_argument("--eta", type=float, default=1.0)
-    g.add_argument("--iters", type=int, default=2000)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--every", type=int, default=100)
+    g.add_argument(
+        "--game", choices=["rps", "random", "bt"], default="rps",
+        help="preference matrix: cyclic (rock-paper-scissors at n = 3), random, Bradley-Terry",
+    )  # fmt: skip
+    g.add_argument("--n", type=int, default=5, help="number of actions")
+    g.add_argument("--regularizer", default="reverse_kl", help="regularizer spec toward π_ref")
+    g.add_argument("--tau", type=float, default=0.1, help="regularization strength τ")
+    g.add_argument("--eta", type=float, default=1.0, help="step size η of the mirror update")
+    g.add_argument("--iters", type=int, default=2000, help="iterations")
+    g.add_argument("--seed", type=int, default=0, help="seed of a random or bt game")
+    g.add_argument("--every", type=int, default=100, help="report every N iterations")
     g.add_argument("--json", action="store_true", help="one JSON object per line")
     g.add_argument("--plot", default=None, help="save a convergence plot (PNG)")
     g.set_defaults(fn=_cmd_game)
@@ -285,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=_cmd_config)
 
     d = _overridable(sub, "demo", "SPPO vs RSPO on the embedded gym, with a report")
-    d.add_argument("--output", default=None)
+    d.add_argument(
+        "--output", default=None, help="default: runs/demo (runs/demo-quick with --quick)"
+    )
     d.add_argument("--quick", action="store_true", help="a ~2 minute smoke version")
     d.add_argument("--overwrite", action="store_true", help="delete the output and start over")
     d.set_defaults(fn=_cmd_demo)
