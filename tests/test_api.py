@@ -356,6 +356,12 @@ def test_a_module_class_judge_is_found_in_the_working_directory(tmp_path, monkey
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     j = rspo.build_judge("cwd_judges_mod:CwdJudge")
     assert j.name == "cwd_judges_mod:CwdJudge" and j.prefer(["p"], ["a"], ["b"]) == [1.0]
+    with pytest.raises(ValueError) as e:  # the import error said once
+        rspo.build_judge("cwd_no_such_mod:CwdJudge")
+    assert str(e.value) == (
+        "judge 'cwd_no_such_mod:CwdJudge': could not import 'cwd_no_such_mod' for "
+        "'cwd_no_such_mod:CwdJudge': ModuleNotFoundError: No module named 'cwd_no_such_mod'"
+    )
 
 
 # ------------------------------------------------------------------ end to end on the gym

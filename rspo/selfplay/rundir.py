@@ -253,8 +253,11 @@ class RunDir:
                     f"run directory {self.root} was made with a different config; differing keys: "
                     f"{', '.join(diff)}. Use another --output, or --overwrite to start over."
                 )
-            done = (_iteration_number(m.parent) for m in self.root.glob("iter_*/metrics.json"))
-            beyond = sorted(t for t in done if t is not None and t > cfg.run.iterations)
+            beyond = [
+                t
+                for t, d in iteration_dirs(self.root)
+                if t > cfg.run.iterations and (d / "metrics.json").exists()
+            ]
             if beyond:  # metrics.jsonl would drop their rows
                 raise ConfigError(
                     f"run.iterations: {cfg.run.iterations}, but {self.root} already evaluated "

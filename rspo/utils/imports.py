@@ -26,10 +26,7 @@ def load_callable(
             f" got {spec!r}"
         )
     try:  # the same search as run.imports: a file, or a module on sys.path or in the cwd
-        if module_name.endswith(".py"):
-            module = _import_file(Path(module_name))
-        else:
-            module = _import_name(module_name)
+        module = _import(module_name)
     except Exception as e:  # ImportError, SyntaxError, errors raised at import time
         raise error(
             f"{what}: could not import {module_name!r} for {spec!r}: {type(e).__name__}: {e}"
@@ -52,17 +49,21 @@ def import_modules(names: list[str]) -> list[ModuleType]:
     out = []
     for name in names:
         try:
-            out.append(_import_file(Path(name)) if name.endswith(".py") else _import_name(name))
+            out.append(_import(name))
         except ImportError as e:
-            if repr(name) in str(e):
-                raise
             raise ImportError(f"could not import {name!r}: {e}") from e
         except Exception as e:  # SyntaxError, FileNotFoundError, errors raised at import time
             raise ImportError(f"could not import {name!r}: {type(e).__name__}: {e}") from e
     return out
 
 
+def _import(name: str) -> ModuleType:
+    """``path/to/file.py`` loaded from the file, else a dotted module name."""
+    return _import_file(Path(name)) if name.endswith(".py") else _import_name(name)
+
+
 def _import_name(name: str) -> ModuleType:
+    """A dotted module, searched on sys.path, then in the working directory."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
@@ -73,7 +74,7 @@ def _import_name(name: str) -> ModuleType:
             or cwd in sys.path
             or not (Path(cwd, f"{top}.py").is_file() or Path(cwd, top).is_dir())
         ):
-            raise ImportError(f"could not import {name!r}: {e}") from e
+            raise
         sys.path.append(cwd)  # the console script does not put it there; python -m does
         return importlib.import_module(name)
 
