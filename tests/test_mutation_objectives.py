@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rspo.objectives import Chi2, Mixture, ReverseKL, SampleBatch
+from rspo.objectives.regularizer import EstimatorInfo, Regularizer
 
 
 def _batch() -> SampleBatch:
@@ -406,49 +407,37 @@ def test_hess_broadcasts_pi_with_ref_either_way(spec):
     assert reg.hess(ref, pi).shape == (2, 3)
 
 
-class _SlowBounded:
+class _SlowBounded(Regularizer):
     """φ'(σ; r) = r·(1 − (1+σ)^−a) − 1 with a = 0.01: increasing from −1 to r − 1, so slowly
     that φ'(1e300) = r·0.999 − 1 is still below its sup (a user's regularizer without a
     closed-form inverse: the generic bisection inverts it)."""
 
     a = 0.01
+    name = "slow_bounded_test"
+    estimators = {"is": EstimatorInfo("is", "pi_t", "none", "never", "never", None, "a stand-in")}
+    default_estimator = "is"
 
-    @classmethod
-    def make(cls):
-        from rspo.objectives.regularizer import EstimatorInfo, Regularizer
+    def phi(self, pi, ref):
+        return ref * (pi - ((1 + pi) ** (1 - self.a) - 1) / (1 - self.a)) - pi
 
-        a = cls.a
+    def grad(self, pi, ref):
+        return ref * (1 - (1 + pi) ** -self.a) - 1
 
-        class SlowBounded(Regularizer):
-            name = "slow_bounded_test"
-            estimators = {
-                "is": EstimatorInfo("is", "pi_t", "none", "never", "never", None, "a stand-in")
-            }
-            default_estimator = "is"
+    def hess(self, pi, ref):
+        return ref * self.a * (1 + pi) ** (-self.a - 1)
 
-            def phi(self, pi, ref):
-                return ref * (pi - ((1 + pi) ** (1 - a) - 1) / (1 - a)) - pi
+    def grad_sup(self, ref):
+        return np.asarray(ref, float) - 1.0
 
-            def grad(self, pi, ref):
-                return ref * (1 - (1 + pi) ** -a) - 1
-
-            def hess(self, pi, ref):
-                return ref * a * (1 + pi) ** (-a - 1)
-
-            def grad_sup(self, ref):
-                return np.asarray(ref, float) - 1.0
-
-            def _est_is(self, b):
-                return b.logp_theta
-
-        return SlowBounded()
+    def _est_is(self, b):
+        return b.logp_theta
 
 
 def test_generic_grad_inv_inverts_a_users_regularizer_and_clips_at_both_ends():
     """The bisection inverse: σ = (1 − (y+1)/r)^(−1/a) − 1 inside (φ'(0), φ'(cap)); exactly 0
     at or below φ'(0) = −1; ``upper`` at or above φ'(upper) and wherever the root lies past
     1e300 (between φ'(1e300) and the sup r − 1), not the bisection's bracket end."""
-    reg = _SlowBounded.make()
+    reg = _SlowBounded()
     a = _SlowBounded.a
     ref = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.8])
     inner = np.array([-0.9, -0.7])
